@@ -1,0 +1,106 @@
+"""The algorithm component interface the Lightning host runs, and the pieces all components share.
+
+A component declares (1) the pipeline stages it needs before it starts (``requires``: ``sft``,
+``reward_model``, ``cost_model``), (2) its model roles (``role_specs``), (3) its optimisers
+(``optimizer_specs``: name -> parameters + ``OptimConfig``) and (4) one ``training_step`` per algorithm
+iteration that calls ``host.optimize(name, loss)`` as often as it needs (manual optimisation). It owns
+its own counters and state (``state_dict``) so a checkpoint resumes it exactly, and it says how it is
+evaluated (``responder``: the policy alone, or an agent system).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, Sequence
+
+import torch
+
+from alignbench.config import AlgoConfig, OptimConfig
+from alignbench.models.roles import RoleSet, RoleSpec
+
+
+class Host(Protocol):
+    """What a component may ask of the Lightning module that runs it."""
+
+    iteration: int
+
+    def optimize(self, name: str, loss: torch.Tensor) -> dict[str, float]: ...
+
+
+@dataclass
+class OptimizerSpec:
+    params: list[torch.nn.Parameter]
+    optim: OptimConfig
+    total_steps: int
+
+
+@dataclass
+class StageOutputs:
+    """Artifacts of earlier stages a component starts from: role states keyed by stage name."""
+
+    states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class AlgorithmComponent:
+    """Base class; subclasses are registered with ``@register_algorithm(name)``."""
+
+    config_class: ClassVar[type[AlgoConfig]] = AlgoConfig
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: train every base weight instead of adapters (only the SFT stage on tiny models does this)
+    full_finetune: bool = False
+
+    def __init__(self, cfg: Any, ctx: Any, stage_outputs: StageOutputs | None = None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.stage_outputs = stage_outputs or StageOutputs()
+        self.roles: RoleSet | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def role_specs(self) -> list[RoleSpec]:
+        return []
+
+    def attach(self, roles: RoleSet) -> None:
+        """Receive the built roles; load initial role states (frozen RM/CM, critics from RM/CM)."""
+        self.roles = roles
+
+    @property
+    def num_iterations(self) -> int:
+        return int(self.cfg.steps)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cfg.batch_size)
+
+    def train_items(self) -> Sequence[Any]:
+        """The items the data loader samples batches from (prompts, SFT examples, pairs)."""
+        return []
+
+    def collate(self, items: list[Any]) -> Any:
+        return items
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        return {}
+
+    # -- training ----------------------------------------------------------------------------
+    def training_step(self, batch: Any, host: Host) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm state beyond weights and optimisers (counters, multipliers, pools)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def responder(self):
+        """What the evaluation harness queries; default: the trained policy role, or the base."""
+        from alignbench.eval.harness import PolicyResponder
+
+        role = "policy" if self.roles is not None and "policy" in self.roles.specs else "reference"
+        return PolicyResponder(self.ctx, self.roles, role=role)
+
+    def eval_extras(self) -> dict[str, float]:
+        """Extra metrics to fold into the final summary (e.g. reward-model accuracy)."""
+        return dict(self.stage_outputs.metrics)

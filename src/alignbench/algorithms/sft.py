@@ -1,0 +1,93 @@
+"""Supervised fine-tuning: the shared first stage, and the ``sft`` baseline algorithm.
+
+Loss: token-level cross-entropy on the response (and its EOS), prompt tokens masked out::
+
+    L_SFT = - sum_t m_t log pi(y_t | x, y_<t) / sum_t m_t
+
+``SFTStage`` trains it (LoRA on real models, every weight on ``model=tiny``, whose random base knows
+nothing). ``algo=sft`` is the baseline every other algorithm is compared with: it evaluates the SFT
+model they all start from, taken from the same stage cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
+from alignbench.algorithms.text import encode_prompt_response
+from alignbench.config import AlgoConfig, OptimConfig
+from alignbench.models.roles import RoleSpec
+from alignbench.registry import register_algorithm
+
+
+def response_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
+    """Mean next-token cross-entropy over response positions (logits at t predict token t+1)."""
+    shifted_logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    mask = response_mask[:, 1:].float()
+    token_loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), targets.reshape(-1),
+                                 reduction="none").view_as(targets)
+    return (token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class SFTStage(AlgorithmComponent):
+    """Trains the ``policy`` role on prompt/response pairs; its weights become everyone's base."""
+
+    def __init__(self, cfg, ctx, stage_outputs=None, *, items=None, metric_prefix: str = "sft") -> None:
+        super().__init__(cfg, ctx, stage_outputs)
+        self.full_finetune = bool(getattr(cfg, "full_finetune", False))
+        self._items = items if items is not None else ctx.data.sft_examples
+        self.metric_prefix = metric_prefix
+
+    def role_specs(self) -> list[RoleSpec]:
+        return [RoleSpec("policy", "lm", trainable=True)]
+
+    def train_items(self):
+        return self._items
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg,
+                                      [item["prompt"] for item in items], [item["response"] for item in items],
+                                      max_len=self.ctx.max_seq_len)
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        return {"policy": OptimizerSpec(self.roles.parameters_of("policy"), self.cfg.optim, self.num_iterations)}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.roles.lm_logits("policy", batch["input_ids"], batch["attention_mask"])
+        return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+
+    def training_step(self, batch, host) -> dict[str, float]:
+        loss = self.loss(batch)
+        stats = host.optimize("policy", loss)
+        tokens = float(batch["response_mask"].sum())
+        return {f"{self.metric_prefix}/loss": float(loss.detach()), f"{self.metric_prefix}/grad_norm": stats["grad_norm"],
+                "perf/train_tokens": tokens}
+
+
+@dataclass
+class SFTBaselineConfig(AlgoConfig):
+    """``algo=sft`` trains nothing itself: the SFT stage (``stages.sft``) is the model it evaluates."""
+
+    name: str = "sft"
+    steps: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@register_algorithm("sft")
+class SFTBaseline(AlgorithmComponent):
+    """Evaluate the SFT model: the starting point (and the baseline) of every other algorithm."""
+
+    config_class = SFTBaselineConfig
+    requires = ("sft",)
+
+    def role_specs(self) -> list[RoleSpec]:
+        return []
+
+    @property
+    def num_iterations(self) -> int:
+        return 0

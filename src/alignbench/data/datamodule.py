@@ -1,0 +1,170 @@
+"""The data a run needs, from any source, and the LightningDataModule that batches it.
+
+``build_data`` turns ``data=`` into a ``DataBundle``: training prompts (RL), evaluation prompts,
+SFT examples, preference pairs (train / held-out) in the PKU-SafeRLHF schema, and — for ``model=tiny``
+— the vocabulary its tokenizer is built from. Rows skipped under ``data.on_bad_row=skip`` are counted
+in ``skipped`` and reported in ``summary.json``; nothing is dropped silently.
+
+The data module samples exactly ``iterations × batch_size`` items per fit from a seeded generator
+(re-shuffling each pass over the data), so the number of algorithm iterations is the config's, not
+the data set's size, and a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from alignbench.config import DataConfig
+from alignbench.data.schema import PromptRecord
+from alignbench.errors import DataError
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train_prompts: list[PromptRecord]
+    eval_prompts: list[PromptRecord]
+    sft_examples: list[dict[str, Any]]
+    preference_train: list[dict[str, Any]]
+    preference_eval: list[dict[str, Any]]
+    vocabulary: list[str] | None = None
+    world: Any = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _corpus_vocabulary(texts: Sequence[str], limit: int = 4000) -> list[str]:
+    """Most frequent whitespace tokens of a corpus (for ``model=tiny`` on real text)."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for token in text.split():
+            counts[token] = counts.get(token, 0) + 1
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+
+
+def _prompts_from_pairs(rows: list[dict[str, Any]], split: str) -> list[PromptRecord]:
+    seen: dict[str, PromptRecord] = {}
+    for row in rows:
+        if row["prompt"] not in seen:
+            seen[row["prompt"]] = PromptRecord(
+                prompt_id=f"{split}-{len(seen)}", prompt=row["prompt"], kind=row.get("kind") or "unknown",
+                category=row.get("category") or "uncategorized", answer=None, split=split, meta={})
+    return list(seen.values())
+
+
+def _sft_from_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT targets from preference data: the response that is both safer and better when one is."""
+    examples = []
+    for row in rows:
+        better, safer = int(row["better_response_id"]), int(row["safer_response_id"])
+        chosen = safer if row.get(f"is_response_{safer}_safe", True) else better
+        examples.append({"prompt": row["prompt"], "response": row[f"response_{chosen}"],
+                         "prompt_kind": row.get("kind") or "unknown", "category": row.get("category")})
+    return examples
+
+
+def _split(rows: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, int(len(rows) * eval_fraction)) if len(rows) > 1 else 0
+    held = set(order[:cut])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def build_data(cfg: DataConfig, *, cache_dir: str | None = None) -> DataBundle:
+    """Load ``data=`` into a ``DataBundle`` (see module docstring)."""
+    if cfg.source != "world":
+        from alignbench.data import adapters
+    if cfg.source == "world":
+        from alignbench.data.world import SafetyWorld, WorldConfig
+
+        try:
+            world = SafetyWorld(WorldConfig(**dict(cfg.world)))
+        except TypeError as exc:
+            raise DataError(f"data.world has an unknown setting: {exc}") from None
+        bundle = DataBundle(
+            name=cfg.name,
+            train_prompts=world.prompts("train"), eval_prompts=world.prompts("eval"),
+            sft_examples=world.sft_examples("train"),
+            preference_train=world.preference_pairs("train"), preference_eval=world.preference_pairs("eval"),
+            vocabulary=world.vocabulary(), world=world)
+    elif cfg.source in ("pku_saferlhf", "preference_jsonl"):
+        if cfg.source == "pku_saferlhf":
+            train = adapters.load_pku_saferlhf(cfg.path or "PKU-Alignment/PKU-SafeRLHF", "train",
+                                               on_bad_row=cfg.on_bad_row)
+            held = adapters.load_pku_saferlhf(cfg.eval_path or cfg.path or "PKU-Alignment/PKU-SafeRLHF", "test",
+                                              on_bad_row=cfg.on_bad_row)
+            train_rows, eval_rows, skipped = train.rows, held.rows, _sum(train.skipped, held.skipped)
+        else:
+            loaded = adapters.load_preference_jsonl(cfg.path, on_bad_row=cfg.on_bad_row,
+                                                    max_chars=cfg.max_prompt_chars)
+            train_rows, eval_rows = _split(loaded.rows, 0.1, 0)
+            skipped = dict(loaded.skipped)
+        bundle = DataBundle(
+            name=cfg.name, train_prompts=_prompts_from_pairs(train_rows, "train"),
+            eval_prompts=_prompts_from_pairs(eval_rows, "eval"), sft_examples=_sft_from_pairs(train_rows),
+            preference_train=train_rows, preference_eval=eval_rows, skipped=skipped,
+            vocabulary=_corpus_vocabulary([t for r in train_rows + eval_rows
+                                           for t in (r["prompt"], r["response_0"], r["response_1"])]))
+    elif cfg.source in ("prompts_jsonl", "prompt_set"):
+        if cfg.source == "prompts_jsonl":
+            loaded = adapters.load_prompts_jsonl(cfg.path, on_bad_row=cfg.on_bad_row,
+                                                 max_chars=cfg.max_prompt_chars)
+            records, skipped = loaded.rows, dict(loaded.skipped)
+        else:
+            records, skipped = adapters.load_prompt_set(cfg.prompt_set), {}
+        bundle = DataBundle(name=cfg.name, train_prompts=records, eval_prompts=records, sft_examples=[],
+                            preference_train=[], preference_eval=[], skipped=skipped,
+                            vocabulary=_corpus_vocabulary([r.prompt for r in records]))
+    else:
+        raise DataError(f"data.source '{cfg.source}' is not one of world, pku_saferlhf, preference_jsonl, "
+                        f"prompts_jsonl, prompt_set")
+    if cfg.eval_prompts and len(bundle.eval_prompts) > cfg.eval_prompts:
+        # a deterministic, kind-stratified subset keeps every kind represented
+        bundle.eval_prompts = _stratified(bundle.eval_prompts, cfg.eval_prompts)
+    return bundle
+
+
+def _stratified(records: list[PromptRecord], size: int) -> list[PromptRecord]:
+    by_kind: dict[str, list[PromptRecord]] = {}
+    for record in records:
+        by_kind.setdefault(record.kind, []).append(record)
+    chosen: list[PromptRecord] = []
+    while len(chosen) < size:
+        for kind in sorted(by_kind):
+            if by_kind[kind] and len(chosen) < size:
+                chosen.append(by_kind[kind].pop(0))
+    return chosen
+
+
+def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+class ComponentDataModule(L.LightningDataModule):
+    """Serves ``iterations × batch_size`` items of a component's ``train_items`` per fit."""
+
+    def __init__(self, component, seed: int) -> None:
+        super().__init__()
+        self.component = component
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        items = list(self.component.train_items())
+        if not items:
+            raise DataError(f"{type(self.component).__name__} has no training data in this data config")
+        generator = torch.Generator().manual_seed(self.seed)
+        total = self.component.num_iterations * self.component.batch_size
+        sampler = RandomSampler(items, replacement=False, num_samples=total, generator=generator)
+        return DataLoader(items, batch_size=self.component.batch_size, sampler=sampler,
+                          collate_fn=self.component.collate, num_workers=0, drop_last=False)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")

@@ -1,0 +1,128 @@
+"""One evaluation harness for every algorithm: sample k answers per prompt, judge them, aggregate.
+
+A *responder* turns prompts into answers: the trained policy alone (``PolicyResponder``), or a whole
+agent system (WaltzRL's answer-feedback-revision loop, a safeguard wrapper) that also reports extra
+per-sample fields (e.g. ``triggered``). The judge (``eval.judge``) maps every answer to a verdict;
+``alignbench.eval.metrics`` turns verdicts into the ``eval/…`` metrics. Generation is batched over
+prompts × samples with left padding and the KV cache, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from alignbench.algorithms.text import encode_prompts
+from alignbench.config import EvalConfig, GenerationConfig
+from alignbench.eval.metrics import SampleOutcome, aggregate
+from alignbench.rl.rollout import generate_rollout
+
+
+class Responder(Protocol):
+    def respond(self, prompts: list[str], samples: int, generation: GenerationConfig,
+                seed: int) -> tuple[list[list[str]], list[list[dict[str, Any]]]]: ...
+
+
+def sample_responses(ctx, roles, role: str, prompts: list[str], generation: GenerationConfig, *,
+                     batch_size: int, seed: int, progress: Callable[[int], None] | None = None
+                     ) -> tuple[list[str], int]:
+    """Generate one answer per entry of ``prompts`` with ``role``; returns texts and token count."""
+    texts: list[str] = []
+    tokens = 0
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode(), roles.generation_model(role) as model:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, max_len=ctx.max_prompt_len)
+            rollout = generate_rollout(
+                model, ids.to(ctx.device), mask.to(ctx.device), max_new_tokens=generation.max_new_tokens,
+                eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
+                temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
+                generator=generator,
+            )
+            tokens += rollout.num_generated_tokens
+            texts += ctx.decode(rollout.response_ids, rollout.response_mask)
+            if progress is not None:
+                progress(len(chunk))
+    return texts, tokens
+
+
+class PolicyResponder:
+    """Answers with one LM role (``policy``, or ``reference`` = the base/SFT model)."""
+
+    def __init__(self, ctx, roles, role: str = "policy", batch_size: int | None = None) -> None:
+        self.ctx, self.roles, self.role = ctx, roles, role
+        self.batch_size = batch_size or ctx.eval_cfg.batch_size
+        self.generated_tokens = 0
+
+    def respond(self, prompts, samples, generation, seed, progress=None):
+        repeated = [p for p in prompts for _ in range(samples)]
+        texts, tokens = sample_responses(self.ctx, self.roles, self.role, repeated, generation,
+                                         batch_size=self.batch_size, seed=seed, progress=progress)
+        self.generated_tokens += tokens
+        grouped = [texts[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+        return grouped, [[{} for _ in group] for group in grouped]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_kind: dict[str, dict[str, float]]
+    per_category: dict[str, dict[str, float]]
+    table_columns: list[str] = field(default_factory=list)
+    table_rows: list[list[Any]] = field(default_factory=list)
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+
+def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
+             scorer: Callable[[list, list[str]], tuple[list[float], list[float]]] | None = None,
+             extra_metrics: Callable[[list, list[list[str]], list[list[dict]]], dict[str, float]] | None = None,
+             ) -> EvalResult:
+    """Evaluate ``responder`` on ``records`` (``PromptRecord``s) with ``cfg.samples_per_prompt`` samples.
+
+    ``scorer`` optionally adds trained reward/cost model scores per sample; ``extra_metrics`` lets an
+    agent system add its own aggregate metrics (e.g. the feedback trigger rate).
+    """
+    from rich.progress import Progress
+
+    started = time.perf_counter()
+    k = cfg.samples_per_prompt
+    prompts = [record.prompt for record in records]
+    with Progress(transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(prompts) * k)
+        responses, infos = responder.respond(prompts, k, cfg.generation, seed,
+                                             progress=lambda n: bar.advance(task, n))
+    outcomes: list[list[SampleOutcome]] = []
+    rows: list[list[Any]] = []
+    flat_records = [record for record, group in zip(records, responses) for _ in group]
+    flat_texts = [text for group in responses for text in group]
+    rewards, model_costs = scorer(flat_records, flat_texts) if scorer is not None else (None, None)
+    index = 0
+    for record, group in zip(records, responses):
+        samples = []
+        for text in group:
+            verdict = judge.judge(record, text)
+            samples.append(SampleOutcome(
+                unsafe=verdict.unsafe, refusal=verdict.refusal, bare_refusal=verdict.bare_refusal,
+                helpful=float(verdict.helpful), cost=float(verdict.cost),
+                reward=None if rewards is None else float(rewards[index]),
+                model_cost=None if model_costs is None else float(model_costs[index])))
+            if len(rows) < cfg.table_rows or (text == group[0] and len(rows) < 4 * cfg.table_rows):
+                rows.append([record.kind, record.category, record.prompt, text, verdict.label,
+                             verdict.unsafe, verdict.refusal, round(float(verdict.helpful), 3)])
+            index += 1
+        outcomes.append(samples)
+    result = aggregate([r.kind for r in records], [r.category for r in records], outcomes, cfg.threshold)
+    metrics = result["metrics"]
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(records, responses, infos))
+    return EvalResult(
+        metrics=metrics, per_kind=result["per_kind"], per_category=result["per_category"],
+        table_columns=["kind", "category", "prompt", "response", "label", "unsafe", "refusal", "helpful"],
+        table_rows=rows[: cfg.table_rows], generated_tokens=getattr(responder, "generated_tokens", 0),
+        seconds=time.perf_counter() - started,
+    )

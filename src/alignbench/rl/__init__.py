@@ -1,0 +1,58 @@
+"""The RL core shared by every algorithm: rollouts, advantages, losses, reward shaping, lambda.
+
+Tensors are ``[B, T]`` over response tokens (right-padded) with a 0/1 ``mask``; costs follow the
+Safe RLHF sign convention (C > 0 unsafe). See ``/work/shared/ALGORITHMS.md`` section 1.
+"""
+
+from alignbench.rl.advantages import (
+    combine_lagrangian,
+    discounted_returns,
+    gae,
+    grpo_advantages,
+    reinforce_pp_advantages,
+)
+from alignbench.rl.lagrange import LagrangeMultiplier
+from alignbench.rl.losses import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+    kl_penalty,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+)
+from alignbench.rl.rollout import (
+    Rollout,
+    generate_rollout,
+    left_pad_batch,
+    position_ids_from_mask,
+    sequence_logprobs,
+    truncate_after_eos,
+)
+from alignbench.rl.shaping import last_token_index, shape_token_rewards
+
+__all__ = [
+    "LagrangeMultiplier",
+    "Rollout",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "combine_lagrangian",
+    "discounted_returns",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "generate_rollout",
+    "grpo_advantages",
+    "kl_penalty",
+    "last_token_index",
+    "left_pad_batch",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "position_ids_from_mask",
+    "reinforce_pp_advantages",
+    "sequence_logprobs",
+    "shape_token_rewards",
+    "truncate_after_eos",
+]

@@ -1,0 +1,142 @@
+"""Collecting experience and running clipped updates: the loop pieces every RL algorithm shares.
+
+``collect`` samples responses with an LM role (KV cache, left padding) and computes, without grad,
+the old log-probs pi_old(y_t) and the reference log-probs pi_ref(y_t) in one place. ``actor_loss`` and
+``critic_loss`` are the clipped PPO objectives on a minibatch of that experience, used by PPO, Safe
+RLHF, RePO (GAE advantages), WaltzRL (REINFORCE++) and TriPlay-RL (GRPO) alike. ``minibatches``
+splits a batch for ``epochs × minibatches`` updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+
+from alignbench.rl.losses import clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
+from alignbench.rl.rollout import Rollout, generate_rollout, sequence_logprobs
+
+
+@dataclass
+class Experience:
+    """One batch of sampled responses with everything the losses need (all detached)."""
+
+    rollout: Rollout
+    texts: list[str]
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.response_mask
+
+    @property
+    def size(self) -> int:
+        return self.rollout.sequences.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Experience":
+        """Rows ``index`` of the batch (for minibatches)."""
+        r = self.rollout
+        rollout = Rollout(prompt_ids=r.prompt_ids[index], prompt_mask=r.prompt_mask[index],
+                          response_ids=r.response_ids[index], response_mask=r.response_mask[index],
+                          sequences=r.sequences[index], attention_mask=r.attention_mask[index])
+        return Experience(rollout, [self.texts[i] for i in index.tolist()], self.old_logp[index],
+                          self.ref_logp[index], {k: v[index] for k, v in self.values.items()})
+
+
+def policy_logprobs(roles, role: str, rollout: Rollout, *, with_entropy: bool = False):
+    """log pi_role(y_t | ...) over the response tokens (and the per-token entropy if asked)."""
+    with roles.use(role) as model:
+        return sequence_logprobs(model, rollout.sequences, rollout.attention_mask, rollout.response_start,
+                                 rollout.response_mask, return_entropy=with_entropy)
+
+
+def critic_values(roles, critic: str, rollout: Rollout) -> torch.Tensor:
+    """V_t for every response token: the critic head at the position that predicts token t."""
+    per_position = roles.scores(critic, rollout.sequences, rollout.attention_mask)
+    start = rollout.response_start
+    values = per_position[:, start - 1:-1]
+    return values * rollout.response_mask.to(values.dtype)
+
+
+@torch.no_grad()
+def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator: torch.Generator | None = None,
+            reference_role: str = "reference", critics: tuple[str, ...] = ()) -> Experience:
+    """Sample one response per prompt with ``role`` and compute old/reference log-probs and values."""
+    from alignbench.algorithms.text import encode_prompts
+
+    ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, prompts, max_len=ctx.max_prompt_len)
+    with roles.generation_model(role) as model:
+        rollout = generate_rollout(model, ids.to(ctx.device), mask.to(ctx.device),
+                                   max_new_tokens=generation.max_new_tokens,
+                                   eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
+                                   temperature=generation.temperature, top_k=generation.top_k,
+                                   top_p=generation.top_p, generator=generator)
+    texts = ctx.decode(rollout.response_ids, rollout.response_mask)
+    old_logp = policy_logprobs(roles, role, rollout)
+    ref_logp = policy_logprobs(roles, reference_role, rollout)
+    values = {critic: critic_values(roles, critic, rollout) for critic in critics}
+    return Experience(rollout, texts, old_logp, ref_logp, values)
+
+
+def minibatches(size: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``count`` disjoint random index sets covering ``range(size)``."""
+    order = torch.randperm(size, generator=generator)
+    return [chunk for chunk in order.chunk(max(1, min(count, size))) if len(chunk)]
+
+
+def actor_loss(roles, role: str, exp: Experience, advantages: torch.Tensor, *, clip_eps: float,
+               kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
+               per_sequence: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate on ``exp`` (+ optional in-loss KL to the reference, GRPO-style).
+
+        L = -masked_mean(min(rho A, clip(rho, 1-eps, 1+eps) A)) + kl_coef * masked_mean(KL(pi || pi_ref))
+            - entropy_coef * masked_mean(H)
+    """
+    logp, entropy = policy_logprobs(roles, role, exp.rollout, with_entropy=True)
+    loss, stats = clipped_policy_loss(logp, exp.old_logp, advantages, exp.mask, clip_eps=clip_eps,
+                                      per_sequence=per_sequence)
+    metrics = {f"losses/{k}": float(v) for k, v in stats.items()}
+    metrics["losses/policy_loss"] = float(loss.detach())
+    if kl_coef:
+        kl = masked_mean(kl_penalty(logp, exp.ref_logp, kl_estimator), exp.mask, per_sequence)
+        loss = loss + kl_coef * kl
+        metrics["losses/kl_loss"] = float(kl.detach())
+    entropy_mean = masked_mean(entropy, exp.mask, per_sequence)
+    if entropy_coef:
+        loss = loss - entropy_coef * entropy_mean
+    metrics["losses/entropy"] = float(entropy_mean.detach())
+    return loss, metrics
+
+
+def critic_loss(roles, critic: str, exp: Experience, returns: torch.Tensor, *, value_clip: float
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss of ``critic`` against ``returns`` (old values from collection time)."""
+    values = critic_values(roles, critic, exp.rollout)
+    loss, stats = clipped_value_loss(values, exp.values[critic], returns, exp.mask, clip_range=value_clip)
+    return loss, {f"losses/{critic}_loss": float(loss.detach()),
+                  **{f"losses/{critic}_{k}": float(v) for k, v in stats.items()}}
+
+
+def score_texts(ctx, roles, role: str, prompts: list[str], responses: list[str], batch_size: int = 64
+                ) -> torch.Tensor:
+    """Sequence scores of a score role (reward or cost model) for prompt/response pairs, no grad."""
+    from alignbench.algorithms.text import encode_prompt_response
+    from alignbench.models.heads import last_token_scores
+
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts[start:start + batch_size],
+                                           responses[start:start + batch_size], max_len=ctx.max_seq_len)
+            ids, mask = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
+            scores.append(last_token_scores(roles.scores(role, ids, mask), mask))
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def mean_of(metric_rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average a list of metric dicts key by key (minibatch diagnostics -> one row per iteration)."""
+    keys = {k for row in metric_rows for k in row}
+    return {k: sum(r[k] for r in metric_rows if k in r) / sum(1 for r in metric_rows if k in r) for k in keys}
+
+

@@ -1,0 +1,226 @@
+"""One job from a validated config to its summary: data, base model, stages, training, evaluation.
+
+    build_context -> stages (cached) -> component + roles -> Lightning fit -> evaluation -> summary
+
+``run_job`` never writes the summary itself (``alignbench.cli`` does, also for failed jobs); it
+returns the metrics and perf figures that go into it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
+from alignbench.algorithms.preference import PreferenceStage
+from alignbench.algorithms.sft import SFTStage
+from alignbench.config import RunConfig
+from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
+from alignbench.eval.harness import evaluate
+from alignbench.models.loading import load_base
+from alignbench.models.roles import RoleSet, RoleSpec
+from alignbench.registry import ALGORITHMS, JUDGES
+from alignbench.training.sink import MetricsSink
+from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
+
+
+@dataclass
+class RunContext:
+    """Everything components share within one job."""
+
+    rc: RunConfig
+    tokenizer: Any
+    base: Any
+    data: DataBundle
+    judge: Any
+    device: torch.device
+    sink: MetricsSink | None
+    max_seq_len: int = 256
+    max_prompt_len: int = 192
+    counters: dict[str, float] = field(default_factory=lambda: {"gen_tokens": 0, "train_tokens": 0})
+
+    @property
+    def model_cfg(self):
+        return self.rc.model
+
+    @property
+    def eval_cfg(self):
+        return self.rc.eval
+
+    def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+        """Response texts without special tokens (EOS, padding)."""
+        texts = []
+        for ids, mask in zip(response_ids.tolist(), response_mask.tolist()):
+            kept = [t for t, m in zip(ids, mask) if m and t not in self.tokenizer.all_special_ids]
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True).strip())
+        return texts
+
+
+def resolve_device(rc: RunConfig) -> torch.device:
+    if rc.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def build_judge(rc: RunConfig, data: DataBundle):
+    """The ``eval.judge`` backend; the world judge needs the world, others take keyword args."""
+    cls = JUDGES.get(rc.eval.judge)
+    if rc.eval.judge == "world":
+        if data.world is None:
+            from alignbench.errors import ConfigError
+
+            raise ConfigError(f"eval.judge=world needs data=world (data is '{data.name}'); "
+                              f"use eval.judge=keyword for other data")
+        return cls(world=data.world)
+    return cls()
+
+
+def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
+    import alignbench.algorithms  # noqa: F401 - registers every algorithm
+    import alignbench.eval.judges  # noqa: F401 - registers every judge
+
+    data = build_data(rc.data, cache_dir=rc.cache_dir)
+    base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
+    device = resolve_device(rc)
+    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=build_judge(rc, data),
+                      device=device, sink=sink)
+
+
+def _trainer(rc: RunConfig, root: Path, max_steps_hint: int) -> L.Trainer:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    return L.Trainer(
+        accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
+        strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=str(root), callbacks=[RichProgressBar(leave=False)],
+        deterministic=rc.trainer.deterministic, log_every_n_steps=1,
+    )
+
+
+def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext, stage: str, seed: int) -> None:
+    """Run ``component.num_iterations`` iterations of ``component`` under Lightning."""
+    from alignbench.training.module import AlignmentModule
+
+    if component.num_iterations <= 0:
+        return
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = AlignmentModule(component, roles, ctx.sink, stage)
+    trainer = _trainer(ctx.rc, Path(ctx.rc.output_dir), component.num_iterations)
+    trainer.fit(module, datamodule=ComponentDataModule(component, seed))
+    roles.to(ctx.device)
+
+
+def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    settings = ctx.rc.stages.sft if stage == "sft" else getattr(ctx.rc.stages, stage)
+    if stage == "sft":
+        component = SFTStage(settings, ctx)
+    else:
+        component = PreferenceStage(settings, ctx, kind=stage)
+    roles = RoleSet(ctx.base, component.role_specs(), ctx.model_cfg, full_finetune=component.full_finetune)
+    component.attach(roles)
+    started = time.perf_counter()
+    fit_component(component, roles, ctx, stage, seed)
+    metrics: dict[str, Any] = {f"stages/{stage}/wall_s": time.perf_counter() - started}
+    if stage == "sft":
+        weights = roles.merged_base_state_dict() if component.full_finetune else roles.role_state_dict("policy")
+        if ctx.sink is not None and "sft/loss" in ctx.sink.last:
+            metrics["stages/sft/final_loss"] = ctx.sink.last["sft/loss"]
+    else:
+        roles.eval()
+        metrics.update(component.evaluate_heldout())
+        weights = roles.role_state_dict(stage)
+        if ctx.sink is not None:
+            ctx.sink.log(metrics, stage=stage, iteration=component.num_iterations)
+    _unwrap_roles(roles, ctx)
+    return weights, metrics
+
+
+def _unwrap_roles(roles: RoleSet, ctx: RunContext) -> None:
+    """Remove a stage's LoRA layers from the shared base so the next stage starts from a clean base."""
+    if roles.peft is not None:
+        ctx.base = roles.peft.unload()
+
+
+def apply_sft(ctx: RunContext, weights: dict[str, torch.Tensor]) -> None:
+    """Make the SFT model the base of every later role (full weights, or a merged LoRA adapter)."""
+    if any(k.startswith("adapter.") for k in weights):
+        roles = RoleSet(ctx.base, [RoleSpec("policy")], ctx.model_cfg)
+        roles.load_role_state_dict("policy", weights)
+        ctx.base = roles.peft.merge_and_unload()
+    else:
+        ctx.base.load_state_dict(weights)
+    ctx.base.requires_grad_(False)
+
+
+def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = None) -> StageOutputs:
+    """Load or train the stages ``required`` needs (SFT first), in dependency order."""
+    outputs = StageOutputs()
+    needed = [s for s in STAGE_ORDER if s in required or (s == "sft" and required)]
+    prior: list[str] = []
+    for stage in needed:
+        key = stage_key(stage, ctx.rc.raw, prior)
+        weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key,
+                                                lambda s=stage: _train_stage(s, ctx, ctx.rc.stages.seed),
+                                                reuse=ctx.rc.stages.reuse)
+        metrics = {**metrics, f"stages/{stage}/cached": float(cached)}
+        if stage == "sft":
+            apply_sft(ctx, weights)
+            prior.append(key)
+        else:
+            outputs.states[stage] = weights
+        outputs.metrics.update(metrics)
+        if until == stage:
+            break
+    return outputs
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
+    """Run one job; returns ``{"metrics", "perf", "per_kind", "per_category", ...}`` for the summary."""
+    started = time.perf_counter()
+    if rc.trainer.num_threads:
+        torch.set_num_threads(rc.trainer.num_threads)
+    ctx = build_context(rc, sink)
+    cls = ALGORITHMS.get(rc.algo.name)
+    until = None if rc.stage in ("all", "rl") else rc.stage
+    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.requires
+    outputs = run_stages(ctx, required, until)
+    result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
+    if until is None:
+        component = cls(rc.algo, ctx, outputs)
+        roles = RoleSet(ctx.base, component.role_specs(), rc.model, full_finetune=component.full_finetune)
+        roles.to(ctx.device)
+        component.attach(roles)
+        fit_component(component, roles, ctx, "rl", rc.seed)
+        if sink is not None:
+            result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
+        if rc.eval.enabled:
+            roles.eval()
+            evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
+                                  seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
+                                  extra_metrics=getattr(component, "eval_extra_metrics", None))
+            result["metrics"].update(evaluation.metrics)
+            result["metrics"].update(component.eval_extras())
+            result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
+            result["eval_seconds"] = evaluation.seconds
+            ctx.counters["gen_tokens"] += evaluation.generated_tokens
+            result["eval_table"] = (evaluation.table_columns, evaluation.table_rows)
+            if sink is not None:
+                sink.log(evaluation.metrics, stage="eval", iteration=0)
+                sink.log_table("eval/samples", evaluation.table_columns, evaluation.table_rows)
+                sink.summary_update(evaluation.metrics)
+    result["perf"] = {"wall_s": time.perf_counter() - started, "gen_tokens": int(ctx.counters["gen_tokens"]),
+                      "train_tokens": int(ctx.counters["train_tokens"]), "peak_rss_mb": peak_rss_mb()}
+    return result

@@ -1,0 +1,83 @@
+"""Shared pipeline stages (SFT, reward model, cost model), trained once and cached by config.
+
+A stage's cache key hashes everything that determines its weights: the model and data configs, the
+stage's own settings, ``stages.seed`` and the keys of the stages it builds on. A sweep over RL settings
+(or RL seeds) therefore trains the SFT, reward and cost models once and every job loads them. Entries
+are written to a temporary directory and renamed into place, so a job killed mid-save never leaves a
+half-written entry, and concurrent jobs use a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from alignbench.errors import CheckpointError
+
+STAGE_ORDER = ("sft", "reward_model", "cost_model")
+CACHE_VERSION = 1
+
+
+def stage_key(stage: str, raw_cfg, prior: list[str]) -> str:
+    """Hash of the config that determines a stage's weights (see module docstring)."""
+    payload = {
+        "version": CACHE_VERSION,
+        "stage": stage,
+        "model": OmegaConf.to_container(raw_cfg.model, resolve=True),
+        "data": OmegaConf.to_container(raw_cfg.data, resolve=True),
+        "settings": OmegaConf.to_container(raw_cfg.stages[stage], resolve=True),
+        "seed": int(raw_cfg.stages.seed),
+        "prior": prior,
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{stage}-{digest}"
+
+
+@contextmanager
+def _locked(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_entry(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    weights = entry / "weights.safetensors"
+    try:
+        return load_file(str(weights)), json.loads((entry / "metrics.json").read_text())
+    except Exception as exc:  # noqa: BLE001 - any read failure is a corrupt entry
+        raise CheckpointError(f"stage cache entry {entry} is unreadable ({type(exc).__name__}: {exc}); "
+                              f"delete it to retrain the stage") from None
+
+
+def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+                 reuse: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """Return ``(weights, metrics, was_cached)``, training and storing the stage on a miss."""
+    root = Path(cache_dir) / "stages"
+    entry = root / key
+    with _locked(root):
+        if reuse and (entry / "metrics.json").exists():
+            weights, metrics = load_entry(entry)
+            return weights, metrics, True
+        weights, metrics = train()
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+        return weights, metrics, False
