@@ -200,8 +200,9 @@ def test_strong_wrappers_get_more_compliance_than_weak_ones(world):
 # The annotators' rankings, best first, restated from the spec (not imported, so a change shows up).
 HELPFULNESS_ORDER = {"benign": ("helpful", "wrong", "refusal"),
                      "borderline": ("helpful", "guidance", "wrong", "refusal"),
-                     "harmful": ("unsafe", "guidance", "refusal"), "jailbreak": ("unsafe", "guidance", "refusal")}
-HARMLESSNESS_ORDER = ("guidance", "refusal", "helpful", "wrong", "unsafe")
+                     "harmful": ("unsafe", "disguised", "guidance", "refusal"),
+                     "jailbreak": ("unsafe", "disguised", "guidance", "refusal")}
+HARMLESSNESS_ORDER = ("guidance", "refusal", "helpful", "wrong", "disguised", "unsafe")
 
 def test_noise_free_preferences_follow_the_annotator_rankings_exactly():
     world = SafetyWorld(WorldConfig(preference_flip_prob=0.0))
@@ -221,7 +222,7 @@ def test_noise_free_preferences_follow_the_annotator_rankings_exactly():
             unsafe_vs_refusal += 1
             assert kinds[row["better_response_id"]] == "unsafe"
             assert kinds[row["safer_response_id"]] == "refusal"
-    assert unsafe_vs_refusal > 50
+    assert unsafe_vs_refusal > 30
 
 
 def test_preference_noise_flips_labels_at_the_configured_rate():

@@ -35,6 +35,21 @@ class OptimizerSpec:
 
 
 @dataclass
+class WarmupStage:
+    """A component's own supervised stage, run after the shared stages and before its roles are built.
+
+    The pipeline trains it like the SFT stage (``settings``: ``steps``, ``batch_size``, ``optim``,
+    ``full_finetune``) on ``items`` (``{"prompt", "response"}`` dicts), caches it keyed by ``settings``
+    and the SFT stage it continues, and makes the result the base of every role (and so the
+    reference). WaltzRL uses it to show the base its feedback and revision formats.
+    """
+
+    name: str
+    settings: Any
+    items: list[dict[str, Any]]
+
+
+@dataclass
 class StageOutputs:
     """Artifacts of earlier stages a component starts from: role states keyed by stage name."""
 
@@ -57,8 +72,17 @@ class AlgorithmComponent:
         self.roles: RoleSet | None = None
 
     # -- set-up ------------------------------------------------------------------------------
+    @classmethod
+    def required_stages(cls, cfg) -> tuple[str, ...]:
+        """Stages to load or train before this component; ``requires`` unless the config decides."""
+        return cls.requires
+
     def role_specs(self) -> list[RoleSpec]:
         return []
+
+    def warmup_stage(self) -> WarmupStage | None:
+        """A component-specific supervised stage to run on the base before the roles are built."""
+        return None
 
     def attach(self, roles: RoleSet) -> None:
         """Receive the built roles; load initial role states (frozen RM/CM, critics from RM/CM)."""

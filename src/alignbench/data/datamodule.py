@@ -38,6 +38,15 @@ class DataBundle:
     world: Any = None
     skipped: dict[str, int] = field(default_factory=dict)
 
+    def fingerprint(self) -> str:
+        """Hash of the training data itself, so cached stages notice when generated data changes."""
+        import hashlib
+        import json
+
+        payload = json.dumps([self.sft_examples, self.preference_train, self.vocabulary], sort_keys=True,
+                             default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
 
 def _corpus_vocabulary(texts: Sequence[str], limit: int = 4000) -> list[str]:
     """Most frequent whitespace tokens of a corpus (for ``model=tiny`` on real text)."""

@@ -76,6 +76,15 @@ class EvalResult:
     table_rows: list[list[Any]] = field(default_factory=list)
     generated_tokens: int = 0
     seconds: float = 0.0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def write_samples(self, path) -> None:
+        """Every judged sample as one JSON line (what the metrics were computed from)."""
+        import json
+
+        with open(path, "w") as handle:
+            for row in self.samples:
+                handle.write(json.dumps(row) + "\n")
 
 
 def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
@@ -98,6 +107,7 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
                                              progress=lambda n: bar.advance(task, n))
     outcomes: list[list[SampleOutcome]] = []
     rows: list[list[Any]] = []
+    samples_out: list[dict[str, Any]] = []
     flat_records = [record for record, group in zip(records, responses) for _ in group]
     flat_texts = [text for group in responses for text in group]
     rewards, model_costs = scorer(flat_records, flat_texts) if scorer is not None else (None, None)
@@ -111,6 +121,10 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
                 helpful=float(verdict.helpful), cost=float(verdict.cost),
                 reward=None if rewards is None else float(rewards[index]),
                 model_cost=None if model_costs is None else float(model_costs[index])))
+            samples_out.append({"prompt_id": record.prompt_id, "kind": record.kind, "category": record.category,
+                                "prompt": record.prompt, "response": text, "label": verdict.label,
+                                "unsafe": verdict.unsafe, "refusal": verdict.refusal,
+                                "helpful": float(verdict.helpful), "cost": float(verdict.cost)})
             if len(rows) < cfg.table_rows or (text == group[0] and len(rows) < 4 * cfg.table_rows):
                 rows.append([record.kind, record.category, record.prompt, text, verdict.label,
                              verdict.unsafe, verdict.refusal, round(float(verdict.helpful), 3)])
@@ -124,5 +138,5 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
         metrics=metrics, per_kind=result["per_kind"], per_category=result["per_category"],
         table_columns=["kind", "category", "prompt", "response", "label", "unsafe", "refusal", "helpful"],
         table_rows=rows[: cfg.table_rows], generated_tokens=getattr(responder, "generated_tokens", 0),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, samples=samples_out,
     )

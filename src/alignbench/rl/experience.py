@@ -44,11 +44,14 @@ class Experience:
                           self.ref_logp[index], {k: v[index] for k, v in self.values.items()})
 
 
-def policy_logprobs(roles, role: str, rollout: Rollout, *, with_entropy: bool = False):
-    """log pi_role(y_t | ...) over the response tokens (and the per-token entropy if asked)."""
+def policy_logprobs(roles, role: str, rollout: Rollout, *, with_entropy: bool = False, temperature: float = 1.0):
+    """log pi_role(y_t | ...) over the response tokens (and the per-token entropy if asked).
+
+    ``temperature`` != 1 scores the tempered policy softmax(z / T) (a policy that samples at T).
+    """
     with roles.use(role) as model:
         return sequence_logprobs(model, rollout.sequences, rollout.attention_mask, rollout.response_start,
-                                 rollout.response_mask, return_entropy=with_entropy)
+                                 rollout.response_mask, return_entropy=with_entropy, temperature=temperature)
 
 
 def critic_values(roles, critic: str, rollout: Rollout) -> torch.Tensor:
@@ -61,8 +64,13 @@ def critic_values(roles, critic: str, rollout: Rollout) -> torch.Tensor:
 
 @torch.no_grad()
 def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator: torch.Generator | None = None,
-            reference_role: str = "reference", critics: tuple[str, ...] = ()) -> Experience:
-    """Sample one response per prompt with ``role`` and compute old/reference log-probs and values."""
+            reference_role: str = "reference", critics: tuple[str, ...] = (),
+            logprob_temperature: float = 1.0) -> Experience:
+    """Sample one response per prompt with ``role`` and compute old/reference log-probs and values.
+
+    Log-probs are of softmax(z / ``logprob_temperature``); pass the sampling temperature to treat the
+    tempered distribution as the policy (then give ``actor_loss`` the same ``temperature``).
+    """
     from alignbench.algorithms.text import encode_prompts
 
     ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, prompts, max_len=ctx.max_prompt_len)
@@ -73,8 +81,8 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
                                    temperature=generation.temperature, top_k=generation.top_k,
                                    top_p=generation.top_p, generator=generator)
     texts = ctx.decode(rollout.response_ids, rollout.response_mask)
-    old_logp = policy_logprobs(roles, role, rollout)
-    ref_logp = policy_logprobs(roles, reference_role, rollout)
+    old_logp = policy_logprobs(roles, role, rollout, temperature=logprob_temperature)
+    ref_logp = policy_logprobs(roles, reference_role, rollout, temperature=logprob_temperature)
     values = {critic: critic_values(roles, critic, rollout) for critic in critics}
     return Experience(rollout, texts, old_logp, ref_logp, values)
 
@@ -87,13 +95,13 @@ def minibatches(size: int, count: int, generator: torch.Generator) -> list[torch
 
 def actor_loss(roles, role: str, exp: Experience, advantages: torch.Tensor, *, clip_eps: float,
                kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
-               per_sequence: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+               per_sequence: bool = True, temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate on ``exp`` (+ optional in-loss KL to the reference, GRPO-style).
 
         L = -masked_mean(min(rho A, clip(rho, 1-eps, 1+eps) A)) + kl_coef * masked_mean(KL(pi || pi_ref))
             - entropy_coef * masked_mean(H)
     """
-    logp, entropy = policy_logprobs(roles, role, exp.rollout, with_entropy=True)
+    logp, entropy = policy_logprobs(roles, role, exp.rollout, with_entropy=True, temperature=temperature)
     loss, stats = clipped_policy_loss(logp, exp.old_logp, advantages, exp.mask, clip_eps=clip_eps,
                                       per_sequence=per_sequence)
     metrics = {f"losses/{k}": float(v) for k, v in stats.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +166,9 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
     outputs = StageOutputs()
     needed = [s for s in STAGE_ORDER if s in required or (s == "sft" and required)]
     prior: list[str] = []
+    fingerprint = ctx.data.fingerprint()
     for stage in needed:
-        key = stage_key(stage, ctx.rc.raw, prior)
+        key = stage_key(stage, ctx.rc.raw, prior, fingerprint)
         weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key,
                                                 lambda s=stage: _train_stage(s, ctx, ctx.rc.stages.seed),
                                                 reuse=ctx.rc.stages.reuse)
@@ -183,6 +184,34 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
     return outputs
 
 
+def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str, Any]:
+    """Train (or load) ``component.warmup_stage()`` on the SFT base and make it the new base."""
+    warmup = component.warmup_stage()
+    if warmup is None:
+        return {}
+    settings = asdict(warmup.settings) if is_dataclass(warmup.settings) else warmup.settings
+    fingerprint = ctx.data.fingerprint()
+    key = stage_key(warmup.name, ctx.rc.raw, [stage_key("sft", ctx.rc.raw, [], fingerprint)], fingerprint,
+                    settings=settings)
+
+    def train() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        stage = SFTStage(warmup.settings, ctx, items=warmup.items, metric_prefix=warmup.name)
+        roles = RoleSet(ctx.base, stage.role_specs(), ctx.model_cfg, full_finetune=stage.full_finetune)
+        stage.attach(roles)
+        started = time.perf_counter()
+        fit_component(stage, roles, ctx, warmup.name, ctx.rc.stages.seed)
+        metrics: dict[str, Any] = {f"stages/{warmup.name}/wall_s": time.perf_counter() - started}
+        if ctx.sink is not None and f"{warmup.name}/loss" in ctx.sink.last:
+            metrics[f"stages/{warmup.name}/final_loss"] = ctx.sink.last[f"{warmup.name}/loss"]
+        weights = roles.merged_base_state_dict() if stage.full_finetune else roles.role_state_dict("policy")
+        _unwrap_roles(roles, ctx)
+        return weights, metrics
+
+    weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key, train, reuse=ctx.rc.stages.reuse)
+    apply_sft(ctx, weights)
+    return {**metrics, f"stages/{warmup.name}/cached": float(cached)}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -195,11 +224,12 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     ctx = build_context(rc, sink)
     cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
-    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.requires
+    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.required_stages(rc.algo)
     outputs = run_stages(ctx, required, until)
     result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
     if until is None:
         component = cls(rc.algo, ctx, outputs)
+        result["metrics"].update(run_warmup_stage(ctx, component))
         roles = RoleSet(ctx.base, component.role_specs(), rc.model, full_finetune=component.full_finetune)
         roles.to(ctx.device)
         component.attach(roles)
@@ -212,6 +242,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                                   seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
                                   extra_metrics=getattr(component, "eval_extra_metrics", None))
             result["metrics"].update(evaluation.metrics)
+            evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.eval_extras())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
             result["eval_seconds"] = evaluation.seconds

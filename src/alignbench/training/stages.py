@@ -29,16 +29,22 @@ STAGE_ORDER = ("sft", "reward_model", "cost_model")
 CACHE_VERSION = 1
 
 
-def stage_key(stage: str, raw_cfg, prior: list[str]) -> str:
-    """Hash of the config that determines a stage's weights (see module docstring)."""
+def stage_key(stage: str, raw_cfg, prior: list[str], data_fingerprint: str = "", settings: Any = None) -> str:
+    """Hash of the config that determines a stage's weights (see module docstring).
+
+    ``data_fingerprint`` is the hash of the training data itself (``DataBundle.fingerprint``), so a change
+    in generated data retrains. ``settings`` replaces ``stages.<stage>`` for stages configured elsewhere
+    (a component's warm-up).
+    """
     payload = {
         "version": CACHE_VERSION,
         "stage": stage,
         "model": OmegaConf.to_container(raw_cfg.model, resolve=True),
         "data": OmegaConf.to_container(raw_cfg.data, resolve=True),
-        "settings": OmegaConf.to_container(raw_cfg.stages[stage], resolve=True),
+        "settings": OmegaConf.to_container(raw_cfg.stages[stage], resolve=True) if settings is None else settings,
         "seed": int(raw_cfg.stages.seed),
         "prior": prior,
+        "data_fingerprint": data_fingerprint,
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{stage}-{digest}"

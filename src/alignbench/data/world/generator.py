@@ -226,10 +226,13 @@ class SafetyWorld:
         if response_kind == "guidance":
             help_text = T.SAFE_HELP[record.category][0]
             return [phrasing.format(help=help_text) for phrasing in T.GUIDANCE_PHRASINGS]
-        if response_kind == "unsafe":
+        if response_kind in ("unsafe", "disguised"):
             markers = T.HARM_MARKERS_BY_CATEGORY[record.category]
-            return [phrasing.format(m1=m1, m2=m2) for phrasing in T.UNSAFE_PHRASINGS
-                    for m1, m2 in combinations(markers, 2)]
+            unsafe = [phrasing.format(m1=m1, m2=m2) for phrasing in T.UNSAFE_PHRASINGS
+                      for m1, m2 in combinations(markers, 2)]
+            if response_kind == "disguised":
+                return [f"{refusal} {text}" for refusal in T.REFUSALS[:2] for text in unsafe]
+            return unsafe
         phrasings = T.BENIGN_ANSWER_PHRASINGS if record.kind == "benign" else T.BORDERLINE_ANSWER_PHRASINGS
         answers = [record.answer] if response_kind == "helpful" else _wrong_answers(record)
         return [phrasing.format(answer=answer) for phrasing in phrasings for answer in answers]

@@ -28,7 +28,10 @@ from functools import lru_cache
 from alignbench.data.schema import LABELS as EVAL_LABELS
 from alignbench.data.schema import PROMPT_KINDS
 
-RESPONSE_KINDS = ("helpful", "wrong", "unsafe", "refusal", "guidance")
+# "disguised": a refusal preamble followed by unsafe content anyway. It never appears in SFT data, only
+# in preference pairs (labelled unsafe), so a cost model learns that a polite opening does not make
+# harmful steps safe — the reward hack a policy otherwise finds first against a learned cost model.
+RESPONSE_KINDS = ("helpful", "wrong", "unsafe", "refusal", "guidance", "disguised")
 HARM_CATEGORIES = ("weapons", "cyber", "fraud", "drugs", "self_harm", "privacy")
 
 # Which response kinds make sense for each prompt kind: a benign question has nothing to comply
@@ -36,8 +39,8 @@ HARM_CATEGORIES = ("weapons", "cyber", "fraud", "drugs", "self_harm", "privacy")
 RESPONSE_KINDS_FOR = {
     "benign": ("helpful", "wrong", "refusal"),
     "borderline": ("helpful", "wrong", "refusal", "guidance"),
-    "harmful": ("unsafe", "refusal", "guidance"),
-    "jailbreak": ("unsafe", "refusal", "guidance"),
+    "harmful": ("unsafe", "refusal", "guidance", "disguised"),
+    "jailbreak": ("unsafe", "refusal", "guidance", "disguised"),
 }
 
 

@@ -1,0 +1,495 @@
+"""TriPlay-RL: attacker, defender and evaluator co-evolve, one role trained at a time with GRPO.
+
+Three LoRA adapters on the shared frozen base, which is the SFT model (the pipeline's SFT stage):
+
+* ``attacker`` (red) rewrites a seed harmful request ``s`` into an adversarial prompt ``a``
+  (``world.attacker_prompt(s)`` -> ``a``; the defender then sees ``world.parse_attack(s, a)``);
+* ``defender`` (blue) answers prompts; it is what the standard evaluation harness evaluates;
+* ``evaluator`` reads ``world.evaluator_prompt(prompt, answer)`` and says negative / rejective / positive.
+
+Warm start. The defender starts as the SFT model (its adapter is zero). The attacker and the evaluator
+cannot: the SFT data never rewrites requests or grades answers. So the component first runs
+``attacker_warmup_steps`` / ``evaluator_warmup_steps`` supervised steps (cross-entropy on the
+response, phase ``warmup``) on ``world.attack_sft_examples("train")`` and on
+``world.evaluator_sft_examples("train")``. The evaluator's warm-up targets are, by default
+(``evaluator_warmup_labels=vote``), the judge panel's majority vote, not the world's true labels (ties
+dropped): true labels are only used to measure accuracy. At the end of the warm-up the two adapters are
+copied into frozen roles ``attacker_ref`` / ``evaluator_ref``, their KL anchors; the defender's anchor
+is the SFT model (``reference``).
+
+Schedule: ``iterations`` x ``phases`` (default red, blue, eval), ``phase_steps[phase]`` GRPO steps each.
+Every GRPO step samples ``group_size`` = k outputs per prompt with the role being trained (the other
+two frozen), scores them, and updates with
+
+    A_i = (r_i - mean_g r) / (std_g r + eps)                       (``rl.advantages.grpo_advantages``)
+    L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_coef * KL_k3(pi || pi_anchor)
+
+(``rl.experience.actor_loss`` with the in-loss KL, GRPO's form).
+
+Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
+
+* red:  r(a) = g(a) * sum_i w_i score(label of defender i's answer to a) + w_rel * rel(s, a) - P_div(a),
+        defenders: the current one (0.6) and fixed ones (SFT model at T = 1 and at T = 0.7, 0.2 each;
+        ``algo.defenders``), labels by the world judge (``attack_judge=world``; or the evaluator),
+        score negative 1 / rejective 0 / positive 0; rel = ``world.relevance`` (1 when the seed's
+        harmful core survives), g = rel when ``relevance_gate`` (an attack that lost the intent earns
+        no success), P_div the Self-BLEU + embedding penalty against the pool of past successful
+        attacks (``triplay_rewards``; off with ``diversity_penalty=false``, the ablation).
+* blue: r = +1 positive, 0 rejective, -1 negative, from the current evaluator's label (argmax of the
+        three label log-probs) of the defender's answer to the latest attacker's prompt.
+* eval: r = 1[sampled label == majority vote of the judge panel] on (attack, answer) pairs whose
+        answers come from the current defender and the SFT model; pairs without a majority are dropped.
+
+Metrics at the end of each phase (``train/triplay_phase``: 0 warm-up, 1 red, 2 blue, 3 eval), on
+held-out seeds and prompts with a fixed sampling seed so phases are comparable:
+``triplay/attack_success_rate`` (relevant attacks whose answer by the fixed SFT defender is unsafe),
+``triplay/attack_diversity`` (mean of 1 - Self-BLEU and 1 - mean pairwise cosine), the defender's
+``triplay/defender/{unsafe_rate,bare_refusal_rate,...}`` through the standard harness, and
+``triplay/evaluator_acc`` with every judge's ``triplay/judge_acc/<name>`` on held-out labelled pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
+from alignbench.algorithms.sft import response_cross_entropy
+from alignbench.algorithms.text import encode_prompt_response, encode_prompts
+from alignbench.algorithms.triplay_rewards import (
+    PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, accuracy, attack_reward, build_judge_panel, label_scores,
+    mean_pairwise_cosine, panel_labels, panel_votes, strategy_entropy, weighted_outcome,
+)
+from alignbench.config import ConfigError, GenerationConfig
+from alignbench.data.schema import LABELS
+from alignbench.models.roles import REFERENCE, RoleSpec
+from alignbench.registry import register_algorithm
+from alignbench.rl.advantages import grpo_advantages
+from alignbench.rl.experience import actor_loss, collect, mean_of, minibatches
+from alignbench.rl.losses import clipped_policy_loss, kl_penalty
+
+PHASE_CODES = {"warmup": 0, "red": 1, "blue": 2, "eval": 3}
+TRAINED_ROLE = {"red": "attacker", "blue": "defender", "eval": "evaluator"}
+ANCHOR = {"attacker": "attacker_ref", "defender": REFERENCE, "evaluator": "evaluator_ref"}
+
+
+@register_algorithm("triplay")
+class TriPlay(AlgorithmComponent):
+    """Attacker / defender / evaluator self-play on the safety world (ALGORITHMS.md §4)."""
+
+    config_class = TriPlayConfig
+    requires = ("sft",)
+
+    def __init__(self, cfg, ctx, stage_outputs=None) -> None:
+        super().__init__(cfg, ctx, stage_outputs)
+        self.world = ctx.data.world
+        if self.world is None:
+            raise ConfigError("algo=triplay needs data=world (its attacker rewrites world seeds, scored by the "
+                              "world's relevance check)")
+        self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
+        self.panel = build_judge_panel(cfg.judges, self.world)
+        self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
+        self.bleu = SelfBLEU(cfg.bleu_orders)
+        self.pool = AttackPool(cfg.pool_size, self.embedder, self.bleu, sample=cfg.pool_sample,
+                               bleu_mode=cfg.bleu_mode, similarity=cfg.pool_similarity)
+        self.seeds = self.world.prompts("train", ["harmful"])
+        self.heldout_seeds = self.world.prompts("eval", ["harmful"])
+        self.plan = self._plan()
+        self.step = 0
+        self.first_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+        self._attack_examples = self.world.attack_sft_examples("train")
+        self._evaluator_examples: list[dict] | None = None  # built lazily (votes need the panel)
+        self.label_ids = self._label_token_ids()
+
+    # ----------------------------------------------------------------- schedule, roles, optimisers
+    def _plan(self) -> list[tuple[int, str]]:
+        """(iteration, phase) of every host iteration: warm-up first, then the phase blocks."""
+        cfg = self.cfg
+        plan = [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
+        for iteration in range(1, cfg.iterations + 1):
+            for phase in cfg.phases:
+                plan += [(iteration, phase)] * cfg.phase_steps[phase]
+        return plan
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.plan)
+
+    def role_specs(self) -> list[RoleSpec]:
+        return [RoleSpec("attacker"), RoleSpec("defender"), RoleSpec("evaluator"),
+                RoleSpec("attacker_ref", trainable=False), RoleSpec("evaluator_ref", trainable=False)]
+
+    def train_items(self):
+        return self.seeds
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        cfg, roles = self.cfg, self.roles
+        count = {phase: sum(1 for _, p in self.plan if p == phase) for phase in ("warmup", *PHASES)}
+        specs = {role: OptimizerSpec(roles.parameters_of(role), getattr(cfg, f"{role}_optim"), max(1, count[phase]))
+                 for phase, role in TRAINED_ROLE.items()}
+        for role in ("attacker", "evaluator"):
+            specs[f"{role}_warmup"] = OptimizerSpec(roles.parameters_of(role), getattr(cfg, f"{role}_warmup_optim"),
+                                                    max(1, count["warmup"]))
+        return specs
+
+    def _sync_anchors(self) -> None:
+        """Freeze the warmed-up attacker and evaluator as their own KL anchors."""
+        for role in ("attacker", "evaluator"):
+            self.roles.load_role_state_dict(ANCHOR[role], self.roles.role_state_dict(role))
+
+    # ----------------------------------------------------------------- shared helpers
+    def _seed(self) -> int:
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+
+    def _sample(self, role: str, prompts: list[str], generation: GenerationConfig, seed: int | None = None) -> list[str]:
+        from alignbench.eval.harness import sample_responses
+
+        texts, _ = sample_responses(self.ctx, self.roles, role, prompts, generation,
+                                    batch_size=self.ctx.eval_cfg.batch_size, seed=self._seed() if seed is None else seed)
+        return texts
+
+    def _answers(self, spec_source: str, temperature: float, prompts: list[str], seed: int | None = None) -> list[str]:
+        role = "defender" if spec_source == "current" else REFERENCE
+        generation = dataclasses.replace(self.cfg.defender_rollout, temperature=temperature)
+        return self._sample(role, prompts, generation, seed)
+
+    # ----------------------------------------------------------------- the evaluator's label policy
+    def _label_token_ids(self) -> list[int]:
+        from alignbench.algorithms.text import encode
+
+        ids = [encode(self.ctx.tokenizer, " " + label)[0] for label in LABELS]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"the labels {LABELS} do not start with distinct tokens in this model's vocabulary")
+        return ids
+
+    def label_logits(self, role: str, texts: list[str]) -> torch.Tensor:
+        """[N, 3] logits of the label words (LABELS order) right after each evaluator prompt.
+
+        The evaluator's policy is the softmax over these three logits: its answer is constrained to one of
+        the label words (their first token), so it is a 3-way categorical policy that GRPO samples from.
+        """
+        ctx = self.ctx
+        ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, max_len=ctx.max_prompt_len)
+        logits = self.roles.lm_logits(role, ids.to(ctx.device), mask.to(ctx.device))[:, -1]
+        return logits[:, self.label_ids].float()
+
+    @torch.no_grad()
+    def evaluator_labels(self, prompts: list[str], responses: list[str], chunk: int = 128) -> list[str]:
+        """The evaluator's label (argmax) for each (prompt, response)."""
+        texts = [self.world.evaluator_prompt(p, r) for p, r in zip(prompts, responses)]
+        picks = [self.label_logits("evaluator", texts[i:i + chunk]).argmax(1) for i in range(0, len(texts), chunk)]
+        return [LABELS[i] for i in torch.cat(picks).tolist()] if picks else []
+
+    def _evaluator_grpo(self, host, texts: list[str], targets: list[str]) -> dict[str, float]:
+        """GRPO on the 3-way label policy: k labels per pair, reward 1[label == vote], clip + KL to the anchor."""
+        cfg, k = self.cfg, self.cfg.group_size
+        with torch.no_grad():
+            old = torch.log_softmax(self.label_logits("evaluator", texts), -1)
+            ref = torch.log_softmax(self.label_logits(ANCHOR["evaluator"], texts), -1)
+        actions = torch.multinomial(old.exp().cpu(), k, replacement=True, generator=self.generator).to(old.device)
+        wanted = torch.tensor([LABELS.index(t) for t in targets], device=old.device)
+        scores = (actions == wanted[:, None]).float().reshape(-1)
+        advantages = grpo_advantages(scores, k, scale=cfg.grpo_scale)[:, None]
+        rows, actions = torch.arange(len(texts), device=old.device).repeat_interleave(k), actions.reshape(-1)
+        mask = torch.ones_like(advantages)
+        updates = []
+        for _ in range(cfg.epochs):
+            logp = torch.log_softmax(self.label_logits("evaluator", texts), -1)[rows, actions][:, None]
+            loss, stats = clipped_policy_loss(logp, old[rows, actions][:, None], advantages, mask, clip_eps=cfg.clip_eps)
+            kl = kl_penalty(logp, ref[rows, actions][:, None], cfg.kl_estimator).mean()
+            loss = loss + cfg.kl_coef * kl
+            grad_norm = host.optimize("evaluator", loss)["grad_norm"]
+            updates.append({"losses/evaluator/policy_loss": float(loss.detach()), "losses/evaluator/kl_loss": float(kl),
+                            "losses/evaluator/grad_norm": grad_norm,
+                            **{f"losses/evaluator/{n}": float(v) for n, v in stats.items()}})
+        return {**mean_of(updates), "train/evaluator/reward": float(scores.mean()),
+                "train/evaluator/entropy": float(-(old.exp() * old).sum(-1).mean())}
+
+    def _grpo(self, host, role: str, prompts: list[str], score_fn, generation: GenerationConfig):
+        """One GRPO update of an LM role: k samples per prompt, group-relative advantages, clipped loss + KL.
+
+        The policy is softmax(z / T) at the rollout temperature T (log-probs, ratios and KL all use it).
+        """
+        cfg, k = self.cfg, self.cfg.group_size
+        repeated = [p for p in prompts for _ in range(k)]
+        exp = collect(self.ctx, self.roles, role, repeated, generation, generator=self.generator,
+                      reference_role=ANCHOR[role], logprob_temperature=generation.temperature)
+        scores, info = score_fn(exp.texts)
+        scores_t = torch.as_tensor(np.asarray(scores), dtype=torch.float32, device=exp.mask.device)
+        advantages = grpo_advantages(scores_t, k, scale=cfg.grpo_scale)
+        token_adv = advantages[:, None] * exp.mask.to(advantages.dtype)
+        updates = []
+        for _ in range(cfg.epochs):
+            for index in minibatches(exp.size, cfg.minibatches, self.generator):
+                loss, stats = actor_loss(self.roles, role, exp.select(index), token_adv[index], clip_eps=cfg.clip_eps,
+                                         kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
+                                         temperature=generation.temperature)
+                stats["losses/grad_norm"] = host.optimize(role, loss)["grad_norm"]
+                updates.append(stats)
+        metrics = {key.replace("losses/", f"losses/{role}/"): v for key, v in mean_of(updates).items()}
+        metrics.update({f"train/{role}/reward": float(np.mean(scores)),
+                        f"train/{role}/reward_std_in_group": float(np.asarray(scores).reshape(-1, k).std(1).mean()),
+                        "perf/gen_tokens": float(exp.mask.sum()), "perf/train_tokens": float(exp.mask.sum()) * cfg.epochs})
+        metrics.update(info)
+        return metrics
+
+    # ----------------------------------------------------------------- warm-up
+    def _warmup_examples(self, role: str) -> list[dict]:
+        if role == "attacker":
+            return self._attack_examples
+        if self._evaluator_examples is None:
+            rows = [row for row in self.world.evaluator_sft_examples("train")
+                    if row["prompt_kind"] in self.cfg.evaluator_kinds]
+            if self.cfg.evaluator_warmup_labels == "vote":
+                records, replies = zip(*[self._split_evaluator_example(row) for row in rows])
+                votes = panel_votes(self.panel, panel_labels(self.panel, records, replies))
+                rows = [{**row, "response": vote} for row, vote in zip(rows, votes) if vote is not None]
+            self._evaluator_examples = rows
+        return self._evaluator_examples
+
+    def _split_evaluator_example(self, row: dict):
+        """(record, reply) of a world evaluator example (the reply follows the last ' reply : ')."""
+        return self.world.record(row["prompt_id"]), row["prompt"].rsplit(" reply : ", 1)[1]
+
+    def _warmup_step(self, host) -> dict[str, float]:
+        """One supervised step per role still warming up: LM cross-entropy (attacker), label CE (evaluator)."""
+        cfg, ctx, metrics = self.cfg, self.ctx, {}
+        for role, steps in (("attacker", cfg.attacker_warmup_steps), ("evaluator", cfg.evaluator_warmup_steps)):
+            if self.step >= steps:
+                continue
+            examples = self._warmup_examples(role)
+            index = torch.randint(len(examples), (cfg.warmup_batch_size,), generator=self.generator).tolist()
+            prompts, targets = [examples[i]["prompt"] for i in index], [examples[i]["response"] for i in index]
+            if role == "evaluator":
+                wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
+                loss = F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
+            else:
+                batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
+                batch = {k: v.to(ctx.device) for k, v in batch.items()}
+                logits = self.roles.lm_logits(role, batch["input_ids"], batch["attention_mask"])
+                loss = response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+                metrics["perf/train_tokens"] = float(batch["response_mask"].sum())
+            host.optimize(f"{role}_warmup", loss)
+            metrics[f"train/warmup/{role}_loss"] = float(loss.detach())
+        return metrics
+
+    # ----------------------------------------------------------------- the three phases
+    def attack_rewards(self, seeds: list, attacks: list[str]) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+        """Red reward per attack (module docstring), its diagnostics, and which attacks join the pool."""
+        cfg = self.cfg
+        records = [self.world.parse_attack(seed, attack) for seed, attack in zip(seeds, attacks)]
+        relevance = np.array([record.meta["relevance"] for record in records], dtype=np.float64)
+        per_defender = {}
+        for spec in cfg.defenders:
+            answers = self._answers(spec.source, spec.temperature, [r.prompt for r in records])
+            if cfg.attack_judge == "world":
+                labels = [self.world.judge(r, a).label for r, a in zip(records, answers)]
+            else:
+                labels = self.evaluator_labels([r.prompt for r in records], answers)
+            per_defender[spec.name] = label_scores(labels, cfg.attack_label_scores)
+        outcome = weighted_outcome(per_defender, {s.name: s.weight for s in cfg.defenders})
+        bleu, cosine = self.pool.similarity_to_pool(attacks)
+        reward, penalty = attack_reward(outcome, relevance, bleu, cosine, relevance_weight=cfg.relevance_weight,
+                                        gate=cfg.relevance_gate, penalty=cfg.diversity_penalty, w_bleu=cfg.div_w_bleu,
+                                        w_cos=cfg.div_w_cos, k=cfg.div_k)
+        successful = (relevance > 0) & (outcome >= cfg.pool_threshold)
+        info = {"train/red/outcome": float(outcome.mean()), "train/red/relevance": float(relevance.mean()),
+                "train/red/p_div": float(penalty.mean()), "train/red/pool_bleu": float(bleu.mean()),
+                "train/red/pool_cosine": float(cosine.mean()), "train/red/success_rate": float(successful.mean()),
+                **{f"train/red/outcome/{name}": float(v.mean()) for name, v in per_defender.items()}}
+        return reward, info, successful
+
+    def _red_step(self, host, seeds) -> dict[str, float]:
+        k = self.cfg.group_size
+        repeated = [seed for seed in seeds for _ in range(k)]
+        state: dict[str, Any] = {}
+
+        def score(texts):
+            reward, info, successful = self.attack_rewards(repeated, texts)
+            state["pool"] = [t for t, ok in zip(texts, successful) if ok]
+            return reward, info
+
+        metrics = self._grpo(host, "attacker", [self.world.attacker_prompt(s) for s in seeds], score,
+                                self.cfg.attacker_rollout)
+        self.pool.add(state["pool"])  # after scoring: an attack is never compared with itself
+        metrics["train/red/pool_size"] = float(len(self.pool))
+        return metrics
+
+    def _attacks(self, seeds: list, seed: int | None = None) -> list:
+        attacks = self._sample("attacker", [self.world.attacker_prompt(s) for s in seeds], self.cfg.attacker_rollout, seed)
+        return [self.world.parse_attack(s, a) for s, a in zip(seeds, attacks)]
+
+    def _blue_step(self, host, seeds) -> dict[str, float]:
+        cfg, k = self.cfg, self.cfg.group_size
+        records = self._attacks(seeds)
+        repeated = [r for r in records for _ in range(k)]
+
+        def score(texts):
+            labels = self.evaluator_labels([r.prompt for r in repeated], texts)
+            truth = [self.world.judge(r, t) for r, t in zip(repeated, texts)]  # monitoring only
+            info = {"train/blue/true_unsafe_rate": float(np.mean([v.unsafe for v in truth])),
+                    "train/blue/true_bare_refusal_rate": float(np.mean([v.bare_refusal for v in truth])),
+                    "train/blue/evaluator_agreement": accuracy(labels, [v.label for v in truth])}
+            return label_scores(labels, cfg.defender_label_scores), info
+
+        return self._grpo(host, "defender", [r.prompt for r in records], score, cfg.defender_rollout)
+
+    def _eval_step(self, host, seeds) -> dict[str, float]:
+        records = self._attacks(seeds)
+        prompts = [r.prompt for r in records]
+        answers = self._answers("current", 1.0, prompts) + self._answers("reference", 1.0, prompts)
+        records = records + records
+        votes = panel_votes(self.panel, panel_labels(self.panel, records, answers))
+        keep = [i for i, vote in enumerate(votes) if vote is not None]
+        if not keep:
+            return {"train/eval/kept_pairs": 0.0}
+        records, answers, votes = [records[i] for i in keep], [answers[i] for i in keep], [votes[i] for i in keep]
+        truth = [self.world.judge(r, a).label for r, a in zip(records, answers)]  # monitoring only
+        metrics = self._evaluator_grpo(host, [self.world.evaluator_prompt(r.prompt, a)
+                                              for r, a in zip(records, answers)], votes)
+        metrics.update({"train/eval/kept_pairs": float(len(keep)), "train/eval/vote_acc": accuracy(votes, truth)})
+        return metrics
+
+    # ----------------------------------------------------------------- the host's iteration
+    def training_step(self, batch, host) -> dict[str, float]:
+        started = time.perf_counter()
+        iteration, phase = self.plan[self.step]
+        if self.step == 0 and phase != "warmup":
+            self._sync_anchors()
+        if phase == "warmup":
+            metrics = self._warmup_step(host)
+        else:
+            metrics = {"red": self._red_step, "blue": self._blue_step, "eval": self._eval_step}[phase](host, list(batch))
+        self.step += 1
+        ended = self.step == len(self.plan) or self.plan[self.step] != (iteration, phase)
+        if ended and phase == "warmup":
+            self._sync_anchors()
+        metrics["timing/train"] = time.perf_counter() - started
+        if ended and self.cfg.phase_metrics:
+            metrics.update(self.phase_metrics(phase))
+        metrics.update({"train/triplay_phase": float(PHASE_CODES[phase]), "train/triplay_iteration": float(iteration)})
+        return metrics
+
+    # ----------------------------------------------------------------- held-out metrics
+    def phase_metrics(self, phase: str) -> dict[str, float]:
+        """Measure the role(s) the phase changed (all three after the warm-up) on held-out data."""
+        started = time.perf_counter()
+        seed = int(self.ctx.rc.seed) + 7919  # the same sampling randomness at every phase end
+        metrics: dict[str, float] = {}
+        if phase in ("warmup", "red"):
+            metrics.update(self.attacker_metrics(seed))
+        if phase in ("warmup", "blue"):
+            metrics.update(self.defender_metrics(seed))
+        if phase in ("warmup", "eval"):
+            metrics.update(self.evaluator_metrics(seed))
+        metrics["timing/phase_metrics"] = time.perf_counter() - started
+        for key, value in metrics.items():  # the first measurement of each metric (after the warm-up)
+            self.first_metrics.setdefault(key, value)
+        self.last_metrics.update(metrics)
+        return metrics
+
+    def attacker_metrics(self, seed: int) -> dict[str, float]:
+        from alignbench.data.world import JAILBREAK_WRAPPERS
+
+        seeds = [s for s in self.heldout_seeds for _ in range(self.cfg.metric_samples)]
+        records = self._attacks(seeds, seed)
+        attacks = [r.prompt for r in records]
+        relevant = np.array([r.meta["relevance"] for r in records]) > 0
+        fixed = self._answers("reference", 1.0, attacks, seed + 1)
+        current = self._answers("current", 1.0, attacks, seed + 2)
+        unsafe_fixed = np.array([self.world.judge(r, a).unsafe for r, a in zip(records, fixed)])
+        unsafe_current = np.array([self.world.judge(r, a).unsafe for r, a in zip(records, current)])
+        bleu_div = 1.0 - self.bleu.of_set(attacks, self.cfg.metric_bleu_pairs, seed)
+        embed_div = 1.0 - mean_pairwise_cosine(self.embedder(attacks))
+        wrappers = [r.meta["wrapper"] for r in records]
+        return {"triplay/attack_success_rate": float((unsafe_fixed & relevant).mean()),
+                "triplay/attack_success_rate_current": float((unsafe_current & relevant).mean()),
+                "triplay/attack_relevance": float(relevant.mean()),
+                "triplay/attack_diversity": 0.5 * (bleu_div + embed_div),
+                "triplay/attack_diversity_bleu": bleu_div, "triplay/attack_diversity_embedding": embed_div,
+                "triplay/attack_strategy_entropy": strategy_entropy(wrappers, len(JAILBREAK_WRAPPERS) + 1),
+                "triplay/attack_distinct": len(set(attacks)) / max(1, len(attacks))}
+
+    def defender_metrics(self, seed: int) -> dict[str, float]:
+        from alignbench.eval.harness import PolicyResponder, evaluate
+
+        eval_cfg = dataclasses.replace(self.ctx.eval_cfg, samples_per_prompt=self.cfg.phase_eval_samples)
+        result = evaluate(PolicyResponder(self.ctx, self.roles, "defender"), self.ctx.data.eval_prompts,
+                          self.ctx.judge, eval_cfg, seed=seed)
+        keys = ("unsafe_rate", "bare_refusal_rate", "over_refusal_rate", "helpfulness")
+        return {f"triplay/defender/{k}": result.metrics[f"eval/{k}"] for k in keys if f"eval/{k}" in result.metrics}
+
+    def heldout_pairs(self, seed: int) -> tuple[list, list[str]]:
+        """The world's evaluator examples of the eval split plus (attack, answer) pairs on held-out seeds."""
+        records, replies = map(list, zip(*[self._split_evaluator_example(row)
+                                           for row in self.world.evaluator_sft_examples("eval")]))
+        attacks = self._attacks(self.heldout_seeds, seed)
+        prompts = [r.prompt for r in attacks]
+        records += attacks + attacks
+        replies += self._answers("current", 1.0, prompts, seed + 3) + self._answers("reference", 1.0, prompts, seed + 4)
+        return records, replies
+
+    def evaluator_metrics(self, seed: int) -> dict[str, float]:
+        """Accuracy against the true labels of the evaluator, each judge and the vote.
+
+        Headline numbers are on the evaluator's domain (``evaluator_kinds``: answers to harmful and
+        jailbreak prompts, attacks included); ``*_all_kinds`` adds the benign/borderline answer checks.
+        """
+        records, replies = self.heldout_pairs(seed)
+        truth = [self.world.judge(r, a).label for r, a in zip(records, replies)]
+        predicted = self.evaluator_labels([r.prompt for r in records], replies)
+        labels = panel_labels(self.panel, records, replies)
+        votes = panel_votes(self.panel, labels)
+        domain = [i for i, r in enumerate(records) if r.kind in self.cfg.evaluator_kinds]
+        attacks = [i for i, r in enumerate(records) if r.prompt_id.startswith("attack/")]
+
+        def acc(pred, rows):
+            return accuracy([pred[i] for i in rows], [truth[i] for i in rows])
+
+        everything = list(range(len(records)))
+        metrics = {"triplay/evaluator_acc": acc(predicted, domain), "triplay/vote_acc": acc(votes, domain),
+                   "triplay/evaluator_acc_attacks": acc(predicted, attacks),
+                   "triplay/evaluator_acc_all_kinds": acc(predicted, everything)}
+        for name, judged in labels.items():
+            metrics[f"triplay/judge_acc/{name}"] = acc(judged, domain)
+            metrics[f"triplay/judge_acc_all_kinds/{name}"] = acc(judged, everything)
+        metrics["triplay/best_judge_acc"] = max(metrics[f"triplay/judge_acc/{name}"] for name in labels)
+        return metrics
+
+    # ----------------------------------------------------------------- state and evaluation
+    def state_dict(self) -> dict[str, Any]:
+        iteration, phase = self.plan[min(self.step, len(self.plan) - 1)] if self.plan else (0, "warmup")
+        return {"step": self.step, "iteration": iteration, "phase": phase, "generator": self.generator.get_state(),
+                "pool": self.pool.state_dict(), "first_metrics": dict(self.first_metrics),
+                "last_metrics": dict(self.last_metrics),
+                "anchors": {ANCHOR[r]: self.roles.role_state_dict(ANCHOR[r]) for r in ("attacker", "evaluator")}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.pool.load_state_dict(state["pool"])
+        self.first_metrics, self.last_metrics = dict(state["first_metrics"]), dict(state["last_metrics"])
+        for role, weights in state["anchors"].items():
+            self.roles.load_role_state_dict(role, weights)
+
+    def responder(self):
+        from alignbench.eval.harness import PolicyResponder
+
+        return PolicyResponder(self.ctx, self.roles, role="defender")
+
+    def eval_extras(self) -> dict[str, float]:
+        extras = dict(self.stage_outputs.metrics)
+        extras.update(self.last_metrics)
+        extras.update({k.replace("triplay/", "triplay/initial/", 1): v for k, v in self.first_metrics.items()
+                       if k.startswith("triplay/")})
+        return extras

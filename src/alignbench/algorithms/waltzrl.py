@@ -1,0 +1,670 @@
+"""WaltzRL: a conversation agent and a feedback agent trained together (ALGORITHMS.md §3).
+
+Roles: ``conversation`` (pi_c) and ``feedback`` (pi_f), each a LoRA adapter on one frozen base; the
+reference of both is the base itself (adapters off).
+
+**Warm start.** The shared SFT stage only teaches the base to answer prompts. WaltzRL adds its own
+supervised stage on top of it (``warmup_stage``, run and cached by the pipeline like the shared
+stages, ``algo.warmup.*``): the base continues training on the world's feedback examples
+(``{"reasoning", "unsafe", "overrefuse", "feedback"}`` JSON for a reply; ``world.feedback_label_noise``
+of them deliberately wrong), its revision examples (prompt, flawed reply, feedback -> revision; only
+``world.revision_follow_prob`` of them follow the feedback) and, with ``algo.warmup.include_sft``, a
+replay of the SFT mixture so first answers keep the SFT model's behaviour. The result becomes the
+base, so both agents *and their reference* have seen the feedback and revision formats, while
+``algo=sft`` (the shared SFT stage alone) is unchanged. ``waltzrl_untrained`` evaluates exactly
+this warm-started system with no RL.
+
+**Episode** (``play_episodes``), for a prompt p and at most ``T_max`` feedback rounds::
+
+    c_0 = pi_c(p)
+    for t < T_max:   f_t = pi_f(feedback_prompt(p, c_t))
+                     f_t not valid JSON (pydantic ``Feedback``)       -> episode ends (format reward 0)
+                     f_t.unsafe or f_t.overrefuse                     -> c_{t+1} = pi_c(revision_prompt(p, c_t, f_t))
+                     otherwise                                        -> episode ends (answer accepted)
+
+The revision prompt holds the original prompt, the latest answer and the latest feedback (the
+world's ``REVISION_PROMPT``, rendered through the model's chat template when it has one, as every
+prompt is). The final answer is the last c_t. Evaluation runs the same loop (``WaltzResponder``):
+the feedback agent reads every answer, and a revision happens only when one of its labels is true.
+
+**Rewards**, with the judge J(p, c) -> (unsafe, overrefuse) (``ctx.judge``)::
+
+    R_c(p, c)   = 1[not unsafe and not overrefuse]
+    DIR_t       = R_c(p, c_{t+1}) - R_c(p, c_t)          (0 when f_t triggered no revision)
+    R_label,t   = 1[(f_t.unsafe, f_t.overrefuse) == J(p, c_t)]      (0 when f_t does not parse)
+    R_fmt,t     = 1[f_t parses]
+    R_f,t       = alpha * DIR_t * R_label,t + lam * R_label,t + gamma * R_fmt,t
+
+**Updates** (REINFORCE++, critic-free): each sample's token rewards are r_k = -beta * KL_k (to the
+base) plus its sequence reward at the last token; returns-to-go are whitened over the agent's whole
+batch (``rl.advantages.reinforce_pp_advantages``), and the PPO-clipped surrogate
+(``rl.experience.actor_loss``) is minimised. The conversation batch mixes p -> c_0 and
+(p, c_t, f_t) -> c_{t+1} samples, normalised together. Schedule: iterations < ``stage1_steps`` train
+only pi_f (pi_c frozen) with alpha, lam, gamma; the next ``stage2_steps`` train both with lam = 0.
+
+This module also holds ``single_rl``, the single-model baseline: REINFORCE++ on R_c alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec, WarmupStage
+from alignbench.config import AlgoConfig, ConfigError, GenerationConfig, OptimConfig
+from alignbench.data.world import templates as world_templates
+from alignbench.models.roles import RoleSpec
+from alignbench.registry import register_algorithm
+from alignbench.rl.advantages import reinforce_pp_advantages
+from alignbench.rl.experience import Experience, actor_loss, collect, mean_of
+from alignbench.rl.losses import kl_penalty, masked_mean
+from alignbench.rl.shaping import shape_token_rewards
+
+MUST_ANSWER = ("benign", "borderline")
+MUST_REFUSE = ("harmful", "jailbreak", "unknown")
+CONVERSATION, FEEDBACK = "conversation", "feedback"
+
+
+# ====================================================================== feedback format
+class Feedback(BaseModel):
+    """The feedback agent's output: exactly these four keys, JSON booleans and strings (strict)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    reasoning: str
+    unsafe: bool
+    overrefuse: bool
+    feedback: str
+
+    @property
+    def flagged(self) -> bool:
+        """A label is true: the answer gets revised."""
+        return self.unsafe or self.overrefuse
+
+
+def parse_feedback(text: str) -> Feedback | None:
+    """``Feedback`` when ``text`` is one valid JSON object of the format, else None (malformed)."""
+    try:
+        return Feedback.model_validate_json(text)
+    except (ValidationError, ValueError, TypeError):
+        return None
+
+
+def feedback_prompt(prompt: str, answer: str) -> str:
+    """What the feedback agent reads (the world's ``FEEDBACK_PROMPT``, as ``world.feedback_prompt``)."""
+    return world_templates.FEEDBACK_PROMPT.format(prompt=prompt, response=answer)
+
+
+def revision_prompt(prompt: str, answer: str, feedback_text: str) -> str:
+    """What the conversation agent reads to revise (the world's ``REVISION_PROMPT``)."""
+    return world_templates.REVISION_PROMPT.format(prompt=prompt, response=answer, feedback=feedback_text)
+
+
+# ====================================================================== rewards
+@dataclass(frozen=True)
+class Coefficients:
+    """R_f = alpha * DIR * R_label + lam * R_label + gamma * R_fmt."""
+
+    alpha: float
+    lam: float
+    gamma: float
+
+
+@dataclass(frozen=True)
+class FeedbackReward:
+    dir: float
+    label: float
+    fmt: float
+    total: float
+
+
+def conversation_reward(verdict) -> float:
+    """R_c(p, c) = 1[not unsafe and not overrefuse] from a judge verdict."""
+    return float(not verdict.unsafe and not verdict.overrefuse)
+
+
+def labels_match(feedback: Feedback, verdict) -> bool:
+    return feedback.unsafe == bool(verdict.unsafe) and feedback.overrefuse == bool(verdict.overrefuse)
+
+
+def feedback_reward(feedback: Feedback | None, verdict_before, reward_after: float | None,
+                    coeffs: Coefficients) -> FeedbackReward:
+    """R_f for feedback on an answer judged ``verdict_before``; ``reward_after`` = R_c of the revision or None."""
+    fmt = float(feedback is not None)
+    label = float(feedback is not None and labels_match(feedback, verdict_before))
+    improvement = 0.0 if reward_after is None else reward_after - conversation_reward(verdict_before)
+    total = coeffs.alpha * improvement * label + coeffs.lam * label + coeffs.gamma * fmt
+    return FeedbackReward(dir=improvement, label=label, fmt=fmt, total=total)
+
+
+# ====================================================================== episodes
+@dataclass(frozen=True)
+class Step:
+    """One batched generation of an episode loop.
+
+    ``role`` generates; ``index`` is the answer index t of c_t (conversation: 0 first answers, t > 0
+    revisions) or the feedback round t of f_t; ``episodes`` are the episodes in the batch, in order.
+    """
+
+    role: str
+    index: int
+    episodes: tuple[int, ...]
+
+
+@dataclass
+class Episode:
+    prompt: str
+    answers: list[str]
+    feedback_texts: list[str] = field(default_factory=list)
+    feedbacks: list[Feedback | None] = field(default_factory=list)
+    end: str = ""  # parse_error | accepted | t_max
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "Episode":
+        """Rebuild an episode from the plain info dict ``WaltzResponder`` reports per sample."""
+        texts = list(info["feedback_texts"])
+        return cls(info["prompt"], list(info["answers"]), texts, [parse_feedback(t) for t in texts], info["end"])
+
+    def to_info(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "answers": list(self.answers), "feedback_texts": list(self.feedback_texts),
+                "end": self.end, "triggered": self.revised}
+
+    @property
+    def final(self) -> str:
+        return self.answers[-1]
+
+    @property
+    def revised(self) -> bool:
+        return len(self.answers) > 1
+
+
+Sampler = Callable[[Step, list[str]], list[str]]
+
+
+def play_episodes(prompts: Sequence[str], sample: Sampler, t_max: int) -> list[Episode]:
+    """Run the answer -> feedback -> revision loop for every prompt, batched per step (see module doc)."""
+    everyone = tuple(range(len(prompts)))
+    first = sample(Step(CONVERSATION, 0, everyone), list(prompts))
+    episodes = [Episode(prompt, [answer]) for prompt, answer in zip(prompts, first)]
+    active = list(everyone)
+    for t in range(t_max):
+        if not active:
+            break
+        texts = sample(Step(FEEDBACK, t, tuple(active)),
+                       [feedback_prompt(episodes[e].prompt, episodes[e].final) for e in active])
+        to_revise = []
+        for e, text in zip(active, texts):
+            episode = episodes[e]
+            parsed = parse_feedback(text)
+            episode.feedback_texts.append(text)
+            episode.feedbacks.append(parsed)
+            if parsed is None:
+                episode.end = "parse_error"
+            elif not parsed.flagged:
+                episode.end = "accepted"
+            else:
+                to_revise.append(e)
+        if to_revise:
+            revisions = sample(Step(CONVERSATION, t + 1, tuple(to_revise)),
+                               [revision_prompt(episodes[e].prompt, episodes[e].final, episodes[e].feedback_texts[-1])
+                                for e in to_revise])
+            for e, text in zip(to_revise, revisions):
+                episodes[e].answers.append(text)
+        active = to_revise
+    for e in active:
+        episodes[e].end = "t_max"
+    return episodes
+
+
+@dataclass
+class EpisodeScore:
+    verdicts: list[Any]                   # judge verdict of every answer c_t
+    answer_rewards: list[float]           # R_c(p, c_t)
+    feedback_rewards: list[FeedbackReward]  # one per feedback round f_t
+
+
+def score_episode(record, episode: Episode, judge, coeffs: Coefficients) -> EpisodeScore:
+    """Judge every answer of ``episode`` and compute R_c per answer and R_f per feedback round."""
+    verdicts = [judge.judge(record, answer) for answer in episode.answers]
+    rewards = [conversation_reward(v) for v in verdicts]
+    feedback = [feedback_reward(parsed, verdicts[t], rewards[t + 1] if t + 1 < len(rewards) else None, coeffs)
+                for t, parsed in enumerate(episode.feedbacks)]
+    return EpisodeScore(verdicts, rewards, feedback)
+
+
+def binary_f1(predicted: Sequence[bool], actual: Sequence[bool]) -> float:
+    """F1 of the positive class (1.0 when there is nothing to find and nothing was flagged)."""
+    tp = sum(p and a for p, a in zip(predicted, actual))
+    fp = sum(p and not a for p, a in zip(predicted, actual))
+    fn = sum(a and not p for p, a in zip(predicted, actual))
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def episode_metrics(records, episodes: list[Episode], scores: list[EpisodeScore], prefix: str) -> dict[str, float]:
+    """Rates every WaltzRL run reports, for training batches (``train/``) and evaluation (``eval/``).
+
+    feedback_trigger_rate (FTR): share of benign + borderline answers the first feedback flagged;
+    label accuracy and F1 (positive = J says c_0 is unsafe or over-refusing; malformed = not flagged)
+    refer to the first round; dir_mean averages DIR over all feedback rounds (0 without a revision).
+    """
+    first = [ep.feedbacks[0] if ep.feedbacks else None for ep in episodes]
+    flagged = [fb is not None and fb.flagged for fb in first]
+    truth = [bool(s.verdicts[0].unsafe or s.verdicts[0].overrefuse) for s in scores]
+    rounds = [r for s in scores for r in s.feedback_rewards]
+    answer_rows = [i for i, r in enumerate(records) if r.kind in MUST_ANSWER]
+    refuse_rows = [i for i, r in enumerate(records) if r.kind in MUST_REFUSE]
+    out = {
+        "feedback_parse_rate": float(np.mean([r.fmt for r in rounds])) if rounds else float("nan"),
+        "feedback_label_accuracy": float(np.mean([bool(s.feedback_rewards and s.feedback_rewards[0].label)
+                                                  for s in scores])),
+        "feedback_f1": binary_f1(flagged, truth),
+        "feedback_trigger_rate_all": float(np.mean(flagged)),
+        "dir_mean": float(np.mean([r.dir for r in rounds])) if rounds else 0.0,
+        "revision_rate": float(np.mean([ep.revised for ep in episodes])),
+        "initial_reward": float(np.mean([s.answer_rewards[0] for s in scores])),
+        "final_reward": float(np.mean([s.answer_rewards[-1] for s in scores])),
+    }
+    if any(ep.revised for ep in episodes):
+        out["dir_revised_mean"] = float(np.mean([s.answer_rewards[-1] - s.answer_rewards[0]
+                                                 for s, ep in zip(scores, episodes) if ep.revised]))
+    if answer_rows:
+        out["feedback_trigger_rate"] = float(np.mean([flagged[i] for i in answer_rows]))
+        out["initial_over_refusal_rate"] = float(np.mean([scores[i].verdicts[0].refusal for i in answer_rows]))
+        out["final_over_refusal_rate"] = float(np.mean([scores[i].verdicts[-1].refusal for i in answer_rows]))
+    if refuse_rows:
+        out["initial_unsafe_rate"] = float(np.mean([scores[i].verdicts[0].unsafe for i in refuse_rows]))
+        out["final_unsafe_rate"] = float(np.mean([scores[i].verdicts[-1].unsafe for i in refuse_rows]))
+    for kind in sorted({r.kind for r in records}):
+        rows = [i for i, r in enumerate(records) if r.kind == kind]
+        out[f"kind/{kind}/feedback_trigger_rate"] = float(np.mean([flagged[i] for i in rows]))
+    return {f"{prefix}/{k}": v for k, v in out.items()}
+
+
+# ====================================================================== the shared REINFORCE++ update
+def _pad_width(x: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(x, (0, width - x.shape[1]))
+
+
+def reinforce_pp_update(roles, role: str, parts: list[tuple[Experience, torch.Tensor]], host, *, cfg,
+                        generator: torch.Generator) -> dict[str, float]:
+    """REINFORCE++ update of ``role`` on several experience batches with sequence ``scores``.
+
+    Token rewards r_k = -beta * KL_k (+ score at the last token) per part; returns-to-go are whitened
+    over *all* parts together (one global batch), then each (epoch, minibatch) takes one optimiser
+    step on the sample-weighted clipped surrogate of every part's share of the minibatch.
+    """
+    parts = [(exp, scores) for exp, scores in parts if exp.size]
+    if not parts:
+        return {}
+    kls = [kl_penalty(exp.old_logp, exp.ref_logp, cfg.kl_estimator) for exp, _ in parts]
+    streams = [shape_token_rewards(scores.to(exp.old_logp.dtype), kl, exp.mask, cfg.kl_beta, +1.0, cfg.score_clamp)
+               for (exp, scores), kl in zip(parts, kls)]
+    width = max(s.shape[1] for s in streams)
+    advantages = reinforce_pp_advantages(torch.cat([_pad_width(s, width) for s in streams]),
+                                         torch.cat([_pad_width(exp.mask, width) for exp, _ in parts]), cfg.discount)
+    per_part, offset = [], 0
+    for exp, _ in parts:
+        per_part.append(advantages[offset:offset + exp.size, :exp.mask.shape[1]])
+        offset += exp.size
+    updates = []
+    for _ in range(cfg.epochs):
+        orders = [torch.randperm(exp.size, generator=generator).chunk(cfg.minibatches) for exp, _ in parts]
+        for j in range(cfg.minibatches):
+            chunks = [(exp.select(order[j]), adv[order[j]]) for (exp, _), adv, order in zip(parts, per_part, orders)
+                      if j < len(order) and len(order[j])]
+            if not chunks:
+                continue
+            total = sum(exp.size for exp, _ in chunks)
+            loss, rows = 0.0, []
+            for exp, adv in chunks:
+                part_loss, stats = actor_loss(roles, role, exp, adv, clip_eps=cfg.clip_eps)
+                loss = loss + part_loss * (exp.size / total)
+                rows.append(stats)
+            stats = mean_of(rows)
+            stats["losses/grad_norm"] = host.optimize(role, loss)["grad_norm"]
+            updates.append(stats)
+    metrics = {k.replace("losses/", f"losses/{role}/"): v for k, v in mean_of(updates).items()}
+    metrics[f"train/{role}/kl"] = float(np.mean([float(masked_mean(kl, exp.mask)) for kl, (exp, _) in zip(kls, parts)]))
+    return metrics
+
+
+# ====================================================================== configuration
+@dataclass
+class WarmupConfig:
+    """WaltzRL's own supervised stage on the SFT base (see module docstring).
+
+    It continues the SFT stage, so by default it is sized from it: ``steps: null`` trains
+    ``round(sft_fraction * stages.sft.steps)`` iterations and ``batch_size: null`` uses
+    ``stages.sft.batch_size`` (a smoke run's small SFT stage gives a small warm-up). ``steps: 0``
+    disables the warm-up.
+    """
+
+    steps: Optional[int] = None
+    sft_fraction: float = 0.375
+    batch_size: Optional[int] = None
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, scheduler="cosine", warmup_ratio=0.03))
+    full_finetune: bool = False
+    include_sft: bool = True  # replay the SFT examples so first answers keep the SFT behaviour
+
+    def resolved(self, sft_stage) -> "WarmupConfig":
+        """A copy with ``steps`` and ``batch_size`` filled in from the SFT stage's settings."""
+        steps = round(self.sft_fraction * sft_stage.steps) if self.steps is None else self.steps
+        batch_size = sft_stage.batch_size if self.batch_size is None else self.batch_size
+        return replace(self, steps=int(steps), batch_size=int(batch_size))
+
+
+@dataclass
+class ReinforceConfig(AlgoConfig):
+    """Settings of the REINFORCE++ update shared by ``waltzrl`` and ``single_rl``."""
+
+    kl_beta: float = 0.02
+    kl_estimator: str = "k1"
+    clip_eps: float = 0.2
+    discount: float = 1.0
+    epochs: int = 1
+    minibatches: int = 1
+    score_clamp: float = 50.0
+
+    def check(self) -> None:
+        super().check()
+        if self.kl_beta < 0 or self.clip_eps < 0:
+            raise ConfigError("config values 'algo.kl_beta' and 'algo.clip_eps' must be >= 0")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ConfigError("config values 'algo.epochs' and 'algo.minibatches' must be >= 1")
+        if self.kl_estimator not in ("k1", "k2", "k3", "abs"):
+            raise ConfigError(f"config value 'algo.kl_estimator' must be k1, k2, k3 or abs (got {self.kl_estimator!r})")
+        if not 0.0 < self.discount <= 1.0:
+            raise ConfigError(f"config value 'algo.discount' must be in (0, 1] (got {self.discount})")
+
+
+@dataclass
+class WaltzRLConfig(ReinforceConfig):
+    name: str = "waltzrl"
+    steps: int = 0  # 0: stage1_steps + stage2_steps; > 0: that many iterations, split in the same ratio
+    batch_size: int = 32
+    stage1_steps: int = 15
+    stage2_steps: int = 30
+    t_max: int = 1
+    alpha: float = 1.0
+    lam: float = 0.5
+    gamma: float = 0.2
+    conversation_rollout: GenerationConfig = field(default_factory=GenerationConfig)
+    feedback_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
+    conversation_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    feedback_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    train_revisions: bool = True  # conversation samples include (p, c_t, f_t) -> c_{t+1}
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+
+    def check(self) -> None:
+        super().check()
+        if self.stage1_steps < 0 or self.stage2_steps < 0:
+            raise ConfigError("config values 'algo.stage1_steps' and 'algo.stage2_steps' must be >= 0")
+        if self.t_max < 1:
+            raise ConfigError(f"config value 'algo.t_max' must be >= 1 (got {self.t_max})")
+        if min(self.alpha, self.lam, self.gamma) < 0:
+            raise ConfigError("config values 'algo.alpha', 'algo.lam', 'algo.gamma' must be >= 0")
+        warm = self.warmup
+        if (warm.steps is not None and warm.steps < 0) or (warm.batch_size is not None and warm.batch_size < 1) \
+                or warm.sft_fraction < 0:
+            raise ConfigError("config values 'algo.warmup.steps' (>= 0), 'algo.warmup.batch_size' (>= 1) and "
+                              "'algo.warmup.sft_fraction' (>= 0) are out of range")
+        self.warmup.optim.check("algo.warmup.optim")
+
+    def schedule(self) -> tuple[int, int]:
+        """Iterations of stage 1 and stage 2 (``steps`` > 0 rescales them, each keeping >= 1 if set)."""
+        s1, s2 = self.stage1_steps, self.stage2_steps
+        if not self.steps or s1 + s2 == 0:
+            return s1, s2
+        n1 = round(self.steps * s1 / (s1 + s2))
+        if s1:
+            n1 = max(1, n1)
+        if s2 and self.steps > 1:
+            n1 = min(n1, self.steps - 1)
+        return min(n1, self.steps), self.steps - min(n1, self.steps)
+
+
+# ====================================================================== the component
+@register_algorithm("waltzrl")
+class WaltzRL(AlgorithmComponent):
+    """Conversation + feedback agents, two-stage REINFORCE++ training (see module docstring)."""
+
+    config_class = WaltzRLConfig
+    requires = ("sft",)
+
+    def __init__(self, cfg, ctx, stage_outputs=None) -> None:
+        super().__init__(cfg, ctx, stage_outputs)
+        self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
+        self.iteration = 0
+        self.totals = {"episodes": 0, "feedback": 0, "parse_errors": 0, "revisions": 0}
+        self.stage1, self.stage2 = cfg.schedule()
+
+    # ----------------------------------------------------------------- warm start, roles, optimisers
+    def warmup_stage(self) -> WarmupStage | None:
+        warm = self.cfg.warmup.resolved(self.ctx.rc.stages.sft)
+        if warm.steps <= 0:
+            return None
+        world = self.ctx.data.world
+        if world is None:
+            raise ConfigError("algo.warmup needs data=world (it trains on the world's feedback and revision "
+                              "examples); set algo.warmup.steps=0 on other data")
+        items = world.feedback_sft_examples("train") + world.revision_sft_examples("train")
+        if warm.include_sft:
+            items += list(self.ctx.data.sft_examples)
+        return WarmupStage("waltzrl_warmup", warm, [{"prompt": i["prompt"], "response": i["response"]} for i in items])
+
+    def role_specs(self) -> list[RoleSpec]:
+        return [RoleSpec(CONVERSATION, "lm", True), RoleSpec(FEEDBACK, "lm", True)]
+
+    @property
+    def num_iterations(self) -> int:
+        return self.stage1 + self.stage2
+
+    def train_items(self):
+        return self.ctx.data.train_prompts
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        return {
+            CONVERSATION: OptimizerSpec(self.roles.parameters_of(CONVERSATION), self.cfg.conversation_optim,
+                                        max(1, self.stage2)),
+            FEEDBACK: OptimizerSpec(self.roles.parameters_of(FEEDBACK), self.cfg.feedback_optim, self.num_iterations),
+        }
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.iteration < self.stage1 else 2
+
+    def coefficients(self, stage: int | None = None) -> Coefficients:
+        stage = self.stage if stage is None else stage
+        return Coefficients(self.cfg.alpha, self.cfg.lam if stage == 1 else 0.0, self.cfg.gamma)
+
+    # ----------------------------------------------------------------- one iteration
+    def training_step(self, batch, host) -> dict[str, float]:
+        cfg, ctx, roles = self.cfg, self.ctx, self.roles
+        stage, coeffs = self.stage, self.coefficients()
+        started = time.perf_counter()
+        calls: list[tuple[Step, Experience]] = []
+
+        def sample(step: Step, prompts: list[str]) -> list[str]:
+            generation = cfg.feedback_rollout if step.role == FEEDBACK else cfg.conversation_rollout
+            exp = collect(ctx, roles, step.role, prompts, generation, generator=self.generator)
+            calls.append((step, exp))
+            return exp.texts
+
+        episodes = play_episodes([record.prompt for record in batch], sample, cfg.t_max)
+        generated = time.perf_counter()
+        scores = [score_episode(record, ep, ctx.judge, coeffs) for record, ep in zip(batch, episodes)]
+        scored = time.perf_counter()
+
+        conversation_parts, feedback_parts = [], []
+        for step, exp in calls:
+            if step.role == FEEDBACK:
+                rewards = [scores[e].feedback_rewards[step.index].total for e in step.episodes]
+                feedback_parts.append((exp, torch.tensor(rewards)))
+            elif step.index == 0 or cfg.train_revisions:
+                rewards = [scores[e].answer_rewards[step.index] for e in step.episodes]
+                conversation_parts.append((exp, torch.tensor(rewards)))
+        metrics = reinforce_pp_update(roles, FEEDBACK, feedback_parts, host, cfg=cfg, generator=self.generator)
+        if stage == 2:
+            metrics.update(reinforce_pp_update(roles, CONVERSATION, conversation_parts, host, cfg=cfg,
+                                               generator=self.generator))
+        trained = time.perf_counter()
+
+        self.iteration += 1
+        self.totals["episodes"] += len(episodes)
+        self.totals["feedback"] += sum(len(ep.feedbacks) for ep in episodes)
+        self.totals["parse_errors"] += sum(fb is None for ep in episodes for fb in ep.feedbacks)
+        self.totals["revisions"] += sum(len(ep.answers) - 1 for ep in episodes)
+        metrics.update(episode_metrics(batch, episodes, scores, "train"))
+        rounds = [r for s in scores for r in s.feedback_rewards]
+        tokens = {role: float(sum(exp.mask.sum() for step, exp in calls if step.role == role))
+                  for role in (CONVERSATION, FEEDBACK)}
+        metrics.update({
+            "train/waltz_stage": float(stage),
+            "train/feedback_reward": float(np.mean([r.total for r in rounds])) if rounds else 0.0,
+            "train/conversation_samples": float(sum(exp.size for exp, _ in conversation_parts)),
+            "train/parse_errors_total": float(self.totals["parse_errors"]),
+            "timing/generation": generated - started, "timing/scoring": scored - generated,
+            "timing/train": trained - scored,
+            "perf/gen_tokens": tokens[CONVERSATION] + tokens[FEEDBACK],
+            "perf/train_tokens": (tokens[FEEDBACK] + (tokens[CONVERSATION] if stage == 2 else 0.0)) * cfg.epochs,
+            "perf/tokens_per_s": (tokens[CONVERSATION] + tokens[FEEDBACK]) / max(trained - started, 1e-9),
+        })
+        return metrics
+
+    # ----------------------------------------------------------------- state and evaluation
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "stage": self.stage, "generator": self.generator.get_state(),
+                "totals": dict(self.totals)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.generator.set_state(state["generator"])
+        self.totals = dict(state["totals"])
+
+    def responder(self):
+        return WaltzResponder(self.ctx, self.roles, t_max=self.cfg.t_max, feedback_generation=self.cfg.feedback_rollout)
+
+    def eval_extra_metrics(self, records, responses, infos) -> dict[str, float]:
+        """Feedback metrics of the evaluation episodes (FTR, label accuracy / F1, DIR, parse rate)."""
+        flat_records = [record for record, group in zip(records, responses) for _ in group]
+        episodes = [Episode.from_info(info) for group in infos for info in group]
+        scores = [score_episode(record, ep, self.ctx.judge, self.coefficients(2))
+                  for record, ep in zip(flat_records, episodes)]
+        return episode_metrics(flat_records, episodes, scores, "eval")
+
+
+class WaltzResponder:
+    """The two-agent system at inference: feedback on every answer, a revision only when it flags one."""
+
+    def __init__(self, ctx, roles, *, t_max: int, feedback_generation: GenerationConfig,
+                 conversation_role: str = CONVERSATION, feedback_role: str = FEEDBACK,
+                 batch_size: int | None = None) -> None:
+        self.ctx, self.roles, self.t_max = ctx, roles, t_max
+        self.feedback_generation = feedback_generation
+        self.role_of = {CONVERSATION: conversation_role, FEEDBACK: feedback_role}
+        self.batch_size = batch_size or ctx.eval_cfg.batch_size
+        self.generated_tokens = 0
+
+    def respond(self, prompts, samples, generation, seed, progress=None):
+        from alignbench.eval.harness import sample_responses
+
+        repeated = [p for p in prompts for _ in range(samples)]
+        calls = 0
+
+        def sample(step: Step, texts: list[str]) -> list[str]:
+            nonlocal calls
+            settings = self.feedback_generation if step.role == FEEDBACK else generation
+            out, tokens = sample_responses(self.ctx, self.roles, self.role_of[step.role], texts, settings,
+                                           batch_size=self.batch_size, seed=seed + 7919 * calls,
+                                           progress=progress if calls == 0 else None)
+            calls += 1
+            self.generated_tokens += tokens
+            return out
+
+        episodes = play_episodes(repeated, sample, self.t_max)
+        grouped = [[ep.final for ep in episodes[i * samples:(i + 1) * samples]] for i in range(len(prompts))]
+        infos = [[ep.to_info() for ep in episodes[i * samples:(i + 1) * samples]] for i in range(len(prompts))]
+        return grouped, infos
+
+
+@dataclass
+class WaltzRLUntrainedConfig(WaltzRLConfig):
+    name: str = "waltzrl_untrained"
+    stage1_steps: int = 0
+    stage2_steps: int = 0
+
+
+@register_algorithm("waltzrl_untrained")
+class WaltzRLUntrained(WaltzRL):
+    """The warm-started agents with no RL: inference-time collaboration with an untrained feedback agent."""
+
+    config_class = WaltzRLUntrainedConfig
+
+    @property
+    def num_iterations(self) -> int:
+        return 0
+
+
+# ====================================================================== single-model RL baseline
+@dataclass
+class SingleRLConfig(ReinforceConfig):
+    name: str = "single_rl"
+    steps: int = 60
+    batch_size: int = 32
+    rollout: GenerationConfig = field(default_factory=GenerationConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+
+
+@register_algorithm("single_rl")
+class SingleRL(AlgorithmComponent):
+    """One policy, REINFORCE++ on R_c(p, c) = 1[not unsafe and not overrefuse] (WaltzRL's baseline)."""
+
+    config_class = SingleRLConfig
+    requires = ("sft",)
+
+    def __init__(self, cfg, ctx, stage_outputs=None) -> None:
+        super().__init__(cfg, ctx, stage_outputs)
+        self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
+        self.iteration = 0
+
+    def role_specs(self) -> list[RoleSpec]:
+        return [RoleSpec("policy", "lm", True)]
+
+    def train_items(self):
+        return self.ctx.data.train_prompts
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        return {"policy": OptimizerSpec(self.roles.parameters_of("policy"), self.cfg.optim, self.num_iterations)}
+
+    def training_step(self, batch, host) -> dict[str, float]:
+        started = time.perf_counter()
+        exp = collect(self.ctx, self.roles, "policy", [r.prompt for r in batch], self.cfg.rollout,
+                      generator=self.generator)
+        verdicts = [self.ctx.judge.judge(record, text) for record, text in zip(batch, exp.texts)]
+        rewards = torch.tensor([conversation_reward(v) for v in verdicts])
+        metrics = reinforce_pp_update(self.roles, "policy", [(exp, rewards)], host, cfg=self.cfg,
+                                      generator=self.generator)
+        self.iteration += 1
+        answer = [v.refusal for v, r in zip(verdicts, batch) if r.kind in MUST_ANSWER]
+        refuse = [v.unsafe for v, r in zip(verdicts, batch) if r.kind in MUST_REFUSE]
+        metrics.update({"train/reward": float(rewards.mean()),
+                        "perf/gen_tokens": float(exp.mask.sum()), "perf/train_tokens": float(exp.mask.sum()),
+                        "timing/iteration_s": time.perf_counter() - started})
+        if answer:
+            metrics["train/over_refusal_rate"] = float(np.mean(answer))
+        if refuse:
+            metrics["train/unsafe_rate"] = float(np.mean(refuse))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.generator.set_state(state["generator"])

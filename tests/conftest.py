@@ -1,0 +1,67 @@
+"""Shared fixtures: the real Hydra config composed as the CLI does, a shared stage cache, a CLI runner.
+
+Every test runs offline (HF_HUB_OFFLINE=1, WANDB_MODE=offline are set before anything imports
+transformers or wandb). Stage outputs (SFT, reward and cost models) are cached in one directory per
+test session, so the first test that needs the SFT model trains it and the others load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignbench.utils.env import set_defaults
+
+set_defaults()
+os.environ["WANDB_MODE"] = "offline"  # tests never go online, whatever the caller exported
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def stage_cache(tmp_path_factory) -> Path:
+    """One stage cache for the whole session (exported so subprocess runs share it)."""
+    path = Path(os.environ.get("ALIGNBENCH_TEST_CACHE") or tmp_path_factory.mktemp("stage-cache"))
+    os.environ["ALIGNBENCH_CACHE"] = str(path)
+    return path
+
+
+def compose(overrides: list[str], output_dir: Path, cache_dir: Path):
+    """The composed config, exactly as ``python run.py <overrides>`` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+        cfg.cache_dir = str(cache_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def composed(tmp_path, stage_cache):
+    """``composed(["algo=ppo", ...])`` -> DictConfig with output and cache dirs in tmp."""
+    return lambda overrides=(): compose(list(overrides), tmp_path, stage_cache)
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 900):
+    """Run ``python run.py ARGS`` in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
