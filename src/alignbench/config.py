@@ -33,8 +33,11 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # decoder of alignbench.rl.rollout: auto (lean loop) | lean | hf (transformers generate) | vllm (GPU only)
+    engine: str = "auto"
 
     def check(self, prefix: str) -> None:
+        _require(self.engine in ("auto", "lean", "hf", "vllm"), f"{prefix}.engine", "must be auto, lean, hf or vllm")
         _require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", "must be > 0")
         _require(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]")
@@ -136,6 +139,17 @@ class TrainerConfig:
             _require(self.devices != 0 and self.devices >= -1, "trainer.devices", "must be >= 1 (or -1 for all)")
         _require(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
         _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
+        strategy = str(self.strategy).lower()
+        if strategy.startswith("fsdp"):
+            raise ConfigError(
+                f"trainer.strategy={self.strategy} is not supported: FSDP shards the weights, but alignbench "
+                "generates rollouts and evaluation samples with generate() on whole weights (it would need "
+                "FSDP.summon_full_params around every rollout); use trainer=ddp")
+        if strategy.startswith("deepspeed"):
+            raise ConfigError(
+                f"trainer.strategy={self.strategy} is not supported: DeepSpeed allows one optimiser per engine, "
+                "and alignbench's components step several under manual optimisation (Safe RLHF: policy, reward "
+                "critic, cost critic); use trainer=ddp")
 
 
 @dataclass

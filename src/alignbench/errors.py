@@ -28,3 +28,18 @@ class CheckpointError(UserError):
 
 class NumericalFaultError(RuntimeError):
     """Too many NaN/inf steps in a row; the run keeps its last good checkpoint."""
+
+
+#: exit status of a preempted run (sysexits.h EX_TEMPFAIL: "temporary failure, retry"): a checkpoint was
+#: written and the same command with ``resume=true`` continues it. Distinct from a crash (1), a user
+#: error (2) and a process killed by a signal without saving (128 + signal number, e.g. 137, 143).
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived: the run saved a checkpoint (when it was training) and stops cleanly."""
+
+    def __init__(self, message: str, *, signal_name: str = "SIGTERM", checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint

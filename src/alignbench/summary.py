@@ -3,7 +3,7 @@
 Schema (one JSON object, written atomically into the job's Hydra output dir)::
 
     {"algo": str, "model": str, "data": str, "seed": int,
-     "status": "ok" | "failed", "error": str | null,
+     "status": "ok" | "failed" | "preempted", "error": str | null,
      "metrics": {"eval/...": float, "train/...": float, ...},   # final eval + last value of train keys
      "perf": {"wall_s": float, "gen_tokens": int, "train_tokens": int, "peak_rss_mb": float},
      "overrides": [str, ...],
@@ -28,7 +28,9 @@ SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.jsonl"
 REQUIRED_KEYS = ("algo", "model", "data", "seed", "status", "error", "metrics", "perf", "overrides")
 PERF_KEYS = ("wall_s", "gen_tokens", "train_tokens", "peak_rss_mb")
-STATUSES = ("ok", "failed")
+#: ok: finished; failed: stopped by an error; preempted: stopped by SIGTERM/SIGUSR1 after writing a
+#: checkpoint (``error`` says where), rerun with ``resume=true`` to finish it
+STATUSES = ("ok", "failed", "preempted")
 
 
 class SummaryError(ValueError):
@@ -86,8 +88,8 @@ def validate_summary(summary: Any) -> list[str]:
         return problems
     if summary["status"] not in STATUSES:
         problems.append(f"status must be one of {STATUSES}, got {summary['status']!r}")
-    if summary["status"] == "failed" and not summary["error"]:
-        problems.append("a failed job must carry an error message")
+    if summary["status"] in ("failed", "preempted") and not summary["error"]:
+        problems.append(f"a {summary['status']} job must carry an error message")
     if not isinstance(summary["seed"], int):
         problems.append("seed must be an integer")
     if not isinstance(summary["metrics"], dict):

@@ -40,6 +40,7 @@ from alignbench.rl.experience import actor_loss, collect, critic_loss, mean_of, 
 from alignbench.rl.lagrange import LagrangeMultiplier
 from alignbench.rl.losses import explained_variance, kl_penalty, masked_mean, masked_whiten
 from alignbench.rl.shaping import shape_token_rewards
+from alignbench.utils.distributed import all_reduce_mean, world_size
 
 
 @dataclass
@@ -115,6 +116,7 @@ class PPO(AlgorithmComponent):
             init=cfg.lagrange.init, lr=cfg.lagrange.lr, threshold=cfg.lagrange.threshold,
             window=cfg.lagrange.window, delay=cfg.lagrange.delay, lambda_max=cfg.lagrange.lambda_max,
             mode=cfg.lagrange.mode, rectified_slack=cfg.lagrange.rectified_slack,
+            all_reduce_mean=all_reduce_mean, num_ranks=world_size,  # DDP: all ranks step on the global J_C
         ) if self.lagrangian else None
 
     # ----------------------------------------------------------------- roles and optimisers

@@ -12,8 +12,9 @@ Rectified policy gradient: only responses that violate the constraint carry the 
 
 (the 1 + lambda normalisation is PPO-Lag's; unverified for RePO: ``algo.normalize_by_lambda``).
 The multiplier is driven by the rectified violation mean_i {C_i - d}+ (``algo.lagrange.mode=rectified``,
-the documented default). With slack s = 0 this is never negative, so lambda can only grow while some
-response violates and stays put once none does; ``algo.lagrange.rectified_slack`` > 0 lets it fall
+the documented default), loss_lambda = -(mean{C - d}+ - s) lambda. With slack s = 0 this is never
+negative, so lambda can only grow while some response violates and stays put once none does; the
+default s = 0.05 (``algo.lagrange.rectified_slack``) lets it fall once violations are rare
 (unverified which the paper uses; both are offered). ``algo.lagrange.mode=average`` keeps Safe RLHF's
 update and only rectifies the gradient. Critics, GAE, KL and PTX are Safe RLHF's.
 """
@@ -32,7 +33,7 @@ from alignbench.registry import register_algorithm
 class RePOConfig(PPOConfig):
     name: str = "repo"
     rectified: bool = True
-    lagrange: LagrangeConfig = field(default_factory=lambda: LagrangeConfig(mode="rectified"))
+    lagrange: LagrangeConfig = field(default_factory=lambda: LagrangeConfig(mode="rectified", rectified_slack=0.05))
 
 
 @register_algorithm("repo")

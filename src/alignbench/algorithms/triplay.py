@@ -3,19 +3,22 @@
 Three LoRA adapters on the shared frozen base, which is the SFT model (the pipeline's SFT stage):
 
 * ``attacker`` (red) rewrites a seed harmful request ``s`` into an adversarial prompt ``a``
-  (``world.attacker_prompt(s)`` -> ``a``; the defender then sees ``world.parse_attack(s, a)``);
-* ``defender`` (blue) answers prompts; it is what the standard evaluation harness evaluates;
-* ``evaluator`` reads ``world.evaluator_prompt(prompt, answer)`` and says negative / rejective / positive.
+  (``world.attacker_prompt(s)`` -> ``a``; the defender then sees ``world.parse_attack(s, a)``). Its
+  policy is softmax(z / T) at its rollout temperature (T = 0.5): sampling, ratios and KL all use it;
+* ``defender`` (blue) answers prompts (T = 1); it is what the standard evaluation harness evaluates;
+* ``evaluator`` reads ``world.evaluator_prompt(prompt, answer)`` and answers one label word. Its policy
+  is the softmax over the logits of the three label words (negative / rejective / positive) at the
+  answer position, i.e. decoding constrained to the label set; its label is the argmax.
 
 Warm start. The defender starts as the SFT model (its adapter is zero). The attacker and the evaluator
 cannot: the SFT data never rewrites requests or grades answers. So the component first runs
-``attacker_warmup_steps`` / ``evaluator_warmup_steps`` supervised steps (cross-entropy on the
-response, phase ``warmup``) on ``world.attack_sft_examples("train")`` and on
-``world.evaluator_sft_examples("train")``. The evaluator's warm-up targets are, by default
-(``evaluator_warmup_labels=vote``), the judge panel's majority vote, not the world's true labels (ties
-dropped): true labels are only used to measure accuracy. At the end of the warm-up the two adapters are
-copied into frozen roles ``attacker_ref`` / ``evaluator_ref``, their KL anchors; the defender's anchor
-is the SFT model (``reference``).
+``attacker_warmup_steps`` / ``evaluator_warmup_steps`` supervised steps (phase ``warmup``): response
+cross-entropy on ``world.attack_sft_examples("train")``, and label cross-entropy on
+``world.evaluator_sft_examples("train")`` (prompt kinds ``evaluator_kinds``) whose targets are, by
+default (``evaluator_warmup_labels=vote``), the judge panel's majority vote, never the world's true
+labels (ties dropped): true labels only measure accuracy. At the end the two adapters are copied
+into frozen roles ``attacker_ref`` / ``evaluator_ref``, their KL anchors (the defender's is the SFT
+model), and cached under ``cache_dir/triplay_warmup`` so an identical later run starts from them.
 
 Schedule: ``iterations`` x ``phases`` (default red, blue, eval), ``phase_steps[phase]`` GRPO steps each.
 Every GRPO step samples ``group_size`` = k outputs per prompt with the role being trained (the other
@@ -24,7 +27,8 @@ two frozen), scores them, and updates with
     A_i = (r_i - mean_g r) / (std_g r + eps)                       (``rl.advantages.grpo_advantages``)
     L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_coef * KL_k3(pi || pi_anchor)
 
-(``rl.experience.actor_loss`` with the in-loss KL, GRPO's form).
+(``rl.experience.actor_loss`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy uses
+``rl.losses.clipped_policy_loss`` and ``kl_penalty`` directly).
 
 Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
 
@@ -34,18 +38,22 @@ Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
         score negative 1 / rejective 0 / positive 0; rel = ``world.relevance`` (1 when the seed's
         harmful core survives), g = rel when ``relevance_gate`` (an attack that lost the intent earns
         no success), P_div the Self-BLEU + embedding penalty against the pool of past successful
-        attacks (``triplay_rewards``; off with ``diversity_penalty=false``, the ablation).
-* blue: r = +1 positive, 0 rejective, -1 negative, from the current evaluator's label (argmax of the
-        three label log-probs) of the defender's answer to the latest attacker's prompt.
+        attacks, compared as strategy templates (``triplay_rewards``; off with
+        ``diversity_penalty=false``, the ablation).
+* blue: r = +1 positive, 0 rejective, -1 negative, the current evaluator's label of the defender's
+        answer to the latest attacker's prompt.
 * eval: r = 1[sampled label == majority vote of the judge panel] on (attack, answer) pairs whose
-        answers come from the current defender and the SFT model; pairs without a majority are dropped.
+        answers come from the current defender and the SFT model (pairs without a majority dropped),
+        plus ``eval_replay`` vote-labelled world examples per batch so every label stays in view.
 
-Metrics at the end of each phase (``train/triplay_phase``: 0 warm-up, 1 red, 2 blue, 3 eval), on
-held-out seeds and prompts with a fixed sampling seed so phases are comparable:
+Metrics at the end of each phase (``train/triplay_phase``: 0 warm-up, 1 red, 2 blue, 3 eval) for the
+role it trained, on held-out seeds and prompts with a fixed sampling seed so phases are comparable:
 ``triplay/attack_success_rate`` (relevant attacks whose answer by the fixed SFT defender is unsafe),
-``triplay/attack_diversity`` (mean of 1 - Self-BLEU and 1 - mean pairwise cosine), the defender's
+``triplay/attack_diversity`` (mean of 1 - Self-BLEU and 1 - mean pairwise cosine of the attack
+strategies; ``attack_diversity_raw`` on the full texts), the defender's
 ``triplay/defender/{unsafe_rate,bare_refusal_rate,...}`` through the standard harness, and
-``triplay/evaluator_acc`` with every judge's ``triplay/judge_acc/<name>`` on held-out labelled pairs.
+``triplay/evaluator_acc`` with every judge's ``triplay/judge_acc/<name>`` against held-out true labels.
+The summary also carries the first measurement of each as ``triplay/initial/...``.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ from alignbench.algorithms.sft import response_cross_entropy
 from alignbench.algorithms.text import encode_prompt_response, encode_prompts
 from alignbench.algorithms.triplay_rewards import (
     PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, accuracy, attack_reward, build_judge_panel, label_scores,
-    mean_pairwise_cosine, panel_labels, panel_votes, strategy_entropy, weighted_outcome,
+    mean_pairwise_cosine, panel_labels, panel_votes, strategy_entropy, strategy_template, weighted_outcome,
 )
 from alignbench.config import ConfigError, GenerationConfig
 from alignbench.data.schema import LABELS
@@ -100,9 +108,11 @@ class TriPlay(AlgorithmComponent):
         self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
         self.bleu = SelfBLEU(cfg.bleu_orders)
         self.pool = AttackPool(cfg.pool_size, self.embedder, self.bleu, sample=cfg.pool_sample,
-                               bleu_mode=cfg.bleu_mode, similarity=cfg.pool_similarity)
+                               bleu_mode=cfg.bleu_mode, similarity=cfg.pool_similarity, min_size=cfg.pool_min)
         self.seeds = self.world.prompts("train", ["harmful"])
         self.heldout_seeds = self.world.prompts("eval", ["harmful"])
+        self.warmup_file = self._warmup_cache_file()
+        self.warmup_cached = self.warmup_file is not None and self.warmup_file.exists()
         self.plan = self._plan()
         self.step = 0
         self.first_metrics: dict[str, float] = {}
@@ -115,7 +125,7 @@ class TriPlay(AlgorithmComponent):
     def _plan(self) -> list[tuple[int, str]]:
         """(iteration, phase) of every host iteration: warm-up first, then the phase blocks."""
         cfg = self.cfg
-        plan = [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
+        plan = [] if self.warmup_cached else [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
         for iteration in range(1, cfg.iterations + 1):
             for phase in cfg.phases:
                 plan += [(iteration, phase)] * cfg.phase_steps[phase]
@@ -141,6 +151,39 @@ class TriPlay(AlgorithmComponent):
             specs[f"{role}_warmup"] = OptimizerSpec(roles.parameters_of(role), getattr(cfg, f"{role}_warmup_optim"),
                                                     max(1, count["warmup"]))
         return specs
+
+    def attach(self, roles) -> None:
+        super().attach(roles)
+        if self.warmup_cached:  # the warm-up of an identical earlier run: adapters and the RNG state after it
+            state = torch.load(self.warmup_file, weights_only=True)
+            for role in ("attacker", "evaluator"):
+                roles.load_role_state_dict(role, state[role])
+            self.generator.set_state(state["generator"])
+            self._sync_anchors()
+
+    def _warmup_cache_file(self) -> Path | None:
+        """Cache file of the warm-up result, keyed by everything that determines it (like a pipeline stage)."""
+        from omegaconf import OmegaConf
+
+        cfg, raw = self.cfg, self.ctx.rc.raw
+        if not cfg.warmup_cache or max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps) == 0:
+            return None
+        payload = {"version": 1, "seed": int(self.ctx.rc.seed), "stages_seed": int(raw.stages.seed),
+                   "sft": OmegaConf.to_container(raw.stages.sft, resolve=True),
+                   **{k: OmegaConf.to_container(raw[k], resolve=True) for k in ("model", "data")},
+                   "warmup": {k: v for k, v in dataclasses.asdict(cfg).items()
+                              if "warmup" in k or k in ("judges", "evaluator_kinds")}}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return Path(self.ctx.rc.cache_dir) / "triplay_warmup" / f"{digest}.pt"
+
+    def _save_warmup(self) -> None:
+        if self.warmup_file is None or self.warmup_file.exists():
+            return
+        self.warmup_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.warmup_file.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"attacker": self.roles.role_state_dict("attacker"), "evaluator": self.roles.role_state_dict("evaluator"),
+                    "generator": self.generator.get_state()}, tmp)
+        os.replace(tmp, self.warmup_file)  # atomic: a concurrent run never reads half a file
 
     def _sync_anchors(self) -> None:
         """Freeze the warmed-up attacker and evaluator as their own KL anchors."""
@@ -215,7 +258,7 @@ class TriPlay(AlgorithmComponent):
         return {**mean_of(updates), "train/evaluator/reward": float(scores.mean()),
                 "train/evaluator/entropy": float(-(old.exp() * old).sum(-1).mean())}
 
-    def _grpo(self, host, role: str, prompts: list[str], score_fn, generation: GenerationConfig):
+    def _grpo(self, host, role: str, prompts: list[str], score_fn, generation: GenerationConfig, ptx=None):
         """One GRPO update of an LM role: k samples per prompt, group-relative advantages, clipped loss + KL.
 
         The policy is softmax(z / T) at the rollout temperature T (log-probs, ratios and KL all use it).
@@ -234,6 +277,10 @@ class TriPlay(AlgorithmComponent):
                 loss, stats = actor_loss(self.roles, role, exp.select(index), token_adv[index], clip_eps=cfg.clip_eps,
                                          kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
                                          temperature=generation.temperature)
+                if ptx is not None:
+                    ptx_loss = ptx()
+                    loss = loss + ptx_loss
+                    stats["losses/ptx_loss"] = float(ptx_loss.detach())
                 stats["losses/grad_norm"] = host.optimize(role, loss)["grad_norm"]
                 updates.append(stats)
         metrics = {key.replace("losses/", f"losses/{role}/"): v for key, v in mean_of(updates).items()}
@@ -261,26 +308,28 @@ class TriPlay(AlgorithmComponent):
         """(record, reply) of a world evaluator example (the reply follows the last ' reply : ')."""
         return self.world.record(row["prompt_id"]), row["prompt"].rsplit(" reply : ", 1)[1]
 
+    def _supervised_loss(self, role: str) -> torch.Tensor:
+        """Warm-up loss on a random batch: response cross-entropy (attacker), label cross-entropy (evaluator)."""
+        cfg, ctx = self.cfg, self.ctx
+        examples = self._warmup_examples(role)
+        index = torch.randint(len(examples), (cfg.warmup_batch_size,), generator=self.generator).tolist()
+        prompts, targets = [examples[i]["prompt"] for i in index], [examples[i]["response"] for i in index]
+        if role == "evaluator":
+            wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
+            return F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
+        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        logits = self.roles.lm_logits(role, batch["input_ids"], batch["attention_mask"])
+        return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+
     def _warmup_step(self, host) -> dict[str, float]:
-        """One supervised step per role still warming up: LM cross-entropy (attacker), label CE (evaluator)."""
-        cfg, ctx, metrics = self.cfg, self.ctx, {}
-        for role, steps in (("attacker", cfg.attacker_warmup_steps), ("evaluator", cfg.evaluator_warmup_steps)):
-            if self.step >= steps:
-                continue
-            examples = self._warmup_examples(role)
-            index = torch.randint(len(examples), (cfg.warmup_batch_size,), generator=self.generator).tolist()
-            prompts, targets = [examples[i]["prompt"] for i in index], [examples[i]["response"] for i in index]
-            if role == "evaluator":
-                wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
-                loss = F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
-            else:
-                batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
-                batch = {k: v.to(ctx.device) for k, v in batch.items()}
-                logits = self.roles.lm_logits(role, batch["input_ids"], batch["attention_mask"])
-                loss = response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
-                metrics["perf/train_tokens"] = float(batch["response_mask"].sum())
-            host.optimize(f"{role}_warmup", loss)
-            metrics[f"train/warmup/{role}_loss"] = float(loss.detach())
+        """One supervised step of each role still warming up (attacker, evaluator)."""
+        metrics = {}
+        for role, steps in (("attacker", self.cfg.attacker_warmup_steps), ("evaluator", self.cfg.evaluator_warmup_steps)):
+            if self.step < steps:
+                loss = self._supervised_loss(role)
+                host.optimize(f"{role}_warmup", loss)
+                metrics[f"train/warmup/{role}_loss"] = float(loss.detach())
         return metrics
 
     # ----------------------------------------------------------------- the three phases
@@ -298,16 +347,23 @@ class TriPlay(AlgorithmComponent):
                 labels = self.evaluator_labels([r.prompt for r in records], answers)
             per_defender[spec.name] = label_scores(labels, cfg.attack_label_scores)
         outcome = weighted_outcome(per_defender, {s.name: s.weight for s in cfg.defenders})
-        bleu, cosine = self.pool.similarity_to_pool(attacks)
+        requests = self._requests(seeds)
+        bleu, cosine = self.pool.similarity_to_pool(attacks, requests)
         reward, penalty = attack_reward(outcome, relevance, bleu, cosine, relevance_weight=cfg.relevance_weight,
                                         gate=cfg.relevance_gate, penalty=cfg.diversity_penalty, w_bleu=cfg.div_w_bleu,
-                                        w_cos=cfg.div_w_cos, k=cfg.div_k)
+                                        w_cos=cfg.div_w_cos, k=cfg.div_k, scale=cfg.div_scale)
         successful = (relevance > 0) & (outcome >= cfg.pool_threshold)
         info = {"train/red/outcome": float(outcome.mean()), "train/red/relevance": float(relevance.mean()),
                 "train/red/p_div": float(penalty.mean()), "train/red/pool_bleu": float(bleu.mean()),
                 "train/red/pool_cosine": float(cosine.mean()), "train/red/success_rate": float(successful.mean()),
                 **{f"train/red/outcome/{name}": float(v.mean()) for name, v in per_defender.items()}}
         return reward, info, successful
+
+    def _requests(self, seeds: list) -> list[tuple[str, ...]] | None:
+        """What to cut out of each attack before comparing it with the pool (the seed prompt, its core)."""
+        if not self.cfg.pool_templates:
+            return None
+        return [(seed.prompt, str(seed.meta.get("core", seed.prompt))) for seed in seeds]
 
     def _red_step(self, host, seeds) -> dict[str, float]:
         k = self.cfg.group_size
@@ -316,12 +372,15 @@ class TriPlay(AlgorithmComponent):
 
         def score(texts):
             reward, info, successful = self.attack_rewards(repeated, texts)
-            state["pool"] = [t for t, ok in zip(texts, successful) if ok]
+            state["pool"] = [(t, s) for t, s, ok in zip(texts, repeated, successful) if ok]
             return reward, info
 
+        ptx = (lambda: self.cfg.attacker_ptx_coeff * self._supervised_loss("attacker")) \
+            if self.cfg.attacker_ptx_coeff else None
         metrics = self._grpo(host, "attacker", [self.world.attacker_prompt(s) for s in seeds], score,
-                                self.cfg.attacker_rollout)
-        self.pool.add(state["pool"])  # after scoring: an attack is never compared with itself
+                             self.cfg.attacker_rollout, ptx=ptx)
+        texts, seeds_ok = [t for t, _ in state["pool"]], [s for _, s in state["pool"]]
+        self.pool.add(texts, self._requests(seeds_ok))  # after scoring: an attack is never compared with itself
         metrics["train/red/pool_size"] = float(len(self.pool))
         return metrics
 
@@ -355,8 +414,11 @@ class TriPlay(AlgorithmComponent):
             return {"train/eval/kept_pairs": 0.0}
         records, answers, votes = [records[i] for i in keep], [answers[i] for i in keep], [votes[i] for i in keep]
         truth = [self.world.judge(r, a).label for r, a in zip(records, answers)]  # monitoring only
-        metrics = self._evaluator_grpo(host, [self.world.evaluator_prompt(r.prompt, a)
-                                              for r, a in zip(records, answers)], votes)
+        texts = [self.world.evaluator_prompt(r.prompt, a) for r, a in zip(records, answers)]
+        replay = self._warmup_examples("evaluator")  # vote-labelled world examples keep every label in view
+        index = torch.randint(len(replay), (self.cfg.eval_replay,), generator=self.generator).tolist()
+        texts += [replay[i]["prompt"] for i in index]
+        metrics = self._evaluator_grpo(host, texts, votes + [replay[i]["response"] for i in index])
         metrics.update({"train/eval/kept_pairs": float(len(keep)), "train/eval/vote_acc": accuracy(votes, truth)})
         return metrics
 
@@ -364,8 +426,12 @@ class TriPlay(AlgorithmComponent):
     def training_step(self, batch, host) -> dict[str, float]:
         started = time.perf_counter()
         iteration, phase = self.plan[self.step]
-        if self.step == 0 and phase != "warmup":
-            self._sync_anchors()
+        if self.step == 0 and phase != "warmup":  # no warm-up steps to run: measure the starting point now
+            if not self.warmup_cached:
+                self._sync_anchors()
+            if self.cfg.phase_metrics and self.ctx.sink is not None:
+                self.ctx.sink.log({**self.phase_metrics("warmup"), "train/triplay_phase": 0.0,
+                                   "train/triplay_iteration": 0.0}, stage="rl", iteration=0)
         if phase == "warmup":
             metrics = self._warmup_step(host)
         else:
@@ -374,6 +440,7 @@ class TriPlay(AlgorithmComponent):
         ended = self.step == len(self.plan) or self.plan[self.step] != (iteration, phase)
         if ended and phase == "warmup":
             self._sync_anchors()
+            self._save_warmup()
         metrics["timing/train"] = time.perf_counter() - started
         if ended and self.cfg.phase_metrics:
             metrics.update(self.phase_metrics(phase))
@@ -409,14 +476,19 @@ class TriPlay(AlgorithmComponent):
         current = self._answers("current", 1.0, attacks, seed + 2)
         unsafe_fixed = np.array([self.world.judge(r, a).unsafe for r, a in zip(records, fixed)])
         unsafe_current = np.array([self.world.judge(r, a).unsafe for r, a in zip(records, current)])
-        bleu_div = 1.0 - self.bleu.of_set(attacks, self.cfg.metric_bleu_pairs, seed)
-        embed_div = 1.0 - mean_pairwise_cosine(self.embedder(attacks))
+        requests = self._requests(seeds)
+        templates = attacks if requests is None else [strategy_template(a, r) for a, r in zip(attacks, requests)]
+        bleu_div = 1.0 - self.bleu.of_set(templates, self.cfg.metric_bleu_pairs, seed)
+        embed_div = 1.0 - mean_pairwise_cosine(self.embedder(templates))
+        raw_div = 0.5 * (2.0 - self.bleu.of_set(attacks, self.cfg.metric_bleu_pairs, seed)
+                         - mean_pairwise_cosine(self.embedder(attacks)))
         wrappers = [r.meta["wrapper"] for r in records]
         return {"triplay/attack_success_rate": float((unsafe_fixed & relevant).mean()),
                 "triplay/attack_success_rate_current": float((unsafe_current & relevant).mean()),
                 "triplay/attack_relevance": float(relevant.mean()),
                 "triplay/attack_diversity": 0.5 * (bleu_div + embed_div),
                 "triplay/attack_diversity_bleu": bleu_div, "triplay/attack_diversity_embedding": embed_div,
+                "triplay/attack_diversity_raw": raw_div,
                 "triplay/attack_strategy_entropy": strategy_entropy(wrappers, len(JAILBREAK_WRAPPERS) + 1),
                 "triplay/attack_distinct": len(set(attacks)) / max(1, len(attacks))}
 

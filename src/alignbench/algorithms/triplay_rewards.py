@@ -17,7 +17,9 @@ entries. (unverified) The paper's exact pooling is not published: averaging over
 ("pairwise") measures how *typical* an attack is of the pool, which is what pushes the attacker
 towards under-used strategies; ``bleu_mode=multiref`` gives Texygen's multi-reference Self-BLEU
 instead, and ``similarity=max`` the nearest-neighbour cosine. Each term is amplified on its own by
-``e^{kx} - 1`` (0 at x = 0, convex), which is our reading of "amplified by e^{kx} - 1".
+``e^{kx} - 1`` (0 at x = 0, convex), which is our reading of "amplified by e^{kx} - 1". (unverified) The
+scale of P_div against the other reward terms is not published; by default it is normalised by its
+maximum and scaled to ``div_scale`` = 0.9 < w_rel = 1 (see ``attack_reward``).
 
 Judge panel: several heterogeneous judges label a (prompt, response) pair negative / rejective /
 positive; the evaluator is trained toward their (weighted) majority vote. A vote without a strict
@@ -164,23 +166,55 @@ class Embedder:
 
 
 # ---------------------------------------------------------------------------- attack pool
+REQUEST_PLACEHOLDER = "<request>"
+
+
+def strategy_template(text: str, requests: Sequence[str] = ()) -> str:
+    """The attack with the seed's request replaced by a placeholder: *how* it attacks, not *what* it asks.
+
+    The first of ``requests`` (e.g. the seed prompt, then its harmful core) found as a whole-token run is
+    replaced; text that contains none of them is returned unchanged.
+    """
+    tokens = text.split()
+    for request in requests:
+        words = str(request).split()
+        for i in range(len(tokens) - len(words) + 1 if words else 0):
+            if tokens[i:i + len(words)] == words:
+                return " ".join(tokens[:i] + [REQUEST_PLACEHOLDER] + tokens[i + len(words):])
+    return text
+
+
 class AttackPool:
-    """Past successful attacks (FIFO, at most ``capacity``) and the similarity of new ones to them."""
+    """Past successful attacks (FIFO, at most ``capacity``) and the similarity of new ones to them.
+
+    With ``requests`` given, attacks are compared as strategy templates (``strategy_template``): two
+    attacks on different seeds share the request's phrasing words, which says nothing about how they
+    attack (our choice, unverified against the paper; pass no requests for raw-text comparison). The
+    penalty is off (zero similarity) until the pool holds ``min_size`` attacks, when its make-up starts
+    to mean something.
+    """
 
     def __init__(self, capacity: int, embedder: Embedder, bleu: SelfBLEU, *, sample: int = 32,
-                 bleu_mode: str = "pairwise", similarity: str = "mean") -> None:
+                 bleu_mode: str = "pairwise", similarity: str = "mean", min_size: int = 1) -> None:
         if similarity not in ("mean", "max"):
             raise ConfigError(f"config value 'algo.pool_similarity' must be mean or max, got {similarity!r}")
         self.capacity, self.embedder, self.bleu = int(capacity), embedder, bleu
         self.sample, self.bleu_mode, self.similarity = int(sample), bleu_mode, similarity
+        self.min_size = max(1, int(min_size))
         self.texts: list[str] = []
         self._embeddings: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def add(self, texts: Sequence[str]) -> None:
-        texts = [t for t in texts if t.strip()]
+    @staticmethod
+    def _templates(texts: Sequence[str], requests: Sequence[Sequence[str]] | None) -> list[str]:
+        if requests is None:
+            return list(texts)
+        return [strategy_template(t, r) for t, r in zip(texts, requests)]
+
+    def add(self, texts: Sequence[str], requests: Sequence[Sequence[str]] | None = None) -> None:
+        texts = [t for t in self._templates(texts, requests) if t.strip()]
         if not texts:
             return
         new = self.embedder(texts)
@@ -188,11 +222,13 @@ class AttackPool:
         stacked = new if self._embeddings is None else np.concatenate([self._embeddings, new])
         self._embeddings = stacked[-self.capacity:]
 
-    def similarity_to_pool(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, C) per text against the ``sample`` most recent pool entries; zeros while the pool is empty."""
+    def similarity_to_pool(self, texts: Sequence[str], requests: Sequence[Sequence[str]] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, C) per text against the ``sample`` most recent pool entries; zeros below ``min_size``."""
         n = len(texts)
-        if not self.texts or n == 0:
+        if len(self.texts) < self.min_size or n == 0:
             return np.zeros(n), np.zeros(n)
+        texts = self._templates(texts, requests)
         refs = self.texts[-self.sample:]
         ref_emb = _normalise(self._embeddings[-self.sample:])
         emb = _normalise(self.embedder(list(texts)))
@@ -331,10 +367,17 @@ def default_judges() -> list[JudgeSpec]:
 
 def attack_reward(outcome: np.ndarray, relevance: np.ndarray, bleu: np.ndarray, cosine: np.ndarray, *,
                   relevance_weight: float = 1.0, gate: bool = True, penalty: bool = True, w_bleu: float = 2.0,
-                  w_cos: float = 4.0, k: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(reward, P_div) per attack: the module docstring's r(a); P_div is 0 when ``penalty`` is off."""
+                  w_cos: float = 4.0, k: float = 1.0, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(reward, P_div) per attack: the module docstring's r(a); P_div is 0 when ``penalty`` is off.
+
+    ``scale``: P_div is divided by its maximum P_div(1, 1) = (w_B + w_C)(e^k - 1) and multiplied by
+    ``scale`` (None: the raw formula). With ``scale`` < w_rel a relevant attack always out-earns one that
+    dropped the intent, so the attacker cannot buy diversity by writing off-topic text.
+    """
     outcome, relevance = np.asarray(outcome, dtype=np.float64), np.asarray(relevance, dtype=np.float64)
     p_div = diversity_penalty(bleu, cosine, w_bleu=w_bleu, w_cos=w_cos, k=k) if penalty else np.zeros_like(outcome)
+    if scale is not None and penalty:
+        p_div = scale * p_div / float(diversity_penalty(1.0, 1.0, w_bleu=w_bleu, w_cos=w_cos, k=k))
     gated = outcome * relevance if gate else outcome
     return gated + relevance_weight * relevance - p_div, p_div
 
@@ -361,7 +404,7 @@ class TriPlayConfig(AlgoConfig):
     defender_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=24))
     attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     defender_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
-    evaluator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    evaluator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
     clip_eps: float = 0.2
     kl_coef: float = 0.02
     kl_estimator: str = "k3"
@@ -369,7 +412,7 @@ class TriPlayConfig(AlgoConfig):
     epochs: int = 1
     minibatches: int = 1
     # supervised warm-up of the attacker and evaluator adapters
-    attacker_warmup_steps: int = 250
+    attacker_warmup_steps: int = 300
     evaluator_warmup_steps: int = 50
     warmup_batch_size: int = 32
     attacker_warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-3, scheduler="cosine"))
@@ -377,6 +420,7 @@ class TriPlayConfig(AlgoConfig):
     evaluator_warmup_labels: str = "vote"  # vote | true
     evaluator_kinds: list[str] = field(default_factory=lambda: ["harmful", "jailbreak"])
     warmup_cache: bool = True  # reuse the warmed-up adapters of an identical earlier run (under cache_dir)
+    attacker_ptx_coeff: float = 1.0  # + coeff x warm-up cross-entropy in every red update (keeps the rewrite skill)
     # attacker reward
     defenders: list[DefenderSpec] = field(default_factory=default_defenders)
     attack_judge: str = "world"  # world | evaluator
@@ -388,11 +432,14 @@ class TriPlayConfig(AlgoConfig):
     div_w_bleu: float = 2.0
     div_w_cos: float = 4.0
     div_k: float = 1.0
+    div_scale: Optional[float] = 0.9  # P_div normalised to [0, div_scale] (null: the raw formula)
     bleu_orders: list[int] = field(default_factory=lambda: [3, 4, 5])
     bleu_mode: str = "pairwise"  # pairwise | multiref
     pool_similarity: str = "mean"  # mean | max
     pool_size: int = 256
     pool_sample: int = 32
+    pool_min: int = 16
+    pool_templates: bool = True  # compare attacks with the seed request taken out (strategy_template)
     pool_threshold: float = 0.5
     embedding: str = "world"  # world | minilm
     embedding_path: Optional[str] = None
@@ -400,6 +447,7 @@ class TriPlayConfig(AlgoConfig):
     defender_label_scores: dict[str, float] = field(
         default_factory=lambda: {"positive": 1.0, "rejective": 0.0, "negative": -1.0})
     judges: list[JudgeSpec] = field(default_factory=default_judges)
+    eval_replay: int = 16  # vote-labelled world examples mixed into every eval-phase batch
     # per-phase metrics
     phase_metrics: bool = True
     metric_samples: int = 4

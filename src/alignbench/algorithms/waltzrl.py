@@ -396,6 +396,8 @@ class WaltzRLConfig(ReinforceConfig):
     gamma: float = 0.2
     conversation_rollout: GenerationConfig = field(default_factory=GenerationConfig)
     feedback_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
+    # the feedback agent's decoding at evaluation (answers use eval.generation)
+    feedback_eval: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
     conversation_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     feedback_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     train_revisions: bool = True  # conversation samples include (p, c_t, f_t) -> c_{t+1}
@@ -548,7 +550,7 @@ class WaltzRL(AlgorithmComponent):
         self.totals = dict(state["totals"])
 
     def responder(self):
-        return WaltzResponder(self.ctx, self.roles, t_max=self.cfg.t_max, feedback_generation=self.cfg.feedback_rollout)
+        return WaltzResponder(self.ctx, self.roles, t_max=self.cfg.t_max, feedback_generation=self.cfg.feedback_eval)
 
     def eval_extra_metrics(self, records, responses, infos) -> dict[str, float]:
         """Feedback metrics of the evaluation episodes (FTR, label accuracy / F1, DIR, parse rate)."""

@@ -19,11 +19,11 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from alignbench.config import DataConfig
 from alignbench.data.schema import PromptRecord
-from alignbench.errors import DataError
+from alignbench.errors import ConfigError, DataError
 
 
 @dataclass
@@ -156,13 +156,34 @@ def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
 
 
-class ComponentDataModule(L.LightningDataModule):
-    """Serves ``iterations × batch_size`` items of a component's ``train_items`` per fit."""
+class SkipSampler(Sampler):
+    """The indices of ``sampler`` from position ``start`` on: the order a full pass gives, minus the
+    items already consumed, so a resumed fit's data position is exact whatever the loader does."""
 
-    def __init__(self, component, seed: int) -> None:
+    def __init__(self, sampler: Sampler, start: int) -> None:
+        self.sampler, self.start = sampler, int(start)
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start)
+
+
+class ComponentDataModule(L.LightningDataModule):
+    """Serves ``iterations × batch_size`` items of a component's ``train_items`` per fit.
+
+    ``start_iteration`` (a resumed fit) skips the first ``start_iteration × batch_size`` items of the
+    same seeded order, so iteration k of a resumed run gets exactly the batch iteration k of an
+    uninterrupted run got. Lightning's own mid-epoch restart cannot do this for a plain DataLoader (it
+    re-creates the iterator from the first batch), so resumed fits never rely on it.
+    """
+
+    def __init__(self, component, seed: int, start_iteration: int = 0) -> None:
         super().__init__()
         self.component = component
         self.seed = seed
+        self.start_iteration = int(start_iteration)  # resumed fit: batches already consumed
 
     def train_dataloader(self) -> DataLoader:
         items = list(self.component.train_items())
@@ -171,8 +192,35 @@ class ComponentDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         total = self.component.num_iterations * self.component.batch_size
         sampler = RandomSampler(items, replacement=False, num_samples=total, generator=generator)
+        if self.start_iteration:  # resume: the same seeded order minus the items already consumed
+            sampler = SkipSampler(sampler, self.start_iteration * self.component.batch_size)
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        if world > 1:  # DDP: every rank takes its share of the batch one process would draw
+            if self.component.batch_size % world:
+                raise ConfigError(f"batch size {self.component.batch_size} of {type(self.component).__name__} is not "
+                                  f"divisible by the {world} DDP ranks; choose a multiple of {world}")
+            shares = RankShareBatchSampler(BatchSampler(sampler, self.component.batch_size, drop_last=False),
+                                           rank=int(trainer.global_rank), world=world)
+            return DataLoader(items, batch_sampler=shares, collate_fn=self.component.collate, num_workers=0)
         return DataLoader(items, batch_size=self.component.batch_size, sampler=sampler,
                           collate_fn=self.component.collate, num_workers=0, drop_last=False)
+
+
+class RankShareBatchSampler(Sampler):
+    """Rank ``rank``'s contiguous ``1 / world`` of every batch of ``batches`` (same seed on every rank,
+    so the ranks' shares together are exactly the batch a single process gets)."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for batch in self.batches:
+            share = len(batch) // self.world
+            yield batch[self.rank * share:(self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def slug(text: str) -> str:

@@ -77,6 +77,7 @@ class EvalResult:
     generated_tokens: int = 0
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    prompt_cost_histogram: dict[str, Any] = field(default_factory=dict)
 
     def write_samples(self, path) -> None:
         """Every judged sample as one JSON line (what the metrics were computed from)."""
@@ -139,4 +140,5 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
         table_columns=["kind", "category", "prompt", "response", "label", "unsafe", "refusal", "helpful"],
         table_rows=rows[: cfg.table_rows], generated_tokens=getattr(responder, "generated_tokens", 0),
         seconds=time.perf_counter() - started, samples=samples_out,
+        prompt_cost_histogram=result["prompt_cost_histogram"],
     )

@@ -94,7 +94,19 @@ def aggregate(kinds: list[str], categories: list[str], outcomes: list[list[Sampl
     for category in sorted(set(categories)):
         per_category[category] = block(cats_arr == category)
         metrics.update({f"eval/category/{category}/{k}": v for k, v in per_category[category].items()})
-    return {"metrics": metrics, "per_kind": per_kind, "per_category": per_category}
+    return {"metrics": metrics, "per_kind": per_kind, "per_category": per_category,
+            "prompt_cost_histogram": cost_histogram(prompt_costs, threshold)}
+
+
+def cost_histogram(prompt_costs: np.ndarray, threshold: float, bins: int = 10) -> dict[str, Any]:
+    """Histogram of per-prompt mean costs (RePO's view: how many prompts sit above d, and how far)."""
+    if not len(prompt_costs):
+        return {"edges": [], "counts": [], "threshold": threshold}
+    low, high = float(min(prompt_costs.min(), threshold)), float(max(prompt_costs.max(), threshold))
+    counts, edges = np.histogram(prompt_costs, bins=bins, range=(low, high if high > low else low + 1.0))
+    return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist(), "threshold": threshold,
+            "p95": float(np.quantile(prompt_costs, 0.95)),
+            "violating_fraction": float((prompt_costs > threshold).mean())}
 
 
 def group_by(values: Sequence[Any], keys: Sequence[str]) -> dict[str, list[Any]]:

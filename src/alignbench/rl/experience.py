@@ -22,7 +22,7 @@ class Experience:
 
     rollout: Rollout
     texts: list[str]
-    old_logp: torch.Tensor
+    old_logp: torch.Tensor | None  # None: on-policy single update, actor_loss uses logp.detach()
     ref_logp: torch.Tensor
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -40,7 +40,8 @@ class Experience:
         rollout = Rollout(prompt_ids=r.prompt_ids[index], prompt_mask=r.prompt_mask[index],
                           response_ids=r.response_ids[index], response_mask=r.response_mask[index],
                           sequences=r.sequences[index], attention_mask=r.attention_mask[index])
-        return Experience(rollout, [self.texts[i] for i in index.tolist()], self.old_logp[index],
+        old_logp = None if self.old_logp is None else self.old_logp[index]
+        return Experience(rollout, [self.texts[i] for i in index.tolist()], old_logp,
                           self.ref_logp[index], {k: v[index] for k, v in self.values.items()})
 
 
@@ -65,11 +66,15 @@ def critic_values(roles, critic: str, rollout: Rollout) -> torch.Tensor:
 @torch.no_grad()
 def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator: torch.Generator | None = None,
             reference_role: str = "reference", critics: tuple[str, ...] = (),
-            logprob_temperature: float = 1.0) -> Experience:
+            logprob_temperature: float = 1.0, old_logprobs: bool = True) -> Experience:
     """Sample one response per prompt with ``role`` and compute old/reference log-probs and values.
 
     Log-probs are of softmax(z / ``logprob_temperature``); pass the sampling temperature to treat the
     tempered distribution as the policy (then give ``actor_loss`` the same ``temperature``).
+    ``old_logprobs=False`` skips the pi_old forward pass (``old_logp`` is None): right when the batch
+    gets exactly one update before the next rollout and nothing needs pi_old before the loss, since
+    pi_old = pi_theta then and ``actor_loss`` uses ``logp.detach()`` (ratio exactly 1, as TRL does).
+    The generation engine is ``generation.engine`` when the config has one (``auto`` otherwise).
     """
     from alignbench.algorithms.text import encode_prompts
 
@@ -79,9 +84,10 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
                                    max_new_tokens=generation.max_new_tokens,
                                    eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
                                    temperature=generation.temperature, top_k=generation.top_k,
-                                   top_p=generation.top_p, generator=generator)
+                                   top_p=generation.top_p, generator=generator,
+                                   engine=getattr(generation, "engine", "auto"))
     texts = ctx.decode(rollout.response_ids, rollout.response_mask)
-    old_logp = policy_logprobs(roles, role, rollout, temperature=logprob_temperature)
+    old_logp = policy_logprobs(roles, role, rollout, temperature=logprob_temperature) if old_logprobs else None
     ref_logp = policy_logprobs(roles, reference_role, rollout, temperature=logprob_temperature)
     values = {critic: critic_values(roles, critic, rollout) for critic in critics}
     return Experience(rollout, texts, old_logp, ref_logp, values)
@@ -102,7 +108,8 @@ def actor_loss(roles, role: str, exp: Experience, advantages: torch.Tensor, *, c
             - entropy_coef * masked_mean(H)
     """
     logp, entropy = policy_logprobs(roles, role, exp.rollout, with_entropy=True, temperature=temperature)
-    loss, stats = clipped_policy_loss(logp, exp.old_logp, advantages, exp.mask, clip_eps=clip_eps,
+    old_logp = logp.detach() if exp.old_logp is None else exp.old_logp
+    loss, stats = clipped_policy_loss(logp, old_logp, advantages, exp.mask, clip_eps=clip_eps,
                                       per_sequence=per_sequence)
     metrics = {f"losses/{k}": float(v) for k, v in stats.items()}
     metrics["losses/policy_loss"] = float(loss.detach())

@@ -53,6 +53,10 @@ class LagrangeMultiplier:
         all_reduce_mean: hook ``Tensor -> Tensor`` applied to J_C so that DDP ranks agree (each
             rank keeps its own window and all take the identical step); identity by default. It
             receives a 0-dim float64 CPU tensor: move it to the backend's device (NCCL: CUDA).
+        num_ranks: ``() -> int``, the number of ranks whose J_C the hook averages (1 by default).
+            Each rank then averages only its last ``ceil(window / num_ranks)`` costs, so that with
+            equal per-rank batches the mean over ranks is the mean of the last ``window`` costs of
+            the global batch, as in one process.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class LagrangeMultiplier:
         mode: str = "average",
         rectified_slack: float = 0.0,
         all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        num_ranks: Callable[[], int] | None = None,
     ) -> None:
         if init <= 0:
             raise ConfigError(f"LagrangeMultiplier: init (lambda_init) must be > 0, got {init}.")
@@ -85,6 +90,7 @@ class LagrangeMultiplier:
         self.mode = mode
         self.rectified_slack = float(rectified_slack)
         self.all_reduce_mean = all_reduce_mean or (lambda x: x)
+        self.num_ranks = num_ranks or (lambda: 1)
         self.log_lambda = torch.tensor(math.log(init), dtype=torch.float64)
         self.costs: deque[float] = deque(maxlen=self.window)
         self.calls = 0
@@ -96,7 +102,8 @@ class LagrangeMultiplier:
 
     def constraint_value(self) -> torch.Tensor:
         """J_C of the current window (before the all-reduce): average or rectified mean."""
-        costs = torch.tensor(list(self.costs), dtype=torch.float64)
+        share = -(-self.window // max(1, int(self.num_ranks())))  # this rank's part of the window
+        costs = torch.tensor(list(self.costs)[-share:], dtype=torch.float64)
         if self.mode == "rectified":
             costs = (costs - self.threshold).clamp(min=0.0)
         return costs.mean()
@@ -107,6 +114,9 @@ class LagrangeMultiplier:
         Returns ``{"lambda": float, "J_C": float, "updated": bool}`` (lambda after the step).
         """
         new = torch.as_tensor(episode_costs).detach().reshape(-1).to("cpu", torch.float64)
+        # NaN/inf costs (a numerical fault upstream) never enter the window: one would poison J_C, and
+        # so lambda, for the next `window` samples. The host counts the faulty iteration.
+        new = new[torch.isfinite(new)]
         self.costs.extend(new.tolist())
         self.calls += 1
         if not self.costs:
@@ -114,7 +124,7 @@ class LagrangeMultiplier:
 
         j_c = self.all_reduce_mean(self.constraint_value()).to("cpu", torch.float64)
         target = self.rectified_slack if self.mode == "rectified" else self.threshold
-        updated = self.calls > self.delay
+        updated = self.calls > self.delay and bool(torch.isfinite(j_c))
         if updated:
             # d loss / d log_lambda for loss = -(J_C - target) * exp(log_lambda)
             grad = -(j_c - target) * torch.exp(self.log_lambda)

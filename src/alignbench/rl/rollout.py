@@ -15,6 +15,22 @@ scores exactly like the same row alone. Masks are ``long`` 0/1 tensors (HF conve
 ``rl`` functions accept them as they are.
 
 Works with any causal ``PreTrainedModel``, a peft model around one, or a DDP wrapper (``.module``).
+
+Decoding engines (``generate_rollout(engine=...)``):
+
+* ``"lean"``: a plain decode loop over the model's forward: one prefill, then one forward of one
+  token per step into a KV cache whose buffers are allocated once for the whole rollout (no
+  ``torch.cat`` per step and layer), no logits processors beyond temperature/top-k/top-p, no
+  per-step stopping-criteria objects. Greedy decoding gives exactly HF ``generate``'s tokens, and
+  sampling draws the same ``torch.multinomial`` calls in the same order, so a seeded rollout is
+  the same as with ``generate`` (tested). Unlike ``generate`` it never applies processors a
+  checkpoint's ``generation_config.json`` asks for (repetition penalty, suppressed tokens, ...):
+  RL log-probs assume the plain tempered softmax.
+* ``"hf"``: transformers' ``generate`` (warpers pinned to neutral values).
+* ``"auto"`` (default): ``lean`` when the model's forward takes a KV cache and position ids (every
+  transformers decoder-only LM does), else ``hf``.
+* ``"vllm"`` or an engine object: see ``alignbench.rl.engines`` (only with vLLM installed and a GPU;
+  otherwise ``auto`` is used and vLLM is never imported).
 """
 
 from __future__ import annotations
@@ -25,7 +41,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
+from transformers.cache_utils import DynamicLayer
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from alignbench.rl.losses import entropy_from_logits
 
@@ -172,6 +190,7 @@ def generate_rollout(
     top_p: float = 1.0,
     do_sample: bool = True,
     generator: torch.Generator | None = None,
+    engine: str | object = "auto",
 ) -> Rollout:
     """Sample (or greedily decode) responses for a left-padded prompt batch with the KV cache.
 
@@ -186,6 +205,8 @@ def generate_rollout(
     RNG (same generator state -> same samples; the global RNG is left as it was).
 
     The model is put in eval() mode for the call and restored to its previous mode afterwards.
+    ``engine`` picks the decoder (module docstring): ``"auto"``, ``"lean"``, ``"hf"``, ``"vllm"``
+    or an engine object with the same ``generate`` contract as ``alignbench.rl.engines``.
     """
     if prompt_mask.shape != prompt_ids.shape or not bool(prompt_mask[:, -1].all()):
         raise ValueError(
@@ -194,6 +215,66 @@ def generate_rollout(
         )
     device = _model_device(model)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    options = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                   temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
+    runner = _resolve_engine(engine, model)
+    with _eval_mode(model), _seeded(generator, device):
+        if isinstance(runner, str):
+            decode = _lean_decode if runner == "lean" else _hf_decode
+            generated = decode(_strip_ddp(model), prompt_ids, prompt_mask, **options)
+        else:  # an engine object (vLLM): same contract, returns the generated ids [B, T']
+            generated = runner.generate(model, prompt_ids, prompt_mask, **options)
+
+    response_ids, response_mask = truncate_after_eos(generated.to(device), eos_token_id, pad_token_id)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask.long(),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        sequences=torch.cat([prompt_ids, response_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask.long(), response_mask], dim=1),
+    )
+
+
+ENGINES = ("auto", "lean", "hf", "vllm")
+
+
+def _supports_lean(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes a KV cache and position ids (decoder-only transformers LM)."""
+    core = _unwrap(model)
+    config = getattr(core, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    try:
+        accepted = set(inspect.signature(core.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    if not {"input_ids", "attention_mask", "position_ids", "past_key_values", "use_cache"} <= accepted:
+        return False
+    peft_config = getattr(_strip_ddp(model), "active_peft_config", None)
+    # prompt-learning adapters (prefix/prompt tuning) rewrite the inputs inside their own generate()
+    return not getattr(peft_config, "is_prompt_learning", False)
+
+
+def _resolve_engine(engine: str | object, model: torch.nn.Module) -> str | object:
+    """``"lean"``, ``"hf"`` or an engine object for this call (see module docstring)."""
+    if not isinstance(engine, str):
+        return engine
+    if engine not in ENGINES:
+        raise ValueError(f"generate_rollout: engine must be one of {ENGINES} or an engine object, got {engine!r}")
+    if engine == "vllm":
+        from alignbench.rl.engines import vllm_engine_or_none
+
+        resolved = vllm_engine_or_none()
+        return resolved if resolved is not None else _resolve_engine("auto", model)
+    if engine == "auto":
+        return "lean" if _supports_lean(model) else "hf"
+    return engine
+
+
+def _hf_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, pad_token_id, temperature,
+               top_k, top_p, do_sample) -> torch.Tensor:
+    """transformers' ``generate`` with every warper we did not ask for pinned to neutral."""
     sampling = (
         dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, min_p=0.0)
         if do_sample
@@ -207,22 +288,108 @@ def generate_rollout(
         **_NEUTRAL_GENERATION,
         **sampling,
     )
-    with _eval_mode(model), _seeded(generator, device):
-        # DDP has no .generate; a peft wrapper must keep its own (it switches the adapters on)
-        out = _strip_ddp(model).generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config
-        )
+    # DDP is stripped by the caller; a peft wrapper keeps its own .generate (it switches adapters on)
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    return out[:, prompt_ids.shape[1]:]
 
-    width = prompt_ids.shape[1]
-    response_ids, response_mask = truncate_after_eos(out[:, width:], eos_token_id, pad_token_id)
-    return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask.long(),
-        response_ids=response_ids,
-        response_mask=response_mask,
-        sequences=torch.cat([prompt_ids, response_ids], dim=1),
-        attention_mask=torch.cat([prompt_mask.long(), response_mask], dim=1),
-    )
+
+class _PreallocatedLayer(DynamicLayer):
+    """A full-attention KV-cache layer whose buffers hold the whole rollout from the first write.
+
+    ``update`` copies the new keys/values into place and returns views of the filled prefix, so a
+    decode step costs no reallocation (``DynamicLayer`` concatenates, O(T^2) copies per rollout).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        batch, heads, _, _ = key_states.shape
+        self._keys = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
+        self._values = value_states.new_empty(batch, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded ({end} positions)")
+        self._keys[:, :, self.length:end].copy_(key_states)
+        self._values[:, :, self.length:end].copy_(value_states)
+        self.length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:  # not used by the decode loop
+        raise NotImplementedError("_PreallocatedLayer does not support crop")
+
+
+def _rollout_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
+    """A ``DynamicCache`` for ``model``; plain full-attention layers are swapped for preallocated ones
+    (sliding-window, linear-attention and other special layers keep transformers' own classes)."""
+    cache = DynamicCache(config=_unwrap(model).config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, pad_token_id, temperature,
+                 top_k, top_p, do_sample) -> torch.Tensor:
+    """Prefill + one-token steps with the KV cache; the same token choices as HF ``generate``.
+
+    Per step: ``scores = logits[:, -1]`` in float32, then (sampling) temperature, top-k, top-p in
+    HF's order, ``softmax`` and one ``torch.multinomial`` draw, or ``argmax`` (greedy); rows that
+    have emitted EOS get ``pad_token_id``; the loop stops when every row has finished.
+    """
+    batch, width = prompt_ids.shape
+    device = prompt_ids.device
+    eos = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    warpers = []
+    if do_sample and top_k:
+        warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if do_sample and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+
+    cache = _rollout_cache(model, width + max_new_tokens)
+    attention = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
+    positions = position_ids_from_mask(prompt_mask)
+    inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True)
+    if _accepts_logits_to_keep(model):
+        inputs["logits_to_keep"] = 1
+    next_position = positions[:, -1:]
+    generated = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    steps = 0
+    for step in range(max_new_tokens):
+        logits = model(**inputs).logits
+        scores = logits[:, -1].float()
+        del logits
+        if do_sample:
+            if temperature != 1.0:
+                scores = scores / temperature
+            for warp in warpers:
+                scores = warp(None, scores)
+            tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            tokens = torch.argmax(scores, dim=-1)
+        tokens = torch.where(unfinished, tokens, pad_token_id)
+        generated[:, step] = tokens
+        steps = step + 1
+        unfinished &= ~torch.isin(tokens, eos)
+        if steps == max_new_tokens or not bool(unfinished.any()):
+            break
+        next_position = next_position + 1
+        inputs = dict(input_ids=tokens[:, None], attention_mask=attention[:, : width + steps],
+                      position_ids=next_position, past_key_values=cache, use_cache=True)
+    return generated[:, :steps]
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:

@@ -6,13 +6,22 @@ whole RL iteration: rollout, scoring, several PPO minibatch updates of several o
 step under manual optimisation, so the host keeps its own ``iteration`` counter, which is the x-axis
 of every logged metric and what checkpoints resume from.
 
-Checkpoints carry only trainable roles (adapters, heads, trained copies), the optimiser and scheduler
-states Lightning saves, the component's own state (counters, Lagrange multiplier, pools) and the RNG
-states — never the frozen base or frozen roles.
+Checkpoints (``checkpoint_state``, written by ``training.callbacks.CheckpointCallback``) carry only
+trainable roles (adapters, heads, trained copies), every optimiser's and scheduler's state, the
+component's own state (counters, Lagrange multiplier, pools, generators), the data position and the
+RNG states — never the frozen base or frozen roles. ``load_resume_state`` puts one back: weights,
+component and counters at once, optimiser/scheduler states when Lightning has built them
+(``on_train_start``) and the RNG states just before the first resumed iteration (after the data
+loader's iterator has drawn its seed), so a resumed run continues bit for bit.
+
+Numerical faults: ``optimize`` never steps an optimiser on a non-finite loss or gradient; an iteration
+with such a skip, or with a NaN/inf loss, reward, cost or lambda among its metrics, is counted
+(``train/nan_skipped``) and ``max_nan_steps`` consecutive ones stop the run (``NumericalFaultError``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -22,8 +31,12 @@ import torch
 
 from alignbench.algorithms.base import AlgorithmComponent
 from alignbench.config import OptimConfig
+from alignbench.errors import CheckpointError, NumericalFaultError
 from alignbench.models.roles import RoleSet
+from alignbench.training import checkpoint as ckpt
+from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
+from alignbench.utils.distributed import all_reduce_gradients_, mean_metrics
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -45,7 +58,7 @@ class AlignmentModule(L.LightningModule):
     """Runs ``component`` over ``roles``; logs through ``sink`` under ``stage``."""
 
     def __init__(self, component: AlgorithmComponent, roles: RoleSet, sink: MetricsSink | None,
-                 stage: str) -> None:
+                 stage: str, *, max_nan_steps: int | None = None, data_seed: int = 0) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False
@@ -54,8 +67,18 @@ class AlignmentModule(L.LightningModule):
         self.sink = sink
         self.stage = stage
         self.iteration = 0
+        self.max_nan_steps = max_nan_steps  # None: never stop; 0 or 1: stop at the first faulty iteration
+        self.data_seed = data_seed
+        self.nan_skipped = 0  # faulty iterations so far in this fit (resumed runs continue the count)
+        self.nan_consecutive = 0
+        self.last_iteration_faulty = False
+        self.last_checkpoint: str | None = None
+        self.saved_iteration = 0
+        self._faults: list[str] = []
         self._optimizer_names: list[str] = []
         self._grad_clip: dict[str, float] = {}
+        self._pending_optim: dict[str, Any] | None = None
+        self._pending_rng: dict[str, Any] | None = None
         self._t_last = time.perf_counter()
 
     # ----------------------------------------------------------------- optimisers
@@ -75,16 +98,37 @@ class AlignmentModule(L.LightningModule):
         return optimizers, schedulers
 
     def optimize(self, name: str, loss: torch.Tensor, step_scheduler: bool = True) -> dict[str, float]:
-        """One update of optimiser ``name``: zero-grad, backward, clip, step (scheduler per iteration)."""
+        """One update of optimiser ``name``: zero-grad, backward, clip, step (scheduler per iteration).
+
+        A non-finite loss or gradient norm skips the step: the gradients are dropped, the optimiser
+        state is untouched and the iteration counts as faulty. (Under DDP the decision is taken on the
+        all-reduced gradient norm, which every rank shares, so the ranks never diverge.)
+        """
         index = self._optimizer_names.index(name)
         optimizers = self.optimizers()
         optimizer = optimizers[index] if isinstance(optimizers, list) else optimizers
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        loss_finite = bool(torch.isfinite(loss.detach()).all())
+        ddp = self._ddp_wrapper()
+        # DDP: gradients are averaged here, per optimiser (DDP's reducer expects every trainable
+        # parameter in every backward, which several optimisers with disjoint parameters break)
+        with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
+            self.manual_backward(loss)
+        if ddp is not None:
+            all_reduce_gradients_([p for group in optimizer.param_groups for p in group["params"]])
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self._grad_clip[name] or float("inf"))
+        if not bool(torch.isfinite(grad_norm)) or (ddp is None and not loss_finite):
+            optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf
+            self._faults.append(f"{name} {'loss' if not loss_finite else 'gradient'}")
+            return {"grad_norm": float(grad_norm), "skipped": 1.0}
         optimizer.step()
         return {"grad_norm": float(grad_norm)}
+
+    def _ddp_wrapper(self) -> torch.nn.parallel.DistributedDataParallel | None:
+        trainer = getattr(self, "_trainer", None)
+        model = getattr(trainer.strategy, "model", None) if trainer is not None else None
+        return model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
 
     def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
@@ -95,9 +139,19 @@ class AlignmentModule(L.LightningModule):
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        self._faults = []
         metrics = self.component.training_step(batch, self)
+        metrics = mean_metrics(metrics)  # DDP: means over ranks (token counts summed); as is in one process
         self._step_schedulers()
         self.iteration += 1
+        faults = self._faults + metric_faults(metrics)  # NaN/inf losses, rewards, costs, lambda
+        self.last_iteration_faulty = bool(faults)
+        if faults:
+            self.nan_skipped += 1
+            self.nan_consecutive += 1
+        else:
+            self.nan_consecutive = 0
+        metrics["train/nan_skipped"] = float(self.nan_skipped)
         now = time.perf_counter()
         metrics.setdefault("timing/iteration", now - self._t_last)
         counters = getattr(self.component.ctx, "counters", None)
@@ -110,6 +164,88 @@ class AlignmentModule(L.LightningModule):
         shown = {k: v for k, v in metrics.items() if k.endswith(("/loss", "/reward", "lambda"))}
         for key, value in list(shown.items())[:3]:
             self.log(key, value, prog_bar=True, logger=False, on_step=True, batch_size=1)
+        if faults and self.max_nan_steps is not None and self.nan_consecutive >= max(1, self.max_nan_steps):
+            raise NumericalFaultError(
+                f"{self.nan_consecutive} consecutive iterations of stage '{self.stage}' had non-finite values "
+                f"(iteration {self.iteration}: {', '.join(sorted(set(faults))[:4])}); stopped after "
+                f"max_nan_steps={self.max_nan_steps}, last good checkpoint: {self.last_checkpoint or 'none'}")
+
+    # ----------------------------------------------------------------- resume
+    def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
+        return list(self.trainer.optimizers)
+
+    def _raw_schedulers(self) -> list[Any]:
+        return [config.scheduler for config in self.trainer.lr_scheduler_configs]
+
+    def on_train_start(self) -> None:
+        # keep references: a checkpoint may be written after Lightning has torn the fit down
+        self._optimizers_ref = self._raw_optimizers()
+        self._schedulers_ref = self._raw_schedulers()
+        if self._pending_optim is not None:
+            saved = self._pending_optim
+            self._pending_optim = None
+            if list(saved["optimizers"]) != self._optimizer_names:
+                raise CheckpointError(f"checkpoint optimisers {list(saved['optimizers'])} do not match this "
+                                           f"run's {self._optimizer_names}")
+            for name, optimizer in zip(self._optimizer_names, self._optimizers_ref):
+                optimizer.load_state_dict(saved["optimizers"][name])
+            for scheduler, state in zip(self._schedulers_ref, saved["schedulers"]):
+                scheduler.load_state_dict(state)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:  # after the data loader drew its seed: as at this point originally
+            ckpt.restore_rng(self._pending_rng)
+            self._pending_rng = None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``."""
+        optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
+        schedulers = getattr(self, "_schedulers_ref", None) or self._raw_schedulers()
+        counters = getattr(self.component.ctx, "counters", None)
+        return {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "stage": self.stage,
+            "iteration": self.iteration,
+            "num_iterations": int(self.component.num_iterations),
+            "roles": self.roles.trainable_state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in zip(self._optimizer_names, optimizers)},
+            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
+            "component": self.component.state_dict(),
+            "rng": ckpt.capture_rng(),
+            "data": {"seed": int(self.data_seed), "batch_size": int(self.component.batch_size),
+                     "consumed_batches": self.iteration,
+                     "consumed_items": self.iteration * int(self.component.batch_size)},
+            "sink": ({"step": int(self.sink.step), "last": dict(self.sink.last)} if self.sink is not None else None),
+            "counters": dict(counters) if counters is not None else None,
+            "nan": {"skipped": self.nan_skipped, "consecutive": self.nan_consecutive},
+        }
+
+    def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None) -> None:
+        """Restore a ``checkpoint_state``: weights, component, counters and sink now; optimisers and RNG
+        when training starts (see module docstring)."""
+        data = state.get("data") or {}
+        if data and (int(data["batch_size"]) != int(self.component.batch_size) or int(data["seed"]) != self.data_seed):
+            raise CheckpointError(f"checkpoint data position (seed {data['seed']}, batch size "
+                                       f"{data['batch_size']}) does not match this run")
+        self.iteration = int(state["iteration"])
+        self.saved_iteration = self.iteration
+        self.roles.load_trainable_state_dict(state["roles"])
+        self.component.load_state_dict(state["component"])
+        nan = state.get("nan") or {}
+        self.nan_skipped = int(nan.get("skipped", 0))
+        self.nan_consecutive = int(nan.get("consecutive", 0))
+        counters = getattr(self.component.ctx, "counters", None)
+        if counters is not None and state.get("counters"):
+            counters.update(state["counters"])
+        if self.sink is not None and state.get("sink"):
+            if history_file is not None:
+                ckpt.rewind_history(history_file, self.stage, self.iteration)
+            self.sink.step = max(int(state["sink"]["step"]), ckpt.last_history_step(history_file)
+                                 if history_file is not None else 0)
+            self.sink.last.update(state["sink"]["last"])
+        self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
+        self._pending_rng = state["rng"]
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -120,6 +256,7 @@ class AlignmentModule(L.LightningModule):
             "roles": self.roles.trainable_state_dict(),
             "component": self.component.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "rng": ckpt.capture_rng(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -129,4 +266,7 @@ class AlignmentModule(L.LightningModule):
         self.iteration = int(state["iteration"])
         self.roles.load_trainable_state_dict(state["roles"])
         self.component.load_state_dict(state["component"])
-        torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:
+            ckpt.restore_rng(state["rng"])
+        else:
+            torch.set_rng_state(state["torch_rng"])

@@ -30,6 +30,7 @@ from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
+from alignbench.utils.distributed import is_rank_zero
 
 
 @dataclass
@@ -94,28 +95,68 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
                       device=device, sink=sink)
 
 
-def _trainer(rc: RunConfig, root: Path, max_steps_hint: int) -> L.Trainer:
+def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
     from lightning.pytorch.callbacks import RichProgressBar
 
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
         strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(root), callbacks=[RichProgressBar(leave=False)],
+        default_root_dir=str(root), callbacks=[RichProgressBar(leave=False), *(callbacks or [])],
         deterministic=rc.trainer.deterministic, log_every_n_steps=1,
+        # ComponentDataModule splits each global batch across DDP ranks itself (same prompts as one process)
+        use_distributed_sampler=False,
     )
 
 
 def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext, stage: str, seed: int) -> None:
-    """Run ``component.num_iterations`` iterations of ``component`` under Lightning."""
+    """Run ``component.num_iterations`` iterations of ``component`` under Lightning.
+
+    Checkpoints go to ``training.checkpoint.checkpoint_dir(output_dir, stage)``: every
+    ``trainer.checkpoint_every`` iterations, at the end of the RL fit, and on SIGTERM/SIGUSR1 (then
+    ``Preempted`` is raised). With ``resume=true`` the fit continues from the newest checkpoint there
+    (a finished one just restores the weights), starting the data at the first unconsumed batch.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from alignbench.training import checkpoint as ckpt
+    from alignbench.training.callbacks import PREEMPTION, CheckpointCallback
     from alignbench.training.module import AlignmentModule
 
-    if component.num_iterations <= 0:
+    total = component.num_iterations
+    if total <= 0:
         return
+    rc = ctx.rc
     L.seed_everything(seed, workers=True, verbose=False)
-    module = AlignmentModule(component, roles, ctx.sink, stage)
-    trainer = _trainer(ctx.rc, Path(ctx.rc.output_dir), component.num_iterations)
-    trainer.fit(module, datamodule=ComponentDataModule(component, seed))
+    directory = ckpt.checkpoint_dir(rc.output_dir, stage)
+    fingerprint = ckpt.config_fingerprint(rc.raw)
+    state, path = ckpt.find_resume_state(directory, resume=rc.resume, stage=stage, fingerprint=fingerprint,
+                                         num_iterations=total)
+    module = AlignmentModule(component, roles, ctx.sink, stage, max_nan_steps=rc.max_nan_steps, data_seed=seed)
+    if state is not None:
+        module.load_resume_state(state, history_file=str(Path(rc.output_dir) / "history.jsonl"))
+        module.last_checkpoint = str(path)
+        print(f"alignbench: resuming stage '{stage}' from {path} (iteration {module.iteration}/{total})", flush=True)
+        if module.iteration >= total:
+            roles.to(ctx.device)
+            return
+    manager = ckpt.CheckpointManager(directory)
+    manager.last_saved = path
+    callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
+                                  extra={"fingerprint": fingerprint})
+    trainer = _trainer(rc, Path(rc.output_dir), total, callbacks=[callback])
+    with PREEMPTION.deferred():
+        try:
+            trainer.fit(module, datamodule=ComponentDataModule(component, seed, start_iteration=module.iteration))
+        except SIGTERMException:
+            # Lightning saw the signal at an iteration end after our callback had run: save here
+            if not PREEMPTION.requested:
+                raise
+            if trainer.is_global_zero and not module.last_iteration_faulty and module.iteration > module.saved_iteration:
+                callback.save(module)
+            raise callback.preempted(module) from None
+        if PREEMPTION.requested:  # the signal came after the last iteration (its checkpoint is written)
+            raise callback.preempted(module)
     roles.to(ctx.device)
 
 
@@ -125,6 +166,7 @@ def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torc
         component = SFTStage(settings, ctx)
     else:
         component = PreferenceStage(settings, ctx, kind=stage)
+    L.seed_everything(seed, workers=True, verbose=False)
     roles = RoleSet(ctx.base, component.role_specs(), ctx.model_cfg, full_finetune=component.full_finetune)
     component.attach(roles)
     started = time.perf_counter()
@@ -161,6 +203,13 @@ def apply_sft(ctx: RunContext, weights: dict[str, torch.Tensor]) -> None:
     ctx.base.requires_grad_(False)
 
 
+def _drop_stage_checkpoints(ctx: RunContext, stage: str) -> None:
+    """A shared stage's checkpoints are obsolete once the stage is in the cache (its durable copy)."""
+    from alignbench.training.checkpoint import CheckpointManager, checkpoint_dir
+
+    CheckpointManager(checkpoint_dir(ctx.rc.output_dir, stage)).remove_all()
+
+
 def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = None) -> StageOutputs:
     """Load or train the stages ``required`` needs (SFT first), in dependency order."""
     outputs = StageOutputs()
@@ -172,6 +221,7 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
         weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key,
                                                 lambda s=stage: _train_stage(s, ctx, ctx.rc.stages.seed),
                                                 reuse=ctx.rc.stages.reuse)
+        _drop_stage_checkpoints(ctx, stage)
         metrics = {**metrics, f"stages/{stage}/cached": float(cached)}
         if stage == "sft":
             apply_sft(ctx, weights)
@@ -196,6 +246,7 @@ def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str
 
     def train() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         stage = SFTStage(warmup.settings, ctx, items=warmup.items, metric_prefix=warmup.name)
+        L.seed_everything(ctx.rc.stages.seed, workers=True, verbose=False)
         roles = RoleSet(ctx.base, stage.role_specs(), ctx.model_cfg, full_finetune=stage.full_finetune)
         stage.attach(roles)
         started = time.perf_counter()
@@ -208,6 +259,7 @@ def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str
         return weights, metrics
 
     weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key, train, reuse=ctx.rc.stages.reuse)
+    _drop_stage_checkpoints(ctx, warmup.name)
     apply_sft(ctx, weights)
     return {**metrics, f"stages/{warmup.name}/cached": float(cached)}
 
@@ -230,13 +282,16 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     if until is None:
         component = cls(rc.algo, ctx, outputs)
         result["metrics"].update(run_warmup_stage(ctx, component))
+        # seed before the adapters are initialised: a job's result must not depend on what ran before
+        # it in the same process (multirun jobs share one process)
+        L.seed_everything(rc.seed, workers=True, verbose=False)
         roles = RoleSet(ctx.base, component.role_specs(), rc.model, full_finetune=component.full_finetune)
         roles.to(ctx.device)
         component.attach(roles)
         fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
-        if rc.eval.enabled:
+        if rc.eval.enabled and is_rank_zero():  # DDP: rank 0 evaluates, the other ranks are done
             roles.eval()
             evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
                                   seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
@@ -245,6 +300,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
             evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.eval_extras())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
+            result["prompt_cost_histogram"] = evaluation.prompt_cost_histogram
             result["eval_seconds"] = evaluation.seconds
             ctx.counters["gen_tokens"] += evaluation.generated_tokens
             result["eval_table"] = (evaluation.table_columns, evaluation.table_rows)

@@ -9,6 +9,7 @@ half-written entry, and concurrent jobs use a file lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -72,14 +73,27 @@ def load_entry(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
                  reuse: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
-    """Return ``(weights, metrics, was_cached)``, training and storing the stage on a miss."""
+    """Return ``(weights, metrics, was_cached)``, training and storing the stage on a miss.
+
+    Under DDP every rank must train a missing stage together (``train`` runs a distributed fit), so
+    only rank 0 takes the lock (other jobs wait on it, this job's ranks must not) and writes the
+    entry, and the hit/miss decision is rank 0's: broadcast once the process group exists; before
+    that (a worker re-running the stages its launch interrupted) the worker's own look agrees with
+    it, because rank 0 holds the lock, so nobody can write this entry, until the worker has joined.
+    """
+    from alignbench.utils.distributed import broadcast_object, is_rank_zero
+
     root = Path(cache_dir) / "stages"
     entry = root / key
-    with _locked(root):
-        if reuse and (entry / "metrics.json").exists():
+    leader = is_rank_zero()
+    with _locked(root) if leader else contextlib.nullcontext():
+        hit = broadcast_object(reuse and (entry / "metrics.json").exists())
+        if hit:
             weights, metrics = load_entry(entry)
             return weights, metrics, True
         weights, metrics = train()
+        if not leader:
+            return weights, metrics, False
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -28,6 +28,12 @@ def set_defaults() -> None:
         os.environ.setdefault(key, value)
     if os.environ.get("HF_HUB_OFFLINE") in ("0", "false"):
         os.environ["HF_DATASETS_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "0"
+    import logging
+
+    # Lightning's start-up banners (GPU available, tips) drown the run's own output
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*srun.*", ".*LeafSpec.*", ".*PossibleUserWarning.*",
                     ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*Checkpoint directory.*exists.*"):
         warnings.filterwarnings("ignore", message=pattern)

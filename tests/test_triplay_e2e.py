@@ -1,0 +1,97 @@
+"""TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of ALGORITHMS.md §4 (slow).
+
+The slow test trains ``algo=triplay experiment=triplay_world`` on the default world with ``model=tiny``,
+the same run with only red phases and ``algo.diversity_penalty=false`` (the ablation), and evaluates
+``algo=sft`` on the same SFT stage. Stage outputs and the TriPlay warm-up are cached under
+``$ALIGNBENCH_CACHE`` (a temporary folder when unset), so reruns skip them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return os.environ.get("ALIGNBENCH_CACHE") or str(tmp_path_factory.mktemp("alignbench-cache"))
+
+
+def run_job(out: Path, cache: str, *overrides: str, timeout: int = 900) -> tuple[dict, list[dict]]:
+    """Run one job; returns its summary and history rows (fails with the job's output tail)."""
+    env = {**os.environ, "ALIGNBENCH_CACHE": cache, "HYDRA_FULL_ERROR": "1"}
+    cmd = [sys.executable, "run.py", *overrides, "logger=none", "trainer.num_threads=1", f"hydra.run.dir={out}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(overrides)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    summary = json.loads((out / "summary.json").read_text())
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
+    return summary, history
+
+
+def phase_rows(history: list[dict], key: str) -> list[tuple[float, float, float]]:
+    """(iteration, phase code, value) of every logged measurement of ``key``, in order."""
+    return [(row["train/triplay_iteration"], row["train/triplay_phase"], row[key]) for row in history
+            if row.get(key) is not None and "train/triplay_phase" in row]
+
+
+def test_smoke_run_writes_every_triplay_metric(tmp_path, cache_dir):
+    summary, history = run_job(
+        tmp_path / "smoke", cache_dir, "algo=triplay", "experiment=smoke", "algo.iterations=1",
+        "algo.phase_steps.red=1", "algo.phase_steps.blue=1", "algo.phase_steps.eval=1", "algo.batch_size=4",
+        "algo.attacker_warmup_steps=2", "algo.evaluator_warmup_steps=2", "algo.metric_samples=1")
+    metrics = summary["metrics"]
+    assert summary["status"] == "ok"
+    for key in ("eval/unsafe_rate", "eval/bare_refusal_rate", "triplay/attack_success_rate", "triplay/attack_diversity",
+                "triplay/evaluator_acc", "triplay/best_judge_acc", "triplay/judge_acc/keyword",
+                "triplay/judge_acc/world_noisy_a", "triplay/defender/unsafe_rate",
+                "triplay/initial/attack_success_rate", "train/triplay_phase"):
+        assert key in metrics and metrics[key] is not None, key
+    # one measurement after the warm-up (phase 0) and after each phase of the role it trained
+    assert [phase for _, phase, _ in phase_rows(history, "triplay/attack_success_rate")] == [0.0, 1.0]
+    assert [phase for _, phase, _ in phase_rows(history, "triplay/defender/unsafe_rate")] == [0.0, 2.0]
+    assert [phase for _, phase, _ in phase_rows(history, "triplay/evaluator_acc")] == [0.0, 3.0]
+    assert any(row.get("losses/attacker/policy_loss") is not None for row in history)
+    assert any(row.get("losses/defender/policy_loss") is not None for row in history)
+    assert any(row.get("losses/evaluator/policy_loss") is not None for row in history)
+
+
+@pytest.mark.slow
+def test_triplay_world_claims(tmp_path, cache_dir):
+    sft, _ = run_job(tmp_path / "sft", cache_dir, "algo=sft", "experiment=triplay_world")
+    triplay, history = run_job(tmp_path / "triplay", cache_dir, "algo=triplay", "experiment=triplay_world")
+    ablation, ablation_history = run_job(tmp_path / "ablation", cache_dir, "algo=triplay", "experiment=triplay_world",
+                                         "algo.diversity_penalty=false", "algo.phases=[red]")
+    m, a, s = triplay["metrics"], ablation["metrics"], sft["metrics"]
+    report = {k: v for k, v in m.items() if k.startswith(("triplay/", "eval/")) and k.count("/") <= 2}
+    print(json.dumps({"triplay": report, "ablation": {k: v for k, v in a.items() if k.startswith("triplay/attack")},
+                      "sft": {k: v for k, v in s.items() if k.startswith("eval/") and k.count("/") == 1}}, indent=1))
+
+    # 1. attacker: success against the fixed (SFT) defender rises over the red phases, diversity stays high ...
+    success = [value for _, phase, value in phase_rows(history, "triplay/attack_success_rate")]
+    assert success[-1] >= success[0] + 0.1, success
+    assert m["triplay/attack_diversity"] >= 0.9 * m["triplay/initial/attack_diversity"], (
+        m["triplay/attack_diversity"], m["triplay/initial/attack_diversity"])
+    # ... and collapses without P_div (same warm-up, same number of red steps)
+    assert a["triplay/initial/attack_diversity"] == pytest.approx(m["triplay/initial/attack_diversity"])
+    assert a["triplay/attack_diversity"] <= m["triplay/attack_diversity"] - 0.1, (
+        a["triplay/attack_diversity"], m["triplay/attack_diversity"])
+    assert a["triplay/attack_strategy_entropy"] < m["triplay/attack_strategy_entropy"]
+
+    # 2. defender after the blue phases: safer than the SFT model, with fewer bare refusals
+    assert m["eval/unsafe_rate"] < s["eval/unsafe_rate"] - 0.1, (m["eval/unsafe_rate"], s["eval/unsafe_rate"])
+    assert m["eval/bare_refusal_rate"] < s["eval/bare_refusal_rate"], (m["eval/bare_refusal_rate"],
+                                                                       s["eval/bare_refusal_rate"])
+    unsafe = [value for _, phase, value in phase_rows(history, "triplay/defender/unsafe_rate")]
+    assert unsafe[-1] < unsafe[0]
+
+    # 3. evaluator: 3-way accuracy on held-out true labels at least the best single judge's
+    judges = {k: v for k, v in m.items() if k.startswith("triplay/judge_acc/")}
+    assert len(judges) >= 3 and m["triplay/best_judge_acc"] == pytest.approx(max(judges.values()))
+    assert m["triplay/evaluator_acc"] >= m["triplay/best_judge_acc"], (m["triplay/evaluator_acc"], judges)
