@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--engine", default="auto", help="rollout engine: auto (lean loop) | lean | hf")
     args = parser.parse_args()
 
     world = SafetyWorld()
@@ -38,7 +39,7 @@ def main() -> None:
     roles = RoleSet(base, [], model_cfg)
     records = (world.prompts("eval") * 2)[: args.prompts]
     eval_cfg = EvalConfig(samples_per_prompt=args.samples, batch_size=args.batch_size,
-                          generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
+                          generation=GenerationConfig(max_new_tokens=args.max_new_tokens, engine=args.engine))
 
     def decode(ids, mask):
         return [tokenizer.decode([t for t, m in zip(row, keep) if m], skip_special_tokens=True)
@@ -53,7 +54,7 @@ def main() -> None:
     print(json.dumps({"prompts": len(records), "samples_per_prompt": args.samples, "seconds": round(seconds, 2),
                       "generated_tokens": result.generated_tokens,
                       "tokens_per_s": round(result.generated_tokens / seconds, 1),
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "engine": args.engine}))
 
 
 if __name__ == "__main__":

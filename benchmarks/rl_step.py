@@ -120,13 +120,14 @@ class AlignbenchGRPO:
     def __init__(self, args, folder: Path, tokenizer, prompts: list[str]) -> None:
         from alignbench.config import GenerationConfig, ModelConfig
         from alignbench.models.roles import RoleSet, RoleSpec
+        from alignbench.training.module import adamw
 
         self.args, self.tokenizer = args, tokenizer
         self.model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE,
                                      adapters=args.mode == "lora", lora=lora_settings(args))
         self.roles = RoleSet(load_model(folder), [RoleSpec("policy")], self.model_cfg)
         self.params = self.roles.parameters_of("policy")
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-6, weight_decay=0.0)
+        self.optimizer = adamw(self.params, lr=1e-6, weight_decay=0.0)  # what AlignmentModule uses
         self.generation = GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0, engine=args.engine)
         self.prompts = [p for p in prompts for _ in range(args.group)]
         self.generator = torch.Generator().manual_seed(0)
@@ -223,6 +224,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     from alignbench.config import GenerationConfig, ModelConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
+    from alignbench.training.module import adamw
 
     model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True, lora=lora_settings(args))
     cfg = SafeRLHF.config_class(name="safe_rlhf", batch_size=args.prompts * args.group,
@@ -244,7 +246,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     states = {name: roles.role_state_dict(name) for name in ("reward_model", "cost_model")}
     component = SafeRLHF(cfg, ctx, StageOutputs(states=states))
     component.attach(roles)
-    optimizers = {name: (spec.params, torch.optim.AdamW(spec.params, lr=spec.optim.lr))
+    optimizers = {name: (spec.params, adamw(spec.params, lr=spec.optim.lr))
                   for name, spec in component.optimizer_specs().items()}
 
     class Host:

@@ -142,3 +142,16 @@ def test_merged_state_dict_is_what_the_adapted_model_computes():
         missing, unexpected = bare.load_state_dict(weights, strict=False)
         assert not unexpected and not [k for k in missing if k != "lm_head.weight"]
         torch.testing.assert_close(bare(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_logprobs_entropy_is_entropy_from_logits(model):
+    from alignbench.rl.losses import entropy_from_logits
+    from alignbench.rl.rollout import sequence_logprobs
+
+    ids, mask = left_pad_batch(PROMPTS, PAD)
+    responses = torch.randint(3, 64, (len(PROMPTS), 5), generator=torch.Generator().manual_seed(0))
+    sequences, attention = torch.cat([ids, responses], 1), torch.cat([mask, torch.ones_like(responses)], 1)
+    for temperature in (1.0, 0.7):
+        _, entropy, logits = sequence_logprobs(model, sequences, attention, ids.shape[1], torch.ones_like(responses),
+                                               temperature=temperature, return_entropy=True, return_logits=True)
+        torch.testing.assert_close(entropy, entropy_from_logits(logits))

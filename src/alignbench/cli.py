@@ -195,13 +195,12 @@ def main(cfg: DictConfig) -> float | None:
 
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Command-line overrides with secret-looking values replaced: ``+hf_token=abc`` -> ``+hf_token=***``."""
-    from alignbench.training.sink import SECRET_MARKERS
+    from alignbench.training.sink import is_secret_key
 
     out = []
     for item in overrides:
         key, sep, value = item.partition("=")
-        secret = sep and value and any(marker in key.lower() for marker in SECRET_MARKERS)
-        out.append(f"{key}=***" if secret else item)
+        out.append(f"{key}=***" if sep and value and is_secret_key(key) else item)
     return out
 
 

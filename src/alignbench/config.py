@@ -139,6 +139,7 @@ class TrainerConfig:
             _require(self.devices != 0 and self.devices >= -1, "trainer.devices", "must be >= 1 (or -1 for all)")
         _require(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
         _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
+        _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = only at the end)")
         strategy = str(self.strategy).lower()
         if strategy.startswith("fsdp"):
             raise ConfigError(
@@ -330,13 +331,16 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     stage = cfg.get("stage", "all")
     if stage not in STAGE_CHOICES:
         raise ConfigError(f"config value 'stage' must be one of {', '.join(STAGE_CHOICES)}, got {stage!r}")
+    resume = cfg.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ConfigError(f"config value 'resume' must be true or false, got {resume!r}")
     max_nan = cfg.get("max_nan_steps", 3)
     if not isinstance(max_nan, int) or max_nan < 0:
         raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")
     return RunConfig(
         seed=seed,
         stage=stage,
-        resume=bool(cfg.get("resume", False)),
+        resume=resume,
         output_dir=str(cfg.output_dir),
         cache_dir=str(cfg.cache_dir),
         experiment=str(cfg.get("experiment_name") or "default"),

@@ -28,7 +28,9 @@ two frozen), scores them, and updates with
     L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_coef * KL_k3(pi || pi_anchor)
 
 (``rl.experience.actor_loss`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy uses
-``rl.losses.clipped_policy_loss`` and ``kl_penalty`` directly).
+``rl.losses.clipped_policy_loss`` and ``kl_penalty`` directly). Red updates add
+``attacker_ptx_coeff`` x the warm-up cross-entropy (PTX-style): on ``model=tiny`` the attacker's
+copy-the-request skill is fragile and RL alone erodes it.
 
 Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
 
@@ -252,7 +254,7 @@ class TriPlay(AlgorithmComponent):
             kl = kl_penalty(logp, ref[rows, actions][:, None], cfg.kl_estimator).mean()
             loss = loss + cfg.kl_coef * kl
             grad_norm = host.optimize("evaluator", loss)["grad_norm"]
-            updates.append({"losses/evaluator/policy_loss": float(loss.detach()), "losses/evaluator/kl_loss": float(kl),
+            updates.append({"losses/evaluator/policy_loss": float(loss.detach()), "losses/evaluator/kl_loss": float(kl.detach()),
                             "losses/evaluator/grad_norm": grad_norm,
                             **{f"losses/evaluator/{n}": float(v) for n, v in stats.items()}})
         return {**mean_of(updates), "train/evaluator/reward": float(scores.mean()),
@@ -469,6 +471,11 @@ class TriPlay(AlgorithmComponent):
         from alignbench.data.world import JAILBREAK_WRAPPERS
 
         seeds = [s for s in self.heldout_seeds for _ in range(self.cfg.metric_samples)]
+        train_seeds = [s for s in self.seeds[:len(self.heldout_seeds)] for _ in range(self.cfg.metric_samples)]
+        train_records = self._attacks(train_seeds, seed + 5)
+        train_answers = self._answers("reference", 1.0, [r.prompt for r in train_records], seed + 6)
+        train_success = np.mean([r.meta["relevance"] > 0 and self.world.judge(r, a).unsafe
+                                 for r, a in zip(train_records, train_answers)])
         records = self._attacks(seeds, seed)
         attacks = [r.prompt for r in records]
         relevant = np.array([r.meta["relevance"] for r in records]) > 0
@@ -486,6 +493,7 @@ class TriPlay(AlgorithmComponent):
         return {"triplay/attack_success_rate": float((unsafe_fixed & relevant).mean()),
                 "triplay/attack_success_rate_current": float((unsafe_current & relevant).mean()),
                 "triplay/attack_relevance": float(relevant.mean()),
+                "triplay/attack_success_rate_train_seeds": float(train_success),
                 "triplay/attack_diversity": 0.5 * (bleu_div + embed_div),
                 "triplay/attack_diversity_bleu": bleu_div, "triplay/attack_diversity_embedding": embed_div,
                 "triplay/attack_diversity_raw": raw_div,

@@ -398,21 +398,21 @@ class TriPlayConfig(AlgoConfig):
     batch_size: int = 8  # seeds per GRPO step
     iterations: int = 3
     phases: list[str] = field(default_factory=lambda: list(PHASES))
-    phase_steps: dict[str, int] = field(default_factory=lambda: {"red": 10, "blue": 10, "eval": 5})
+    phase_steps: dict[str, int] = field(default_factory=lambda: {"red": 8, "blue": 10, "eval": 3})
     group_size: int = 4
     attacker_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.5))
     defender_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=24))
-    attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=4e-4))
     defender_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     evaluator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
     clip_eps: float = 0.2
-    kl_coef: float = 0.02
+    kl_coef: float = 0.05
     kl_estimator: str = "k3"
     grpo_scale: bool = True
     epochs: int = 1
     minibatches: int = 1
     # supervised warm-up of the attacker and evaluator adapters
-    attacker_warmup_steps: int = 300
+    attacker_warmup_steps: int = 400
     evaluator_warmup_steps: int = 50
     warmup_batch_size: int = 32
     attacker_warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-3, scheduler="cosine"))
@@ -420,7 +420,7 @@ class TriPlayConfig(AlgoConfig):
     evaluator_warmup_labels: str = "vote"  # vote | true
     evaluator_kinds: list[str] = field(default_factory=lambda: ["harmful", "jailbreak"])
     warmup_cache: bool = True  # reuse the warmed-up adapters of an identical earlier run (under cache_dir)
-    attacker_ptx_coeff: float = 1.0  # + coeff x warm-up cross-entropy in every red update (keeps the rewrite skill)
+    attacker_ptx_coeff: float = 0.2  # + coeff x warm-up cross-entropy in every red update (keeps the rewrite skill)
     # attacker reward
     defenders: list[DefenderSpec] = field(default_factory=default_defenders)
     attack_judge: str = "world"  # world | evaluator

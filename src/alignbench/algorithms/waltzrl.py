@@ -9,7 +9,8 @@ stages, ``algo.warmup.*``): the base continues training on the world's feedback 
 (``{"reasoning", "unsafe", "overrefuse", "feedback"}`` JSON for a reply; ``world.feedback_label_noise``
 of them deliberately wrong), its revision examples (prompt, flawed reply, feedback -> revision; only
 ``world.revision_follow_prob`` of them follow the feedback) and, with ``algo.warmup.include_sft``, a
-replay of the SFT mixture so first answers keep the SFT model's behaviour. The result becomes the
+replay of the SFT mixture so first answers keep the SFT model's behaviour (on data other than the
+world, the default world's feedback and revision examples still teach the two formats). The result becomes the
 base, so both agents *and their reference* have seen the feedback and revision formats, while
 ``algo=sft`` (the shared SFT stage alone) is unchanged. ``waltzrl_untrained`` evaluates exactly
 this warm-started system with no RL.
@@ -388,16 +389,17 @@ class WaltzRLConfig(ReinforceConfig):
     name: str = "waltzrl"
     steps: int = 0  # 0: stage1_steps + stage2_steps; > 0: that many iterations, split in the same ratio
     batch_size: int = 32
-    stage1_steps: int = 15
-    stage2_steps: int = 30
+    stage1_steps: int = 25
+    stage2_steps: int = 25
     t_max: int = 1
     alpha: float = 1.0
-    lam: float = 0.5
+    lam: float = 1.0
     gamma: float = 0.2
     conversation_rollout: GenerationConfig = field(default_factory=GenerationConfig)
     feedback_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
-    # the feedback agent's decoding at evaluation (answers use eval.generation)
-    feedback_eval: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
+    # the feedback agent's decoding at evaluation (answers use eval.generation): near-greedy, as a judge
+    feedback_eval: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48,
+                                                                                    temperature=0.2))
     conversation_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     feedback_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     train_revisions: bool = True  # conversation samples include (p, c_t, f_t) -> c_{t+1}
@@ -452,9 +454,10 @@ class WaltzRL(AlgorithmComponent):
         if warm.steps <= 0:
             return None
         world = self.ctx.data.world
-        if world is None:
-            raise ConfigError("algo.warmup needs data=world (it trains on the world's feedback and revision "
-                              "examples); set algo.warmup.steps=0 on other data")
+        if world is None:  # other data: the default world still teaches the feedback and revision formats
+            from alignbench.data.world import SafetyWorld
+
+            world = SafetyWorld()
         items = world.feedback_sft_examples("train") + world.revision_sft_examples("train")
         if warm.include_sft:
             items += list(self.ctx.data.sft_examples)

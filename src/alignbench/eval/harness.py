@@ -41,7 +41,7 @@ def sample_responses(ctx, roles, role: str, prompts: list[str], generation: Gene
                 model, ids.to(ctx.device), mask.to(ctx.device), max_new_tokens=generation.max_new_tokens,
                 eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
                 temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
-                generator=generator,
+                generator=generator, engine=getattr(generation, "engine", "auto"),
             )
             tokens += rollout.num_generated_tokens
             texts += ctx.decode(rollout.response_ids, rollout.response_mask)
@@ -112,11 +112,12 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
     flat_records = [record for record, group in zip(records, responses) for _ in group]
     flat_texts = [text for group in responses for text in group]
     rewards, model_costs = scorer(flat_records, flat_texts) if scorer is not None else (None, None)
+    verdicts = iter(judge.judge_batch(flat_records, flat_texts))  # one batch: model judges score at once
     index = 0
     for record, group in zip(records, responses):
         samples = []
         for text in group:
-            verdict = judge.judge(record, text)
+            verdict = next(verdicts)
             samples.append(SampleOutcome(
                 unsafe=verdict.unsafe, refusal=verdict.refusal, bare_refusal=verdict.bare_refusal,
                 helpful=float(verdict.helpful), cost=float(verdict.cost),

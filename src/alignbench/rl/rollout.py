@@ -45,8 +45,6 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from alignbench.rl.losses import entropy_from_logits
-
 __all__ = [
     "Rollout",
     "left_pad_batch",
@@ -434,15 +432,20 @@ def sequence_logprobs(
         inputs["logits_to_keep"] = num_response + 1
     logits = model(**inputs).logits
     # position P + t - 1 predicts response token t; the final position predicts nothing we score
-    logits = logits[:, -(num_response + 1) : -1].float() / temperature
+    logits = logits[:, -(num_response + 1) : -1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     targets = sequences[:, response_start:]
     mask_f = response_mask.to(logits.dtype)
     token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    logp = (token_logits - torch.logsumexp(logits, dim=-1)) * mask_f
+    log_normaliser = torch.logsumexp(logits, dim=-1)
+    logp = (token_logits - log_normaliser) * mask_f
 
     extras: list[torch.Tensor] = []
     if return_entropy:
-        extras.append(entropy_from_logits(logits) * mask_f)
+        # entropy_from_logits's H = logsumexp(z) - sum_v p_v z_v, reusing the logsumexp above
+        probs = torch.exp(logits - log_normaliser.unsqueeze(-1))
+        extras.append((log_normaliser - (probs * logits).sum(dim=-1)) * mask_f)
     if return_logits:
         extras.append(logits)
     return (logp, *extras) if extras else logp

@@ -266,8 +266,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_compatible(state: dict[str, Any], path: Path, *, stage: str, fingerprint: dict[str, str],
-                     num_iterations: int) -> None:
-    """Refuse a checkpoint of another stage, another config or another schedule length."""
+                     num_iterations: int | None) -> None:
+    """Refuse a checkpoint of another stage, another config or another schedule length.
+
+    ``num_iterations=None`` skips the length check (the caller checks it after the component has
+    loaded its state, for components whose schedule depends on it)."""
     if state.get("stage") != stage:
         raise CheckpointError(f"checkpoint {path} belongs to stage '{state.get('stage')}', not '{stage}'")
     saved = state.get("fingerprint") or {}
@@ -276,14 +279,14 @@ def check_compatible(state: dict[str, Any], path: Path, *, stage: str, fingerpri
         raise CheckpointError(
             f"checkpoint {path} was written with a different config ({', '.join(changed)} changed); resume with "
             f"the same settings, or start a new run (resume=false and a new hydra.run.dir)")
-    if int(state.get("num_iterations", -1)) != int(num_iterations):
+    if num_iterations is not None and int(state.get("num_iterations", -1)) != int(num_iterations):
         raise CheckpointError(
             f"checkpoint {path} is for a run of {state.get('num_iterations')} iterations, this run has "
             f"{num_iterations}; resume with the same schedule")
 
 
 def find_resume_state(directory: Path, *, resume: bool, stage: str, fingerprint: dict[str, str],
-                      num_iterations: int) -> tuple[dict[str, Any] | None, Path | None]:
+                      num_iterations: int | None) -> tuple[dict[str, Any] | None, Path | None]:
     """The checkpoint a fit resumes from: ``(state, path)``, or ``(None, None)`` to start fresh.
 
     With ``resume=false`` a directory that already holds checkpoints is an error (rerunning into the

@@ -54,6 +54,21 @@ def lr_lambda(optim: OptimConfig, total_steps: int):
     return factor
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one for these tensors (CPU and CUDA floats): the
+    same update, one kernel instead of a dozen per parameter (the single-tensor loop is torch's
+    default on the CPU); torch's default implementation otherwise."""
+    params = list(params)
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                  for p in params)
+    if fusable:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
 class AlignmentModule(L.LightningModule):
     """Runs ``component`` over ``roles``; logs through ``sink`` under ``stage``."""
 
@@ -88,8 +103,8 @@ class AlignmentModule(L.LightningModule):
         for name, spec in specs.items():
             if not spec.params:
                 raise RuntimeError(f"optimiser '{name}' has no trainable parameters")
-            optimizer = torch.optim.AdamW(spec.params, lr=spec.optim.lr, betas=tuple(spec.optim.betas),
-                                          weight_decay=spec.optim.weight_decay)
+            optimizer = adamw(spec.params, lr=spec.optim.lr, betas=tuple(spec.optim.betas),
+                              weight_decay=spec.optim.weight_decay)
             optimizers.append(optimizer)
             schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lr_lambda(spec.optim, max(1, spec.total_steps))), "interval": "step"})
@@ -151,7 +166,8 @@ class AlignmentModule(L.LightningModule):
             self.nan_consecutive += 1
         else:
             self.nan_consecutive = 0
-        metrics["train/nan_skipped"] = float(self.nan_skipped)
+        # train/nan_skipped for the RL fit (the summary reports it), <stage>/nan_skipped for the stages
+        metrics[f"{'train' if self.stage == 'rl' else self.stage}/nan_skipped"] = float(self.nan_skipped)
         now = time.perf_counter()
         metrics.setdefault("timing/iteration", now - self._t_last)
         counters = getattr(self.component.ctx, "counters", None)
@@ -238,14 +254,19 @@ class AlignmentModule(L.LightningModule):
         counters = getattr(self.component.ctx, "counters", None)
         if counters is not None and state.get("counters"):
             counters.update(state["counters"])
-        if self.sink is not None and state.get("sink"):
-            if history_file is not None:
-                ckpt.rewind_history(history_file, self.stage, self.iteration)
-            self.sink.step = max(int(state["sink"]["step"]), ckpt.last_history_step(history_file)
-                                 if history_file is not None else 0)
-            self.sink.last.update(state["sink"]["last"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
         self._pending_rng = state["rng"]
+        if history_file is not None:
+            self.restore_sink(state, history_file)
+
+    def restore_sink(self, state: dict[str, Any], history_file: str) -> None:
+        """Drop history rows logged after the checkpoint (they are logged again) and continue the
+        sink's step and last values from it."""
+        if self.sink is None or not state.get("sink"):
+            return
+        ckpt.rewind_history(history_file, self.stage, int(state["iteration"]))
+        self.sink.step = max(int(state["sink"]["step"]), ckpt.last_history_step(history_file))
+        self.sink.last.update(state["sink"]["last"])
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

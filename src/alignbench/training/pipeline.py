@@ -73,7 +73,12 @@ def resolve_device(rc: RunConfig) -> torch.device:
 
 def build_judge(rc: RunConfig, data: DataBundle):
     """The ``eval.judge`` backend; the world judge needs the world, others take keyword args."""
-    cls = JUDGES.get(rc.eval.judge)
+    try:
+        cls = JUDGES.get(rc.eval.judge)
+    except KeyError as exc:
+        from alignbench.errors import ConfigError
+
+        raise ConfigError(f"config value 'eval.judge': {exc.args[0]}") from None
     if rc.eval.judge == "world":
         if data.world is None:
             from alignbench.errors import ConfigError
@@ -131,15 +136,22 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     directory = ckpt.checkpoint_dir(rc.output_dir, stage)
     fingerprint = ckpt.config_fingerprint(rc.raw)
     state, path = ckpt.find_resume_state(directory, resume=rc.resume, stage=stage, fingerprint=fingerprint,
-                                         num_iterations=total)
+                                         num_iterations=None)
     module = AlignmentModule(component, roles, ctx.sink, stage, max_nan_steps=rc.max_nan_steps, data_seed=seed)
     if state is not None:
-        module.load_resume_state(state, history_file=str(Path(rc.output_dir) / "history.jsonl"))
+        module.load_resume_state(state)
+        # after the component's own state is back: its schedule length may depend on it
+        ckpt.check_compatible(state, path, stage=stage, fingerprint=fingerprint,
+                              num_iterations=component.num_iterations)
+        module.restore_sink(state, str(Path(rc.output_dir) / "history.jsonl"))
+        total = component.num_iterations
         module.last_checkpoint = str(path)
         print(f"alignbench: resuming stage '{stage}' from {path} (iteration {module.iteration}/{total})", flush=True)
         if module.iteration >= total:
             roles.to(ctx.device)
             return
+    elif rc.resume and ctx.sink is not None:  # nothing to resume from: drop rows an earlier attempt logged
+        ckpt.rewind_history(Path(rc.output_dir) / "history.jsonl", stage, -1)
     manager = ckpt.CheckpointManager(directory)
     manager.last_saved = path
     callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
@@ -277,6 +289,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.required_stages(rc.algo)
+    if until is None and rc.eval.enabled and rc.eval.judge == "cost_model":
+        required = tuple(dict.fromkeys(required + ("sft", "cost_model")))  # the judge needs the cost model
     outputs = run_stages(ctx, required, until)
     result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
     if until is None:
@@ -285,9 +299,20 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         # seed before the adapters are initialised: a job's result must not depend on what ran before
         # it in the same process (multirun jobs share one process)
         L.seed_everything(rc.seed, workers=True, verbose=False)
-        roles = RoleSet(ctx.base, component.role_specs(), rc.model, full_finetune=component.full_finetune)
+        specs = component.role_specs()
+        judge_role = rc.eval.enabled and rc.eval.judge == "cost_model" and "cost_model" not in {r.name for r in specs}
+        if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
+            specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
+        roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
         roles.to(ctx.device)
         component.attach(roles)
+        if judge_role:
+            roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
+        if hasattr(ctx.judge, "bind"):
+            from alignbench.rl.experience import score_texts
+
+            ctx.judge.bind(lambda records, texts: score_texts(
+                ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist())
         fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})

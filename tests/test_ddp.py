@@ -1,0 +1,143 @@
+"""trainer=ddp on the CPU (2 processes, gloo): same trajectory as one process, sweeps, stage cache,
+and the start-up refusals of trainer=fsdp / trainer=deepspeed."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import alignbench.algorithms  # noqa: F401  (registers algorithms)
+from alignbench.config import validate_config
+from alignbench.errors import ConfigError
+from alignbench.registry import ALGORITHMS
+from alignbench.summary import read_summary
+from alignbench.training.stages import cached_stage
+from alignbench.utils.distributed import job_argv
+from conftest import run_cli
+
+# Near-greedy rollouts (temperature 1e-6) take sampling noise out of the comparison: with sampling, one
+# process and two ranks draw different random numbers for the same rows. Advantage whitening is
+# batch-level (local under DDP), so it is off here; everything else is the smoke Safe RLHF run.
+RL = ["algo=safe_rlhf", "experiment=smoke", "algo.steps=4", "algo.batch_size=8", "algo.whiten_advantages=false",
+      "algo.rollout.temperature=1e-6", "logger=none"]
+TRACKED = ("train/lambda", "train/J_C", "losses/policy_loss", "losses/reward_critic_loss", "losses/cost_critic_loss",
+           "train/reward", "train/episode_cost")
+
+
+def _rl_history(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return [row for row in rows if row.get("stage") == "rl"]
+
+
+@pytest.mark.slow
+def test_ddp_gives_the_single_process_trajectory(tmp_path):
+    cache = tmp_path / "cache"  # empty: the DDP run trains the SFT, reward and cost stages on both ranks
+    env = {"ALIGNBENCH_CACHE": str(cache)}
+    ddp = run_cli([*RL, "trainer=ddp", f"hydra.run.dir={tmp_path / 'ddp'}"], env=env, timeout=1500)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # the stages were written once, by rank 0, and both ranks trained them together
+    assert sorted(p.name.split("-")[0] for p in (cache / "stages").iterdir() if not p.name.startswith(".")) == [
+        "cost_model", "reward_model", "sft"]
+    assert not [p for p in (cache / "stages").iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert "GLOBAL_RANK: 1" in (tmp_path / "ddp" / "train_ddp_process_1.log").read_text()
+
+    one = run_cli([*RL, "trainer.num_threads=1", "eval.enabled=false", f"hydra.run.dir={tmp_path / 'one'}"],
+                  env=env, timeout=1500)
+    assert one.returncode == 0, one.stderr[-3000:]
+    summary = read_summary(tmp_path / "one")
+    assert summary["metrics"]["stages/sft/cached"] == 1.0  # the DDP run's stages, loaded
+
+    ddp_rows, one_rows = _rl_history(tmp_path / "ddp"), _rl_history(tmp_path / "one")
+    assert [r["iteration"] for r in ddp_rows] == [r["iteration"] for r in one_rows] == [1, 2, 3, 4]
+    for ddp_row, one_row in zip(ddp_rows, one_rows):
+        for key in TRACKED:
+            assert ddp_row[key] == pytest.approx(one_row[key], rel=1e-3, abs=1e-4), (ddp_row["iteration"], key)
+        # token counts are summed over ranks: the global batch's
+        assert ddp_row["perf/gen_tokens"] == one_row["perf/gen_tokens"]
+    assert ddp_rows[-1]["train/lambda"] != ddp_rows[0]["train/lambda"]  # the multiplier did move
+
+    # rank 0 evaluated and wrote the summary; the worker wrote none of its own
+    ddp_summary = read_summary(tmp_path / "ddp")
+    assert ddp_summary["status"] == "ok" and "eval/unsafe_rate" in ddp_summary["metrics"]
+
+
+@pytest.mark.slow
+def test_ddp_multirun_runs_each_job_once(tmp_path, stage_cache):
+    result = run_cli(["-m", "seed=1,2", "trainer=ddp", "experiment=smoke", "algo=safe_rlhf", "algo.steps=2",
+                      "algo.batch_size=8", "logger=none", f"hydra.sweep.dir={tmp_path}"], timeout=2400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]  # no worker started a sweep of its own
+    for job, seed in zip(jobs, (1, 2)):
+        summary = read_summary(job)
+        assert summary["status"] == "ok" and summary["seed"] == seed
+        assert "eval/unsafe_rate" in summary["metrics"] and "train/lambda" in summary["metrics"]
+        # this job's worker ran in this job's directory
+        assert "GLOBAL_RANK: 1" in (job / "train_ddp_process_1.log").read_text()
+    assert read_summary(jobs[0])["metrics"]["train/lambda"] != read_summary(jobs[1])["metrics"]["train/lambda"]
+
+
+@pytest.mark.parametrize("trainer, needle", [("fsdp", "FSDP shards the weights"),
+                                             ("deepspeed", "DeepSpeed allows one optimiser")])
+def test_fsdp_and_deepspeed_are_refused_naming_the_limitation(composed, trainer, needle):
+    cfg = composed(["algo=safe_rlhf", f"trainer={trainer}"])
+    with pytest.raises(ConfigError, match=needle) as error:
+        validate_config(cfg, ALGORITHMS.get("safe_rlhf").config_class)
+    assert "\n" not in str(error.value) and "trainer=ddp" in str(error.value)
+
+
+def test_fsdp_refusal_is_one_line_at_start_up(tmp_path):
+    result = run_cli(["algo=safe_rlhf", "trainer=fsdp", "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("alignbench: error: trainer.strategy=fsdp is not supported: FSDP")
+    assert "Traceback" not in result.stderr
+
+
+def test_job_argv_is_the_current_job_alone():
+    argv = ["run.py", "-m", "seed=1,2", "--config-name", "config", "trainer=ddp", "hydra.sweep.dir=/x"]
+    assert job_argv(argv, ["seed=2", "trainer=ddp"]) == ["run.py", "--config-name", "config", "seed=2", "trainer=ddp"]
+    assert job_argv(["run.py", "--multirun", "a=1,2"], ["a=1"]) == ["run.py", "a=1"]
+
+
+def test_rank_shares_make_up_the_single_process_batch():
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from alignbench.data.datamodule import RankShareBatchSampler
+
+    def batches(rank=None, world=1):
+        sampler = RandomSampler(range(50), num_samples=24, generator=torch.Generator().manual_seed(3))
+        base = BatchSampler(sampler, 8, drop_last=False)
+        return list(base) if rank is None else list(RankShareBatchSampler(base, rank, world))
+
+    single, first, second = batches(), batches(0, 2), batches(1, 2)
+    assert len(first) == len(second) == len(single) == 3
+    assert [a + b for a, b in zip(first, second)] == single
+
+
+def test_a_worker_rank_never_waits_on_the_stage_lock(tmp_path, monkeypatch):
+    # rank 0 holds the lock while the ranks train the stage together: a worker must not block on it,
+    # must train too, and must not write the entry
+    root = tmp_path / "stages"
+    root.mkdir()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    done = {}
+
+    def worker():
+        done["result"] = cached_stage(str(tmp_path), "sft-abc", lambda: ({"w": torch.ones(1)}, {"m": 1.0}))
+
+    with open(root / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what rank 0 does around its training
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert "result" in done, "the worker blocked on rank 0's stage lock"
+    weights, metrics, cached = done["result"]
+    assert not cached and metrics == {"m": 1.0}
+    assert not (root / "sft-abc").exists()  # only rank 0 writes entries
