@@ -15,7 +15,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import alignbench.algorithms  # noqa: F401 - registers triplay
 import alignbench.algorithms.triplay as triplay_module
 from alignbench.algorithms.triplay import TriPlay
 from alignbench.algorithms.triplay_rewards import (

@@ -78,7 +78,7 @@ def world_runs(tmp_path_factory, cache_dir) -> dict[str, tuple[dict, list[dict]]
 @pytest.mark.slow
 def test_attacker_diversity_stays_high_with_p_div_and_drops_without(world_runs):
     m, a = world_runs["triplay"][0]["metrics"], world_runs["ablation"][0]["metrics"]
-    print({k: (m.get(k), a.get(k)) for k in m if k.startswith("triplay/attack") or k.startswith("triplay/initial/attack")})
+    print({k: (m.get(k), a.get(k)) for k in m if k.startswith(("triplay/attack", "triplay/initial/attack"))})
     assert a["triplay/initial/attack_diversity"] == pytest.approx(m["triplay/initial/attack_diversity"])
     assert m["triplay/attack_diversity"] >= m["triplay/initial/attack_diversity"]
     assert a["triplay/attack_diversity"] <= m["triplay/attack_diversity"] - 0.05, (

@@ -127,7 +127,8 @@ class TriPlay(AlgorithmComponent):
     def _plan(self) -> list[tuple[int, str]]:
         """(iteration, phase) of every host iteration: warm-up first, then the phase blocks."""
         cfg = self.cfg
-        plan = [] if self.warmup_cached else [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
+        warmup = 0 if self.warmup_cached else max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
+        plan = [(0, "warmup")] * warmup
         for iteration in range(1, cfg.iterations + 1):
             for phase in cfg.phases:
                 plan += [(iteration, phase)] * cfg.phase_steps[phase]
@@ -183,8 +184,8 @@ class TriPlay(AlgorithmComponent):
             return
         self.warmup_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.warmup_file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"attacker": self.roles.role_state_dict("attacker"), "evaluator": self.roles.role_state_dict("evaluator"),
-                    "generator": self.generator.get_state()}, tmp)
+        state = {role: self.roles.role_state_dict(role) for role in ("attacker", "evaluator")}
+        torch.save({**state, "generator": self.generator.get_state()}, tmp)
         os.replace(tmp, self.warmup_file)  # atomic: a concurrent run never reads half a file
 
     def _sync_anchors(self) -> None:
@@ -196,11 +197,13 @@ class TriPlay(AlgorithmComponent):
     def _seed(self) -> int:
         return int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
 
-    def _sample(self, role: str, prompts: list[str], generation: GenerationConfig, seed: int | None = None) -> list[str]:
+    def _sample(self, role: str, prompts: list[str], generation: GenerationConfig,
+                seed: int | None = None) -> list[str]:
         from alignbench.eval.harness import sample_responses
 
         texts, _ = sample_responses(self.ctx, self.roles, role, prompts, generation,
-                                    batch_size=self.ctx.eval_cfg.batch_size, seed=self._seed() if seed is None else seed)
+                                    batch_size=self.ctx.eval_cfg.batch_size,
+                                    seed=self._seed() if seed is None else seed)
         return texts
 
     def _answers(self, spec_source: str, temperature: float, prompts: list[str], seed: int | None = None) -> list[str]:
@@ -250,12 +253,13 @@ class TriPlay(AlgorithmComponent):
         updates = []
         for _ in range(cfg.epochs):
             logp = torch.log_softmax(self.label_logits("evaluator", texts), -1)[rows, actions][:, None]
-            loss, stats = clipped_policy_loss(logp, old[rows, actions][:, None], advantages, mask, clip_eps=cfg.clip_eps)
+            loss, stats = clipped_policy_loss(logp, old[rows, actions][:, None], advantages, mask,
+                                              clip_eps=cfg.clip_eps)
             kl = kl_penalty(logp, ref[rows, actions][:, None], cfg.kl_estimator).mean()
             loss = loss + cfg.kl_coef * kl
             grad_norm = host.optimize("evaluator", loss)["grad_norm"]
-            updates.append({"losses/evaluator/policy_loss": float(loss.detach()), "losses/evaluator/kl_loss": float(kl.detach()),
-                            "losses/evaluator/grad_norm": grad_norm,
+            updates.append({"losses/evaluator/policy_loss": float(loss.detach()),
+                            "losses/evaluator/kl_loss": float(kl.detach()), "losses/evaluator/grad_norm": grad_norm,
                             **{f"losses/evaluator/{n}": float(v) for n, v in stats.items()}})
         return {**mean_of(updates), "train/evaluator/reward": float(scores.mean()),
                 "train/evaluator/entropy": float(-(old.exp() * old).sum(-1).mean())}
@@ -288,7 +292,8 @@ class TriPlay(AlgorithmComponent):
         metrics = {key.replace("losses/", f"losses/{role}/"): v for key, v in mean_of(updates).items()}
         metrics.update({f"train/{role}/reward": float(np.mean(scores)),
                         f"train/{role}/reward_std_in_group": float(np.asarray(scores).reshape(-1, k).std(1).mean()),
-                        "perf/gen_tokens": float(exp.mask.sum()), "perf/train_tokens": float(exp.mask.sum()) * cfg.epochs})
+                        "perf/gen_tokens": float(exp.mask.sum()),
+                        "perf/train_tokens": float(exp.mask.sum()) * cfg.epochs})
         metrics.update(info)
         return metrics
 
@@ -327,8 +332,8 @@ class TriPlay(AlgorithmComponent):
     def _warmup_step(self, host) -> dict[str, float]:
         """One supervised step of each role still warming up (attacker, evaluator)."""
         metrics = {}
-        for role, steps in (("attacker", self.cfg.attacker_warmup_steps), ("evaluator", self.cfg.evaluator_warmup_steps)):
-            if self.step < steps:
+        for role in ("attacker", "evaluator"):
+            if self.step < getattr(self.cfg, f"{role}_warmup_steps"):
                 loss = self._supervised_loss(role)
                 host.optimize(f"{role}_warmup", loss)
                 metrics[f"train/warmup/{role}_loss"] = float(loss.detach())
@@ -387,7 +392,8 @@ class TriPlay(AlgorithmComponent):
         return metrics
 
     def _attacks(self, seeds: list, seed: int | None = None) -> list:
-        attacks = self._sample("attacker", [self.world.attacker_prompt(s) for s in seeds], self.cfg.attacker_rollout, seed)
+        prompts = [self.world.attacker_prompt(s) for s in seeds]
+        attacks = self._sample("attacker", prompts, self.cfg.attacker_rollout, seed)
         return [self.world.parse_attack(s, a) for s, a in zip(seeds, attacks)]
 
     def _blue_step(self, host, seeds) -> dict[str, float]:
@@ -437,7 +443,8 @@ class TriPlay(AlgorithmComponent):
         if phase == "warmup":
             metrics = self._warmup_step(host)
         else:
-            metrics = {"red": self._red_step, "blue": self._blue_step, "eval": self._eval_step}[phase](host, list(batch))
+            step = {"red": self._red_step, "blue": self._blue_step, "eval": self._eval_step}[phase]
+            metrics = step(host, list(batch))
         self.step += 1
         ended = self.step == len(self.plan) or self.plan[self.step] != (iteration, phase)
         if ended and phase == "warmup":

@@ -400,7 +400,8 @@ class TriPlayConfig(AlgoConfig):
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     phase_steps: dict[str, int] = field(default_factory=lambda: {"red": 8, "blue": 10, "eval": 3})
     group_size: int = 4
-    attacker_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.5))
+    attacker_rollout: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.5))
     defender_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=24))
     attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=4e-4))
     defender_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))

@@ -10,10 +10,10 @@ stages, ``algo.warmup.*``): the base continues training on the world's feedback 
 of them deliberately wrong), its revision examples (prompt, flawed reply, feedback -> revision; only
 ``world.revision_follow_prob`` of them follow the feedback) and, with ``algo.warmup.include_sft``, a
 replay of the SFT mixture so first answers keep the SFT model's behaviour (on data other than the
-world, the default world's feedback and revision examples still teach the two formats). The result becomes the
-base, so both agents *and their reference* have seen the feedback and revision formats, while
-``algo=sft`` (the shared SFT stage alone) is unchanged. ``waltzrl_untrained`` evaluates exactly
-this warm-started system with no RL.
+world, the default world's feedback and revision examples still teach the two formats). The result
+becomes the base, so both agents *and their reference* have seen the feedback and revision formats,
+while ``algo=sft`` (the shared SFT stage alone) is unchanged. ``waltzrl_untrained`` evaluates
+exactly this warm-started system with no RL.
 
 **Episode** (``play_episodes``), for a prompt p and at most ``T_max`` feedback rounds::
 
@@ -27,6 +27,8 @@ The revision prompt holds the original prompt, the latest answer and the latest 
 world's ``REVISION_PROMPT``, rendered through the model's chat template when it has one, as every
 prompt is). The final answer is the last c_t. Evaluation runs the same loop (``WaltzResponder``):
 the feedback agent reads every answer, and a revision happens only when one of its labels is true.
+Answers are sampled with ``eval.generation``; feedback is decoded with ``algo.feedback_eval``
+(near-greedy by default, as a judge is; training samples it at ``algo.feedback_rollout``).
 
 **Rewards**, with the judge J(p, c) -> (unsafe, overrefuse) (``ctx.judge``)::
 

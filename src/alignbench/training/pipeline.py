@@ -8,6 +8,8 @@ returns the metrics and perf figures that go into it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import resource
 import time
@@ -251,7 +253,9 @@ def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str
     warmup = component.warmup_stage()
     if warmup is None:
         return {}
-    settings = asdict(warmup.settings) if is_dataclass(warmup.settings) else warmup.settings
+    settings = dict(asdict(warmup.settings) if is_dataclass(warmup.settings) else warmup.settings)
+    # the stage's own examples are part of what determines its weights (as the data fingerprint is for SFT)
+    settings["items_sha"] = hashlib.sha256(json.dumps(warmup.items, sort_keys=True, default=str).encode()).hexdigest()
     fingerprint = ctx.data.fingerprint()
     key = stage_key(warmup.name, ctx.rc.raw, [stage_key("sft", ctx.rc.raw, [], fingerprint)], fingerprint,
                     settings=settings)
