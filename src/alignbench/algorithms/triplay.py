@@ -127,8 +127,9 @@ class TriPlay(AlgorithmComponent):
     def _plan(self) -> list[tuple[int, str]]:
         """(iteration, phase) of every host iteration: warm-up first, then the phase blocks."""
         cfg = self.cfg
-        warmup = 0 if self.warmup_cached else max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
-        plan = [(0, "warmup")] * warmup
+        # the warm-up steps stay in the plan when the warm-up is cached (they do nothing then), so a
+        # checkpoint's step counter means the same thing whether or not the cache existed
+        plan = [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
         for iteration in range(1, cfg.iterations + 1):
             for phase in cfg.phases:
                 plan += [(iteration, phase)] * cfg.phase_steps[phase]
@@ -333,7 +334,7 @@ class TriPlay(AlgorithmComponent):
         """One supervised step of each role still warming up (attacker, evaluator)."""
         metrics = {}
         for role in ("attacker", "evaluator"):
-            if self.step < getattr(self.cfg, f"{role}_warmup_steps"):
+            if not self.warmup_cached and self.step < getattr(self.cfg, f"{role}_warmup_steps"):
                 loss = self._supervised_loss(role)
                 host.optimize(f"{role}_warmup", loss)
                 metrics[f"train/warmup/{role}_loss"] = float(loss.detach())
@@ -434,9 +435,8 @@ class TriPlay(AlgorithmComponent):
     def training_step(self, batch, host) -> dict[str, float]:
         started = time.perf_counter()
         iteration, phase = self.plan[self.step]
-        if self.step == 0 and phase != "warmup":  # no warm-up steps to run: measure the starting point now
-            if not self.warmup_cached:
-                self._sync_anchors()
+        if self.step == 0 and phase != "warmup":  # no warm-up configured: measure the starting point now
+            self._sync_anchors()
             if self.cfg.phase_metrics and self.ctx.sink is not None:
                 self.ctx.sink.log({**self.phase_metrics("warmup"), "train/triplay_phase": 0.0,
                                    "train/triplay_iteration": 0.0}, stage="rl", iteration=0)
