@@ -15,9 +15,12 @@ alignbench's iteration is the calls ``rl.experience.collect`` makes (rollout wit
 loop, reference log-probs; the pi_old pass is skipped since the batch gets one update, exactly as
 TRL skips it) then ``grpo_advantages``, ``actor_loss`` and the optimiser step. TRL runs its own
 ``GRPOTrainer`` (``use_cpu=True``, ``report_to=[]``, ``bf16=False`` because its bf16 default is
-for GPUs) with its defaults otherwise — gradient checkpointing on — and again with it off. Rounds
-alternate alignbench / TRL / TRL-no-GC so that load drift hits all of them alike; each timed
-iteration follows a warm-up one; medians are reported.
+for GPUs) with its defaults otherwise — gradient checkpointing on — and again with it off. The two
+run interleaved in one process: after each TRL step (a callback) one alignbench iteration runs, so
+every TRL iteration has an alignbench iteration next to it in time and load changes (this machine
+is shared) hit both alike; TRL's first step and alignbench's first iteration are warm-ups. Reported:
+medians of each side, ``ratio`` = alignbench median / TRL median, and the median of the per-pair
+ratios (the more robust figure on a busy machine).
 
 The PPO-Lag part runs ``algorithms/ppo.py``'s ``SafeRLHF.training_step`` directly (six LoRA roles on
 the same base; untrained score heads) on the same prompts × group as one batch and reports its
@@ -140,6 +143,7 @@ class AlignbenchGRPO:
         self.ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=self.model_cfg, max_prompt_len=192,
                                    device=torch.device("cpu"), decode=decode)
         self.last: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
 
     def step(self) -> float:
         from alignbench.algorithms.text import encode_prompts
@@ -173,21 +177,35 @@ class AlignbenchGRPO:
         self.last = {"generation": generated - started, "reference": scored - generated, "train": done - scored,
                      "prompt_width": rollout.response_start, "steps": rollout.response_ids.shape[1],
                      "tokens": rollout.num_generated_tokens}
+        self.history.append(self.last)
         return done - started
 
 
-# ----------------------------------------------------------------------------- TRL GRPO
-def trl_times(args, folder: Path, tokenizer, prompts: list[str], gradient_checkpointing: bool) -> list[float]:
-    """Seconds per iteration of TRL's GRPOTrainer (``args.reps`` timed steps after one warm-up)."""
+# ----------------------------------------------------------------------------- TRL GRPO, paired
+def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_checkpointing: bool,
+               ours: "AlignbenchGRPO") -> tuple[list[float], list[float]]:
+    """Run TRL's GRPOTrainer for ``args.reps + 1`` steps and one alignbench iteration after each of
+    the first ``args.reps``: returns (TRL seconds, alignbench seconds), pair i adjacent in time.
+
+    TRL's first step is its warm-up; TRL step k >= 2 is timed from the end of the alignbench
+    iteration that ran after step k - 1 to the end of step k (``on_step_end``).
+    """
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    stamps: list[float] = []
+    trl_times: list[float] = []
+    our_times: list[float] = []
+    resumed: list[float] = []
 
-    class Stamp(TrainerCallback):
-        def on_step_end(self, *_, **__):
-            stamps.append(time.perf_counter())
+    class Interleave(TrainerCallback):
+        def on_step_end(self, cb_args, state, control, **kwargs):
+            ended = time.perf_counter()
+            if resumed:
+                trl_times.append(ended - resumed[-1])
+            if state.global_step <= args.reps:
+                our_times.append(ours.step())
+            resumed.append(time.perf_counter())
 
     def reward(prompts, completions, **kwargs):
         return [reward_of(text) for text in completions]
@@ -210,10 +228,10 @@ def trl_times(args, folder: Path, tokenizer, prompts: list[str], gradient_checkp
         model = load_model(folder)  # config._name_or_path = folder: TRL rebuilds its reference from it
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
                               train_dataset=Dataset.from_dict({"prompt": [TEMPLATE.format(prompt=p) for p in prompts]}),
-                              processing_class=tokenizer, callbacks=[Stamp()], peft_config=peft_config)
+                              processing_class=tokenizer, callbacks=[Interleave()], peft_config=peft_config)
         torch.set_num_threads(args.threads)
         trainer.train()
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return trl_times, our_times
 
 
 # ----------------------------------------------------------------------------- PPO-Lag
@@ -289,8 +307,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--engine", default="auto", help="alignbench rollout engine: auto | lean | hf")
-    parser.add_argument("--reps", type=int, default=3, help="timed iterations per round and side")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (alignbench, TRL, TRL no-GC)")
+    parser.add_argument("--reps", type=int, default=3, help="timed iterations per TRL run (each paired with one of ours)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (TRL, TRL no-GC) runs")
     parser.add_argument("--ppo-reps", type=int, default=3, help="timed PPO-Lag iterations (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=384)
@@ -309,15 +327,19 @@ def main() -> None:
         ours = AlignbenchGRPO(args, folder, tokenizer, prompts)
         ours.step()  # warm-up
         times = {"alignbench": [], "trl": [], "trl_nogc": []}
-        phases = []
+        paired = {"trl": [], "trl_nogc": []}  # alignbench / TRL of iterations adjacent in time
         for _ in range(args.rounds):
-            for _ in range(args.reps):
-                times["alignbench"].append(ours.step())
-                phases.append(ours.last)
             if args.compare == "trl":
-                times["trl"] += trl_times(args, folder, tokenizer, prompts, gradient_checkpointing=True)
-                times["trl_nogc"] += trl_times(args, folder, tokenizer, prompts, gradient_checkpointing=False)
-                torch.set_num_threads(args.threads)
+                for key, checkpointing in (("trl", True), ("trl_nogc", False)):
+                    theirs, mine = trl_paired(args, folder, tokenizer, prompts, checkpointing, ours)
+                    torch.set_num_threads(args.threads)
+                    times[key] += theirs
+                    times["alignbench"] += mine
+                    paired[key] += [a / b for a, b in zip(mine, theirs)]
+            else:
+                for _ in range(args.reps):
+                    times["alignbench"].append(ours.step())
+        phases = ours.history[1:]  # without the warm-up
         ppo = ppo_lag_timings(args, folder, tokenizer, prompts) if args.ppo_reps else {}
         from transformers import AutoConfig
 
@@ -342,6 +364,8 @@ def main() -> None:
         "trl_nogc_s_per_iter": rounded(median["trl_nogc"]),
         "ratio": rounded(ours_s / median["trl"]) if median["trl"] else None,
         "ratio_vs_trl_nogc": rounded(ours_s / median["trl_nogc"]) if median["trl_nogc"] else None,
+        "ratio_paired_median": rounded(statistics.median(paired["trl"])) if paired["trl"] else None,
+        "ratio_vs_trl_nogc_paired_median": rounded(statistics.median(paired["trl_nogc"])) if paired["trl_nogc"] else None,
         "alignbench_gflops_per_s": round(total_flops / 1e9 / ours_s, 1),
         "alignbench_gflop_per_iter": round(total_flops / 1e9, 1),
         "alignbench_phases_s": {k: round(v, 3) for k, v in phase.items()},
