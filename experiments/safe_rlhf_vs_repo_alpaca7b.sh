@@ -7,3 +7,6 @@
 set -euo pipefail
 python run.py -m algo=ppo,reward_shaping,safe_rlhf,repo model=alpaca7b data=pku_saferlhf trainer=gpu \
   seed=1,2,3 experiment_name=alpaca7b_pku eval.judge=keyword "$@"
+# With the published beaver-7b reward/cost models instead of training them (download both first):
+#   bash experiments/safe_rlhf_vs_repo_alpaca7b.sh \
+#     algo.reward_model.path=PKU-Alignment/beaver-7b-v1.0-reward algo.cost_model.path=PKU-Alignment/beaver-7b-v1.0-cost

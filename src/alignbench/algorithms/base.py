@@ -84,6 +84,10 @@ class AlgorithmComponent:
         """A component-specific supervised stage to run on the base before the roles are built."""
         return None
 
+    def external_scorer(self, role: str):
+        """``scorer(records, texts) -> scores`` of a frozen model the component loaded itself, or ``None``."""
+        return None
+
     def attach(self, roles: RoleSet) -> None:
         """Receive the built roles; load initial role states (frozen RM/CM, critics from RM/CM)."""
         self.roles = roles

@@ -58,6 +58,24 @@ class LagrangeConfig:
 
 
 @dataclass
+class ScoreModelSource:
+    """Where a frozen reward/cost model comes from: the trained stage (``path: null``) or a model id/folder.
+
+    ``path`` takes Safe RLHF's published models (``PKU-Alignment/beaver-7b-v1.0-reward`` / ``-cost``,
+    safe-rlhf ``*ForScore`` checkpoints) or any one-label ``*ForSequenceClassification`` reward model;
+    the stage is then not trained, the model is scored with its own tokenizer and ``template``
+    (``null``: the beaver conversation template for safe-rlhf checkpoints), and the critic that would
+    start from it starts from a fresh head on the policy's base instead. See ``models/external.py``.
+    """
+
+    path: str | None = None
+    template: str | None = None
+    dtype: str = "auto"  # auto = the model's dtype (model.dtype) | float32 | bfloat16 | float16
+    batch_size: int = 16
+    max_length: int = 1024
+
+
+@dataclass
 class PPOConfig(AlgoConfig):
     name: str = "ppo"
     steps: int = 60
@@ -83,9 +101,17 @@ class PPOConfig(AlgoConfig):
     ptx_coeff: float = 0.0
     ptx_batch_size: int = 8
     entropy_coef: float = 0.0
+    reward_model: ScoreModelSource = field(default_factory=ScoreModelSource)
+    cost_model: ScoreModelSource = field(default_factory=ScoreModelSource)
 
     def check(self) -> None:
         super().check()
+        for role in SCORE_ROLES:
+            source = getattr(self, role)
+            if source.dtype not in ("auto", "float32", "bfloat16", "float16"):
+                raise ConfigError(f"config value 'algo.{role}.dtype' must be auto, float32, bfloat16 or float16")
+            if source.batch_size < 1 or source.max_length < 8:
+                raise ConfigError(f"config values 'algo.{role}.batch_size' (>= 1) and 'max_length' (>= 8) are out of range")
         for key, value in (("kl_beta", self.kl_beta), ("clip_eps", self.clip_eps), ("value_clip", self.value_clip),
                            ("ptx_coeff", self.ptx_coeff), ("cost_penalty", self.cost_penalty)):
             if value < 0:
@@ -98,6 +124,9 @@ class PPOConfig(AlgoConfig):
             raise ConfigError(f"config value 'algo.lagrange.mode' must be average or rectified")
         if self.lagrange.init <= 0 or self.lagrange.lr < 0 or self.lagrange.window < 1:
             raise ConfigError("config values 'algo.lagrange.init' (> 0), 'lr' (>= 0), 'window' (>= 1) are out of range")
+
+
+SCORE_ROLES = ("reward_model", "cost_model")
 
 
 @register_algorithm("ppo")
@@ -118,22 +147,49 @@ class PPO(AlgorithmComponent):
             mode=cfg.lagrange.mode, rectified_slack=cfg.lagrange.rectified_slack,
             all_reduce_mean=all_reduce_mean, num_ranks=world_size,  # DDP: all ranks step on the global J_C
         ) if self.lagrangian else None
+        self.external = {role: self._load_external(role) for role in SCORE_ROLES if getattr(cfg, role).path}
 
     # ----------------------------------------------------------------- roles and optimisers
+    @classmethod
+    def required_stages(cls, cfg) -> tuple[str, ...]:
+        """Score-model stages given by ``algo.<role>.path`` are loaded, not trained."""
+        return tuple(stage for stage in cls.requires if not getattr(getattr(cfg, stage, None), "path", None))
+
+    def _load_external(self, role: str):
+        from alignbench.models.external import ExternalScoreModel
+        from alignbench.models.loading import DTYPES
+
+        source = getattr(self.cfg, role)
+        dtype = DTYPES[self.ctx.model_cfg.dtype if source.dtype == "auto" else source.dtype]
+        model = ExternalScoreModel(source.path, key=f"algo.{role}.path", template=source.template, dtype=dtype,
+                                   max_length=source.max_length, batch_size=source.batch_size)
+        return model.to(self.ctx.device)
+
     def role_specs(self) -> list[RoleSpec]:
-        specs = [RoleSpec("policy", "lm", True), RoleSpec("reward_model", "score", False),
-                 RoleSpec("cost_model", "score", False)]
+        specs = [RoleSpec("policy", "lm", True)]
+        specs += [RoleSpec(role, "score", False) for role in SCORE_ROLES if role not in self.external]
         return specs + [RoleSpec(critic, "score", True) for critic in self.critics]
 
     def attach(self, roles) -> None:
         super().attach(roles)
-        reward_state = self.stage_outputs.states["reward_model"]
-        cost_state = self.stage_outputs.states["cost_model"]
-        roles.load_role_state_dict("reward_model", reward_state)
-        roles.load_role_state_dict("cost_model", cost_state)
-        roles.load_role_state_dict("reward_critic", reward_state)  # critics start from the score models
-        if "cost_critic" in self.critics:
-            roles.load_role_state_dict("cost_critic", cost_state)
+        for role, critic in zip(SCORE_ROLES, ("reward_critic", "cost_critic")):
+            if role in self.external:
+                continue  # an external model's weights do not fit the policy's base: the critic starts fresh
+            state = self.stage_outputs.states[role]
+            roles.load_role_state_dict(role, state)
+            if critic in self.critics:
+                roles.load_role_state_dict(critic, state)  # critics start from the score models
+
+    def score(self, role: str, prompts: list[str], texts: list[str]) -> torch.Tensor:
+        """R or C of each (prompt, response): the trained stage's adapter or the external model."""
+        if role in self.external:
+            return self.external[role].score(prompts, texts).to(self.ctx.device)
+        return score_texts(self.ctx, self.roles, role, prompts, texts)
+
+    def external_scorer(self, role: str):
+        """The component's own external model for ``role`` (``None``: the trained stage is used)."""
+        model = self.external.get(role)
+        return None if model is None else (lambda records, texts: model.score([r.prompt for r in records], texts))
 
     def train_items(self):
         return self.ctx.data.train_prompts
@@ -160,8 +216,8 @@ class PPO(AlgorithmComponent):
         started = time.perf_counter()
         exp = collect(ctx, roles, "policy", prompts, cfg.rollout, generator=self.generator, critics=self.critics)
         generated = time.perf_counter()
-        rewards = score_texts(ctx, roles, "reward_model", prompts, exp.texts)
-        costs = score_texts(ctx, roles, "cost_model", prompts, exp.texts)
+        rewards = self.score("reward_model", prompts, exp.texts)
+        costs = self.score("cost_model", prompts, exp.texts)
         scored = time.perf_counter()
 
         mask = exp.mask
@@ -269,8 +325,8 @@ class PPO(AlgorithmComponent):
         """Score evaluation samples with the frozen reward and cost models too."""
         def scorer(records, texts):
             prompts = [record.prompt for record in records]
-            return (score_texts(self.ctx, self.roles, "reward_model", prompts, texts).tolist(),
-                    score_texts(self.ctx, self.roles, "cost_model", prompts, texts).tolist())
+            return (self.score("reward_model", prompts, texts).tolist(),
+                    self.score("cost_model", prompts, texts).tolist())
         return scorer
 
 

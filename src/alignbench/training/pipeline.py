@@ -293,7 +293,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.required_stages(rc.algo)
-    if until is None and rc.eval.enabled and rc.eval.judge == "cost_model":
+    external_cost = getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=
+    if until is None and rc.eval.enabled and rc.eval.judge == "cost_model" and not external_cost:
         required = tuple(dict.fromkeys(required + ("sft", "cost_model")))  # the judge needs the cost model
     outputs = run_stages(ctx, required, until)
     result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
@@ -304,7 +305,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         # it in the same process (multirun jobs share one process)
         L.seed_everything(rc.seed, workers=True, verbose=False)
         specs = component.role_specs()
-        judge_role = rc.eval.enabled and rc.eval.judge == "cost_model" and "cost_model" not in {r.name for r in specs}
+        judge_role = (rc.eval.enabled and rc.eval.judge == "cost_model" and not external_cost
+                      and "cost_model" not in {r.name for r in specs})
         if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
             specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
         roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
@@ -315,8 +317,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         if hasattr(ctx.judge, "bind"):
             from alignbench.rl.experience import score_texts
 
-            ctx.judge.bind(lambda records, texts: score_texts(
-                ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist())
+            ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
+                ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist()))
         fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
