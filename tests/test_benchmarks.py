@@ -1,0 +1,51 @@
+"""The benchmark scripts still run and print their JSON contract (tiny sizes; nothing here is timed).
+
+The figures themselves live in benchmarks/README.md; these tests only keep the scripts from rotting:
+each runs end to end on a toy workload and its last stdout line must be JSON with the documented keys
+and sane values (positive times, the workload echoed back).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+TINY_MODEL = ["--hidden", "32", "--intermediate", "64", "--layers", "1", "--heads", "2", "--threads", "1"]
+
+
+def run_benchmark(script: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_rl_step_against_trl_reports_both_sides_and_their_ratio():
+    pytest.importorskip("trl")
+    result = run_benchmark("rl_step.py", "--compare", "trl", "--prompts", "2", "--group", "2", "--new-tokens", "4",
+                           "--reps", "2", "--rounds", "1", "--ppo-reps", "1", *TINY_MODEL)
+    for key in ("alignbench_s_per_iter", "trl_s_per_iter", "trl_nogc_s_per_iter", "alignbench_gflops_per_s"):
+        assert result[key] > 0, key
+    assert result["ratio"] == pytest.approx(result["alignbench_s_per_iter"] / result["trl_s_per_iter"], rel=0.02)
+    assert (result["prompts"], result["group"], result["new_tokens"]) == (2, 2, 4) and result["beta"] > 0
+    assert len(result["trl_times_s"]) == 2 and len(result["alignbench_times_s"]) == 4  # paired with both TRL runs
+    ppo = result["ppo_lag"]
+    assert {"timing/generation", "timing/scoring", "timing/train"} <= set(ppo) and ppo["perf/tokens_per_s"] > 0
+
+
+def test_scaling_reports_both_doublings():
+    result = run_benchmark("scaling.py", "--prompts", "2", "--group", "2", "--new-tokens", "4", "--reps", "1",
+                           *TINY_MODEL)
+    assert result["time_ratio_2x_tokens"] > 0 and result["time_ratio_2x_batch"] > 0
+    assert result["generated_tokens"]["2x_batch"] > result["generated_tokens"]["base"]
+
+
+def test_memory_compares_shared_adapters_with_full_copies():
+    result = run_benchmark("memory.py", "--hidden", "64", "--layers", "2", "--vocab", "2000")
+    assert result["shared_peak_mb"] > 0 and result["full_copies_peak_mb"] > result["shared_peak_mb"]
+    assert result["ratio"] == pytest.approx(result["shared_peak_mb"] / result["full_copies_peak_mb"], rel=0.02)
