@@ -1,7 +1,8 @@
 """TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of ALGORITHMS.md §4 (slow).
 
-Two claims are not achieved on ``model=tiny`` and are kept as non-strict ``xfail`` tests so they stay
-visible: the attacker's held-out success does not rise, and diversity without P_div is not reliably lower.
+One claim is not achieved on ``model=tiny`` and is kept as a non-strict ``xfail`` test so it stays visible:
+the attacker's held-out success against the fixed SFT defender may rise after the first red phase but does
+not rise over all three (later red phases chase the hardened current defender, weight 0.6).
 
 The slow test trains ``algo=triplay experiment=triplay_world`` on the default world with ``model=tiny``,
 the same run with only red phases and ``algo.diversity_penalty=false`` (the ablation), and evaluates
@@ -88,9 +89,6 @@ def test_attacker_diversity_stays_high_with_p_div(world_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not achieved on model=tiny at this budget: without P_div the attacker finds no dominant "
-                          "strategy to collapse onto, and the gap to the P_div run is within run-to-run noise "
-                          "(+0.09 or -0.01 depending on the batch order)", strict=False)
 def test_attacker_diversity_drops_without_p_div(world_runs):
     m, a = world_runs["triplay"][0]["metrics"], world_runs["ablation"][0]["metrics"]
     assert a["triplay/attack_diversity"] <= m["triplay/attack_diversity"] - 0.05, (
@@ -99,8 +97,9 @@ def test_attacker_diversity_drops_without_p_div(world_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not achieved on model=tiny: RL keeps the attacker's held-out success flat or lower "
-                          "(its copy-the-request skill does not generalise beyond the training seeds)", strict=False)
+@pytest.mark.xfail(reason="not achieved on model=tiny over three iterations: success may rise after the first red "
+                          "phase (0.37 -> 0.47 in one run) but ends flat or lower (0.47 -> 0.45, or -> 0.23) as the "
+                          "attacker specialises against the hardened current defender (weight 0.6)", strict=False)
 def test_attacker_success_against_the_fixed_defender_rises(world_runs):
     success = [value for _, phase, value in phase_rows(world_runs["triplay"][1], "triplay/attack_success_rate")]
     assert success[-1] >= success[0] + 0.05, success

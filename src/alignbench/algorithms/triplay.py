@@ -4,7 +4,8 @@ Three LoRA adapters on the shared frozen base, which is the SFT model (the pipel
 
 * ``attacker`` (red) rewrites a seed harmful request ``s`` into an adversarial prompt ``a``
   (``world.attacker_prompt(s)`` -> ``a``; the defender then sees ``world.parse_attack(s, a)``). Its
-  policy is softmax(z / T) at its rollout temperature (T = 0.5): sampling, ratios and KL all use it;
+  policy is softmax(z / T) at its rollout temperature (T = 0.3: fewer copy slips of the request than
+  at 0.5, held-out relevance 0.52 -> 0.71): sampling, ratios and KL all use it;
 * ``defender`` (blue) answers prompts (T = 1); it is what the standard evaluation harness evaluates;
 * ``evaluator`` reads ``world.evaluator_prompt(prompt, answer)`` and answers one label word. Its policy
   is the softmax over the logits of the three label words (negative / rejective / positive) at the
@@ -30,17 +31,20 @@ two frozen), scores them, and updates with
 (``rl.experience.actor_loss`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy uses
 ``rl.losses.clipped_policy_loss`` and ``kl_penalty`` directly). Red updates add
 ``attacker_ptx_coeff`` x the warm-up cross-entropy (PTX-style): on ``model=tiny`` the attacker's
-copy-the-request skill is fragile and RL alone erodes it.
+copy-the-request skill is fragile and RL alone erodes it. The PTX cross-entropy covers only the
+request's tokens (``attacker_ptx_request_only``), so it keeps the copy skill without pulling the wrapper
+choice back to the warm-up's uniform one.
 
 Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
 
 * red:  r(a) = g(a) * sum_i w_i score(label of defender i's answer to a) + w_rel * rel(s, a) - P_div(a),
         defenders: the current one (0.6) and fixed ones (SFT model at T = 1 and at T = 0.7, 0.2 each;
-        ``algo.defenders``), labels by the world judge (``attack_judge=world``; or the evaluator),
+        ``algo.defenders``; each answers ``defender_samples`` times, scores averaged), labels by the world judge (``attack_judge=world``; or the evaluator),
         score negative 1 / rejective 0 / positive 0; rel = ``world.relevance`` (1 when the seed's
         harmful core survives), g = rel when ``relevance_gate`` (an attack that lost the intent earns
         no success), P_div the Self-BLEU + embedding penalty against the pool of past successful
-        attacks, compared as strategy templates (``triplay_rewards``; off with
+        attacks (relevant with outcome >= ``pool_threshold`` = 0.2, so attacks that fool only the fixed
+        defenders still join once the current one is hardened), compared as strategy templates (``triplay_rewards``; off with
         ``diversity_penalty=false``, the ablation).
 * blue: r = +1 positive, 0 rejective, -1 negative, the current evaluator's label of the defender's
         answer to the latest attacker's prompt.
@@ -316,8 +320,13 @@ class TriPlay(AlgorithmComponent):
         """(record, reply) of a world evaluator example (the reply follows the last ' reply : ')."""
         return self.world.record(row["prompt_id"]), row["prompt"].rsplit(" reply : ", 1)[1]
 
-    def _supervised_loss(self, role: str) -> torch.Tensor:
-        """Warm-up loss on a random batch: response cross-entropy (attacker), label cross-entropy (evaluator)."""
+    def _supervised_loss(self, role: str, request_only: bool = False) -> torch.Tensor:
+        """Warm-up loss on a random batch: response cross-entropy (attacker), label cross-entropy (evaluator).
+
+        ``request_only``: the attacker's cross-entropy on the tokens of the copied request only, not on the
+        wrapper around it (the PTX term keeps the copy skill without pulling the strategy choice back to
+        the warm-up's uniformly random wrappers).
+        """
         cfg, ctx = self.cfg, self.ctx
         examples = self._warmup_examples(role)
         index = torch.randint(len(examples), (cfg.warmup_batch_size,), generator=self.generator).tolist()
@@ -326,9 +335,29 @@ class TriPlay(AlgorithmComponent):
             wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
             return F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
         batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
+        if request_only:
+            batch["response_mask"] = self._request_mask(batch["response_mask"], [examples[i] for i in index])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         logits = self.roles.lm_logits(role, batch["input_ids"], batch["attention_mask"])
         return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+
+    def _request_mask(self, response_mask: torch.Tensor, examples: list[dict]) -> torch.Tensor:
+        """``response_mask`` cut to the request tokens: the wrapper's text before and after it (and EOS) dropped.
+
+        The first response token always goes (with no text before the request it is the strategy choice).
+        """
+        from alignbench.algorithms.text import encode
+        from alignbench.data.world import JAILBREAK_WRAPPERS
+
+        mask = response_mask.clone()
+        for row, example in enumerate(examples):
+            before, after = (part.strip() for part in JAILBREAK_WRAPPERS[example["wrapper"]][0].split("{request}"))
+            n_before = len(encode(self.ctx.tokenizer, " " + before)) if before else 1  # the first token picks the wrapper
+            n_after = (len(encode(self.ctx.tokenizer, " " + after)) if after else 0) + 1  # + EOS
+            positions = mask[row].nonzero().flatten()
+            mask[row, positions[:n_before]] = 0
+            mask[row, positions[len(positions) - n_after:]] = 0
+        return mask
 
     def _warmup_step(self, host) -> dict[str, float]:
         """One supervised step of each role still warming up (attacker, evaluator)."""
@@ -346,14 +375,15 @@ class TriPlay(AlgorithmComponent):
         cfg = self.cfg
         records = [self.world.parse_attack(seed, attack) for seed, attack in zip(seeds, attacks)]
         relevance = np.array([record.meta["relevance"] for record in records], dtype=np.float64)
-        per_defender = {}
+        per_defender, n = {}, cfg.defender_samples  # n answers per defender: the mean is its expected outcome
+        asked = [r for r in records for _ in range(n)]
         for spec in cfg.defenders:
-            answers = self._answers(spec.source, spec.temperature, [r.prompt for r in records])
+            answers = self._answers(spec.source, spec.temperature, [r.prompt for r in asked])
             if cfg.attack_judge == "world":
-                labels = [self.world.judge(r, a).label for r, a in zip(records, answers)]
+                labels = [self.world.judge(r, a).label for r, a in zip(asked, answers)]
             else:
-                labels = self.evaluator_labels([r.prompt for r in records], answers)
-            per_defender[spec.name] = label_scores(labels, cfg.attack_label_scores)
+                labels = self.evaluator_labels([r.prompt for r in asked], answers)
+            per_defender[spec.name] = label_scores(labels, cfg.attack_label_scores).reshape(-1, n).mean(1)
         outcome = weighted_outcome(per_defender, {s.name: s.weight for s in cfg.defenders})
         requests = self._requests(seeds)
         bleu, cosine = self.pool.similarity_to_pool(attacks, requests)
@@ -383,7 +413,7 @@ class TriPlay(AlgorithmComponent):
             state["pool"] = [(t, s) for t, s, ok in zip(texts, repeated, successful) if ok]
             return reward, info
 
-        ptx = (lambda: self.cfg.attacker_ptx_coeff * self._supervised_loss("attacker")) \
+        ptx = (lambda: self.cfg.attacker_ptx_coeff * self._supervised_loss("attacker", self.cfg.attacker_ptx_request_only)) \
             if self.cfg.attacker_ptx_coeff else None
         metrics = self._grpo(host, "attacker", [self.world.attacker_prompt(s) for s in seeds], score,
                              self.cfg.attacker_rollout, ptx=ptx)

@@ -401,9 +401,9 @@ class TriPlayConfig(AlgoConfig):
     phase_steps: dict[str, int] = field(default_factory=lambda: {"red": 8, "blue": 10, "eval": 3})
     group_size: int = 4
     attacker_rollout: GenerationConfig = field(
-        default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.5))
+        default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.3))
     defender_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=24))
-    attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=4e-4))
+    attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=8e-4))
     defender_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     evaluator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
     clip_eps: float = 0.2
@@ -421,9 +421,11 @@ class TriPlayConfig(AlgoConfig):
     evaluator_warmup_labels: str = "vote"  # vote | true
     evaluator_kinds: list[str] = field(default_factory=lambda: ["harmful", "jailbreak"])
     warmup_cache: bool = True  # reuse the warmed-up adapters of an identical earlier run (under cache_dir)
-    attacker_ptx_coeff: float = 0.2  # + coeff x warm-up cross-entropy in every red update (keeps the rewrite skill)
+    attacker_ptx_coeff: float = 0.5  # + coeff x warm-up cross-entropy in every red update (keeps the rewrite skill)
+    attacker_ptx_request_only: bool = True  # PTX on the copied request's tokens only (not the wrapper)
     # attacker reward
     defenders: list[DefenderSpec] = field(default_factory=default_defenders)
+    defender_samples: int = 1  # answers per defender to each attack (their mean score is its outcome)
     attack_judge: str = "world"  # world | evaluator
     attack_label_scores: dict[str, float] = field(
         default_factory=lambda: {"negative": 1.0, "rejective": 0.0, "positive": 0.0})
@@ -441,7 +443,7 @@ class TriPlayConfig(AlgoConfig):
     pool_sample: int = 32
     pool_min: int = 16
     pool_templates: bool = True  # compare attacks with the seed request taken out (strategy_template)
-    pool_threshold: float = 0.5
+    pool_threshold: float = 0.2
     embedding: str = "world"  # world | minilm
     embedding_path: Optional[str] = None
     # defender and evaluator rewards
@@ -451,7 +453,7 @@ class TriPlayConfig(AlgoConfig):
     eval_replay: int = 16  # vote-labelled world examples mixed into every eval-phase batch
     # per-phase metrics
     phase_metrics: bool = True
-    metric_samples: int = 4
+    metric_samples: int = 8
     metric_bleu_pairs: int = 600
     phase_eval_samples: int = 2
 
@@ -462,6 +464,8 @@ class TriPlayConfig(AlgoConfig):
                 raise ConfigError(f"config value 'algo.phases' has unknown phase '{phase}'; expected {PHASES}")
         if any(phase not in self.phase_steps or self.phase_steps[phase] < 0 for phase in self.phases):
             raise ConfigError("config value 'algo.phase_steps' needs a step count >= 0 for every phase in algo.phases")
+        if self.defender_samples < 1:
+            raise ConfigError("config value 'algo.defender_samples' must be >= 1")
         if self.iterations < 0 or self.group_size < 2 or self.epochs < 1 or self.minibatches < 1:
             raise ConfigError("config values 'algo.iterations' (>= 0), 'algo.group_size' (>= 2), "
                               "'algo.epochs' and 'algo.minibatches' (>= 1) are out of range")
