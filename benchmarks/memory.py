@@ -40,7 +40,7 @@ def measure(mode: str, hidden: int, layers: int, vocab: int) -> dict:
                          num_key_value_heads=max(1, hidden // 64), max_position_embeddings=512)
     base = LlamaForCausalLM(config)
     params_m = sum(p.numel() for p in base.parameters()) / 1e6
-    specs = SafeRLHF.role_specs(type("S", (), {"critics": ("reward_critic", "cost_critic"), "external": {}})())
+    specs = SafeRLHF.role_specs(type("S", (), {"critics": ("reward_critic", "cost_critic")})())
     roles = RoleSet(base, specs, ModelConfig(adapters=(mode == "shared")))
     ids = torch.randint(0, vocab, (4, 64))
     mask = torch.ones_like(ids)

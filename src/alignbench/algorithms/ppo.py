@@ -167,7 +167,8 @@ class PPO(AlgorithmComponent):
 
     def role_specs(self) -> list[RoleSpec]:
         specs = [RoleSpec("policy", "lm", True)]
-        specs += [RoleSpec(role, "score", False) for role in SCORE_ROLES if role not in self.external]
+        external = getattr(self, "external", {})  # models loaded by path are not roles on the base
+        specs += [RoleSpec(role, "score", False) for role in SCORE_ROLES if role not in external]
         return specs + [RoleSpec(critic, "score", True) for critic in self.critics]
 
     def attach(self, roles) -> None:
