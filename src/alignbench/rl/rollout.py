@@ -349,11 +349,6 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
     batch, width = prompt_ids.shape
     device = prompt_ids.device
     eos = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-    warpers = []
-    if do_sample and top_k:
-        warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-    if do_sample and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
 
     cache = _rollout_cache(model, width + max_new_tokens)
     attention = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
@@ -370,14 +365,7 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
         logits = model(**inputs).logits
         scores = logits[:, -1].float()
         del logits
-        if do_sample:
-            if temperature != 1.0:
-                scores = scores / temperature
-            for warp in warpers:
-                scores = warp(None, scores)
-            tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        else:
-            tokens = torch.argmax(scores, dim=-1)
+        tokens = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
         tokens = torch.where(unfinished, tokens, pad_token_id)
         generated[:, step] = tokens
         steps = step + 1
@@ -388,6 +376,21 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
         inputs = dict(input_ids=tokens[:, None], attention_mask=attention[:, : width + steps],
                       position_ids=next_position, past_key_values=cache, use_cache=True)
     return generated[:, :steps]
+
+
+def sample_next(scores: torch.Tensor, *, temperature: float, top_k: int, top_p: float, do_sample: bool
+                ) -> torch.Tensor:
+    """One token per row from float32 ``scores`` [B, V]: HF's order (temperature, top-k, top-p), then
+    ``softmax`` and one ``torch.multinomial`` draw; ``argmax`` when not sampling."""
+    if not do_sample:
+        return torch.argmax(scores, dim=-1)
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        scores = TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1)(None, scores)
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
