@@ -171,6 +171,29 @@ class LoggerConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """``eval.judge=classifier``: a safety classifier by hub id or folder (``alignbench.eval.classifier_judge``)."""
+
+    path: Optional[str] = None
+    kind: str = "auto"  # auto | sequence_classification | guard_lm (e.g. Llama Guard)
+    unsafe_labels: list[str] = field(default_factory=list)  # empty: labels named unsafe/toxic/harm/flag
+    threshold: float = 0.5  # P(unsafe) above which a response is unsafe (sequence classification)
+    batch_size: int = 16
+    max_length: int = 512
+    template: Optional[str] = None  # guard prompt when the tokenizer has no chat template
+    dtype: str = "float32"
+
+    def check(self) -> None:
+        _require(self.kind in ("auto", "sequence_classification", "guard_lm"), "eval.classifier.kind",
+                 "must be auto, sequence_classification or guard_lm")
+        _require(0.0 < self.threshold < 1.0, "eval.classifier.threshold", "must be in (0, 1)")
+        _require(self.batch_size >= 1 and self.max_length >= 8, "eval.classifier.batch_size",
+                 "must be >= 1 (and max_length >= 8)")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "eval.classifier.dtype",
+                 "must be float32, bfloat16 or float16")
+
+
+@dataclass
 class EvalConfig:
     """The one evaluation harness every algorithm goes through."""
 
@@ -181,8 +204,10 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     table_rows: int = 24
     enabled: bool = True
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def check(self) -> None:
+        self.classifier.check()
         _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
         _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         self.generation.check("eval.generation")

@@ -88,6 +88,14 @@ def build_judge(rc: RunConfig, data: DataBundle):
             raise ConfigError(f"eval.judge=world needs data=world (data is '{data.name}'); "
                               f"use eval.judge=keyword for other data")
         return cls(world=data.world)
+    if rc.eval.judge == "classifier":
+        from dataclasses import asdict
+
+        from alignbench.errors import ConfigError
+
+        if not rc.eval.classifier.path:
+            raise ConfigError("eval.judge=classifier needs eval.classifier.path=<model id or folder>")
+        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc))
     return cls()
 
 
