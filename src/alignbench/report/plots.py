@@ -44,6 +44,13 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def _rate_interval(mean: float, half_width: float | None):
+    """Error-bar lengths of mean ± half_width clipped to [0, 1] (both axes are rates); None: no bar."""
+    if half_width is None:
+        return None
+    return [[mean - max(0.0, mean - half_width)], [min(1.0, mean + half_width) - mean]]
+
+
 def plot_pareto(comparison: Comparison, path: Path) -> Path:
     """Scatter every seed, the per-algo mean with its 95% t-interval, and the front as a staircase.
 
@@ -64,8 +71,8 @@ def plot_pareto(comparison: Comparison, path: Path) -> Path:
         ax.errorbar(
             x_est.mean,
             y_est.mean,
-            xerr=x_est.half_width,
-            yerr=y_est.half_width,
+            xerr=_rate_interval(x_est.mean, x_est.half_width),
+            yerr=_rate_interval(y_est.mean, y_est.half_width),
             fmt="o",
             markersize=9,
             markeredgecolor="black",
@@ -80,7 +87,7 @@ def plot_pareto(comparison: Comparison, path: Path) -> Path:
         ax.text(0.5, 0.5, f"no job reported both {X_METRIC} and {Y_METRIC}", ha="center", transform=ax.transAxes)
     ax.set_xlabel(f"{X_METRIC}  (higher is better →)")
     ax.set_ylabel(f"{Y_METRIC}  (lower is better ↓)")
-    ax.set_title("Helpfulness vs unsafe rate: seeds (small), mean ± 95% t-CI (large)")
+    ax.set_title("Helpfulness vs unsafe rate: seeds (small), mean ± 95% t-CI within [0, 1] (large)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
