@@ -176,7 +176,7 @@ def test_cli_config_error_exits_2_with_one_line_and_a_failed_summary(tmp_path, s
     '[{"reasoning": "r", "unsafe": true, "overrefuse": false, "feedback": "f"}]', "\udcff\x00{", "{" * 5000,
 ])
 def test_malformed_feedback_agent_json_is_a_parse_error_not_a_crash(text):
-    from alignbench.algorithms.waltzrl import parse_feedback
+    from alignbench.algorithms.waltzrl_protocol import parse_feedback
 
     assert parse_feedback(text) is None
     good = parse_feedback('{"reasoning": "r", "unsafe": true, "overrefuse": false, "feedback": "f"}')

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from alignbench.algorithms.safeguard import KeywordClassifier, NoisyJudgeClassifier, SafeguardConfig, SafeguardResponder
-from alignbench.algorithms.waltzrl import (
+from alignbench.algorithms.waltzrl import WaltzRL, WaltzRLConfig, WarmupConfig
+from alignbench.algorithms.waltzrl_protocol import (
     Coefficients,
     Episode,
     Feedback,
     Step,
-    WaltzRL,
-    WaltzRLConfig,
-    WarmupConfig,
     binary_f1,
     conversation_reward,
     episode_metrics,
