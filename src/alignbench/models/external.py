@@ -54,7 +54,7 @@ def resolve_model_dir(id_or_path: str, key: str) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError):
         raise ModelUnavailableError(
             f"model '{id_or_path}' ({key}) is not on this machine and HF_HUB_OFFLINE=1: download it with "
-            f"`huggingface-cli download {id_or_path}` (with network) or set {key}= to a local folder"
+            f"`HF_HUB_OFFLINE=0 huggingface-cli download {id_or_path}` or set {key}= to a local folder"
         ) from None
 
 
