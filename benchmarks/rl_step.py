@@ -353,8 +353,9 @@ def main() -> None:
     total_flops = sum(flops.values())
     ours_s = median["alignbench"]
 
-    def rounded(x, n=3):
-        return None if x is None else round(x, n)
+    def rounded(x, digits=4):
+        """Four significant digits: toy workloads take ~10 ms, where round(x, 3) would skew the ratio."""
+        return None if x is None else float(f"{x:.{digits}g}")
 
     import transformers
 
@@ -366,13 +367,13 @@ def main() -> None:
         "ratio_vs_trl_nogc": rounded(ours_s / median["trl_nogc"]) if median["trl_nogc"] else None,
         "ratio_paired_median": rounded(statistics.median(paired["trl"])) if paired["trl"] else None,
         "ratio_vs_trl_nogc_paired_median": rounded(statistics.median(paired["trl_nogc"])) if paired["trl_nogc"] else None,
-        "alignbench_gflops_per_s": round(total_flops / 1e9 / ours_s, 1),
-        "alignbench_gflop_per_iter": round(total_flops / 1e9, 1),
-        "alignbench_phases_s": {k: round(v, 3) for k, v in phase.items()},
-        "alignbench_phase_gflop": {k: round(v / 1e9, 1) for k, v in flops.items()},
-        "alignbench_times_s": [round(t, 3) for t in times["alignbench"]],
-        "trl_times_s": [round(t, 3) for t in times["trl"]],
-        "trl_nogc_times_s": [round(t, 3) for t in times["trl_nogc"]],
+        "alignbench_gflops_per_s": rounded(total_flops / 1e9 / ours_s),
+        "alignbench_gflop_per_iter": rounded(total_flops / 1e9),
+        "alignbench_phases_s": {k: rounded(v) for k, v in phase.items()},
+        "alignbench_phase_gflop": {k: rounded(v / 1e9) for k, v in flops.items()},
+        "alignbench_times_s": [rounded(t) for t in times["alignbench"]],
+        "trl_times_s": [rounded(t) for t in times["trl"]],
+        "trl_nogc_times_s": [rounded(t) for t in times["trl_nogc"]],
         "ppo_lag": ppo,
         "model_params_m": round(params_m, 2), "prompts": args.prompts, "group": args.group,
         "new_tokens": args.new_tokens, "beta": args.beta, "mode": args.mode, "engine": args.engine,
