@@ -1,8 +1,12 @@
 """TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of ALGORITHMS.md §4 (slow).
 
 One claim is not achieved on ``model=tiny`` and is kept as a non-strict ``xfail`` test so it stays visible:
-the attacker's held-out success against the fixed SFT defender may rise after the first red phase but does
-not rise over all three (later red phases chase the hardened current defender, weight 0.6).
+the attacker's held-out success against the fixed SFT defender does not rise over three red phases while
+P_div keeps its diversity high. The world offers six jailbreak wrappers; P_div (against the pool of past
+successes) pushes the attacker off the strongest ones once they fill the pool, so success and diversity
+trade off: measured with seed 0 (fresh cache), the default run 0.469 -> 0.462 / 0.438 / 0.448 (diversity
+0.53 -> 0.77); without P_div 0.469 -> 0.566 / 0.538 / 0.472 (diversity 0.41 -> 0.71); red phases only
+(the defender never changes) with P_div 0.469 -> 0.462 / 0.497 / 0.340 (diversity 0.83).
 
 The slow test trains ``algo=triplay experiment=triplay_world`` on the default world with ``model=tiny``,
 the same run with only red phases and ``algo.diversity_penalty=false`` (the ablation), and evaluates
@@ -97,9 +101,10 @@ def test_attacker_diversity_drops_without_p_div(world_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not achieved on model=tiny over three iterations: success may rise after the first red "
-                          "phase (0.37 -> 0.47 in one run) but ends flat or lower (0.47 -> 0.45, or -> 0.23) as the "
-                          "attacker specialises against the hardened current defender (weight 0.6)", strict=False)
+@pytest.mark.xfail(reason="not achieved on model=tiny over three red phases: with P_div the attacker leaves its "
+                          "most successful wrappers once they fill the success pool (0.469 -> 0.448, diversity 0.53 -> "
+                          "0.77); without P_div success rises first (0.566) and falls back (0.472); see module docstring",
+                   strict=False)
 def test_attacker_success_against_the_fixed_defender_rises(world_runs):
     success = [value for _, phase, value in phase_rows(world_runs["triplay"][1], "triplay/attack_success_rate")]
     assert success[-1] >= success[0] + 0.05, success
