@@ -1,4 +1,5 @@
-"""The lean decode loop against transformers' generate, and the optional vLLM engine's guards."""
+"""The lean decode loop against transformers' generate, engine choice, and the optional vLLM engine's guards
+(the fused engine's own checks are in tests/test_fused_llama.py)."""
 
 import subprocess
 import sys
@@ -35,8 +36,14 @@ def _both(model, ids, mask, **kwargs):
     return out["hf"], out["lean"]
 
 
-def test_auto_picks_the_lean_loop_for_transformers_lms(model):
-    assert rollout_mod._resolve_engine("auto", model) == "lean"
+def test_auto_picks_fused_for_llama_on_cpu_and_lean_for_other_lms(model):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert rollout_mod._resolve_engine("auto", model) == "fused"
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)).eval()
+    assert rollout_mod._resolve_engine("auto", gpt2) == "lean"
+    with pytest.raises(ValueError, match="engine 'fused' cannot decode this model: model_type 'gpt2'"):
+        rollout_mod._resolve_engine("fused", gpt2)
     with pytest.raises(ValueError, match="engine"):
         rollout_mod._resolve_engine("fast", model)
 

@@ -33,11 +33,14 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    # decoder of alignbench.rl.rollout: auto (lean loop) | lean | hf (transformers generate) | vllm (GPU only)
+    # decoder of alignbench.rl.rollout: auto (fused for Llama-family models on CPU, else lean) | fused
+    # (alignbench.rl.fused_llama) | lean (KV-cache loop over the model's forward) | hf (transformers
+    # generate) | vllm (GPU only)
     engine: str = "auto"
 
     def check(self, prefix: str) -> None:
-        _require(self.engine in ("auto", "lean", "hf", "vllm"), f"{prefix}.engine", "must be auto, lean, hf or vllm")
+        _require(self.engine in ("auto", "fused", "lean", "hf", "vllm"), f"{prefix}.engine",
+                 "must be auto, fused, lean, hf or vllm")
         _require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", "must be > 0")
         _require(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]")

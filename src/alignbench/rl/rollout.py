@@ -18,6 +18,11 @@ Works with any causal ``PreTrainedModel``, a peft model around one, or a DDP wra
 
 Decoding engines (``generate_rollout(engine=...)``):
 
+* ``"fused"``: the same loop, with the prefill and every step computed by
+  ``alignbench.rl.fused_llama.FusedLlama`` (merged LoRA, fused q/k/v and gate/up weights, folded norm
+  gains, products in the weight-streaming orientation) for Llama-family models; logits equal the
+  model's forward to float rounding, so greedy tokens match ``lean`` and sampling draws the same
+  ``torch.multinomial`` calls.
 * ``"lean"``: a plain decode loop over the model's forward: one prefill, then one forward of one
   token per step into a KV cache whose buffers are allocated once for the whole rollout (no
   ``torch.cat`` per step and layer), no logits processors beyond temperature/top-k/top-p, no
@@ -27,8 +32,10 @@ Decoding engines (``generate_rollout(engine=...)``):
   checkpoint's ``generation_config.json`` asks for (repetition penalty, suppressed tokens, ...):
   RL log-probs assume the plain tempered softmax.
 * ``"hf"``: transformers' ``generate`` (warpers pinned to neutral values).
-* ``"auto"`` (default): ``lean`` when the model's forward takes a KV cache and position ids (every
-  transformers decoder-only LM does), else ``hf``.
+* ``"auto"`` (default): ``fused`` on the CPU when ``fused_support`` accepts the model; else ``lean``
+  when the model's forward takes a KV cache and position ids (every transformers decoder-only LM
+  does), else ``hf``. On a GPU ``auto`` keeps ``lean`` (the fused copy would hold a second set of
+  weights in device memory; ask for ``fused`` explicitly, or ``vllm`` for large models).
 * ``"vllm"`` or an engine object: see ``alignbench.rl.engines`` (only with vLLM installed and a GPU;
   otherwise ``auto`` is used and vLLM is never imported).
 """
@@ -218,8 +225,11 @@ def generate_rollout(
     runner = _resolve_engine(engine, model)
     with _eval_mode(model), _seeded(generator, device):
         if isinstance(runner, str):
-            decode = _lean_decode if runner == "lean" else _hf_decode
-            generated = decode(_strip_ddp(model), prompt_ids, prompt_mask, **options)
+            if runner == "hf":
+                generated = _hf_decode(_strip_ddp(model), prompt_ids, prompt_mask, **options)
+            else:
+                generated = _lean_decode(_strip_ddp(model), prompt_ids, prompt_mask, fused=runner == "fused",
+                                         **options)
         else:  # an engine object (vLLM): same contract, returns the generated ids [B, T']
             generated = runner.generate(model, prompt_ids, prompt_mask, **options)
 
@@ -234,7 +244,7 @@ def generate_rollout(
     )
 
 
-ENGINES = ("auto", "lean", "hf", "vllm")
+ENGINES = ("auto", "fused", "lean", "hf", "vllm")
 
 
 def _supports_lean(model: torch.nn.Module) -> bool:
@@ -266,7 +276,17 @@ def _resolve_engine(engine: str | object, model: torch.nn.Module) -> str | objec
         resolved = vllm_engine_or_none()
         return resolved if resolved is not None else _resolve_engine("auto", model)
     if engine == "auto":
-        return "lean" if _supports_lean(model) else "hf"
+        if not _supports_lean(model):
+            return "hf"
+        from alignbench.rl.fused_llama import fused_support
+
+        return "fused" if _model_device(model).type == "cpu" and fused_support(model) is None else "lean"
+    if engine == "fused":
+        from alignbench.rl.fused_llama import fused_support
+
+        reason = fused_support(model) if _supports_lean(model) else "no KV-cache forward"
+        if reason is not None:
+            raise ValueError(f"generate_rollout: engine 'fused' cannot decode this model: {reason}")
     return engine
 
 
@@ -338,33 +358,55 @@ def _rollout_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
     return cache
 
 
+class _ModelStepper:
+    """Prefill and one-token steps through the model's own forward and a preallocated KV cache."""
+
+    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
+        batch, self.width = prompt_ids.shape
+        self.model = model
+        self.cache = _rollout_cache(model, self.width + max_new_tokens)
+        self.attention = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
+        self.positions = position_ids_from_mask(prompt_mask)
+        self.keep = dict(logits_to_keep=1) if _accepts_logits_to_keep(model) else {}
+        self.prompt_ids, self.steps = prompt_ids, 0
+
+    def _scores(self, **inputs) -> torch.Tensor:
+        logits = self.model(**inputs, past_key_values=self.cache, use_cache=True, **self.keep).logits
+        return logits[:, -1].float()
+
+    def prefill(self) -> torch.Tensor:
+        return self._scores(input_ids=self.prompt_ids, attention_mask=self.attention[:, : self.width],
+                            position_ids=self.positions)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return self._scores(input_ids=tokens[:, None], attention_mask=self.attention[:, : self.width + self.steps],
+                            position_ids=self.positions[:, -1:] + self.steps)
+
+
 def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, pad_token_id, temperature,
-                 top_k, top_p, do_sample) -> torch.Tensor:
+                 top_k, top_p, do_sample, fused: bool = False) -> torch.Tensor:
     """Prefill + one-token steps with the KV cache; the same token choices as HF ``generate``.
 
+    The steps run through the model's forward (``lean``) or ``FusedLlama``'s decoder (``fused``).
     Per step: ``scores = logits[:, -1]`` in float32, then (sampling) temperature, top-k, top-p in
     HF's order, ``softmax`` and one ``torch.multinomial`` draw, or ``argmax`` (greedy); rows that
     have emitted EOS get ``pad_token_id``; the loop stops when every row has finished.
     """
-    batch, width = prompt_ids.shape
+    batch = prompt_ids.shape[0]
     device = prompt_ids.device
     eos = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    if fused:
+        from alignbench.rl.fused_llama import FusedLlama
 
-    cache = _rollout_cache(model, width + max_new_tokens)
-    attention = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
-    positions = position_ids_from_mask(prompt_mask)
-    inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                  past_key_values=cache, use_cache=True)
-    if _accepts_logits_to_keep(model):
-        inputs["logits_to_keep"] = 1
-    next_position = positions[:, -1:]
+        stepper = FusedLlama.of(model).decoder(prompt_ids, prompt_mask, max_new_tokens)
+    else:
+        stepper = _ModelStepper(model, prompt_ids, prompt_mask, max_new_tokens)
     generated = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    scores = stepper.prefill()
     steps = 0
     for step in range(max_new_tokens):
-        logits = model(**inputs).logits
-        scores = logits[:, -1].float()
-        del logits
         tokens = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
         tokens = torch.where(unfinished, tokens, pad_token_id)
         generated[:, step] = tokens
@@ -372,9 +414,7 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
         unfinished &= ~torch.isin(tokens, eos)
         if steps == max_new_tokens or not bool(unfinished.any()):
             break
-        next_position = next_position + 1
-        inputs = dict(input_ids=tokens[:, None], attention_mask=attention[:, : width + steps],
-                      position_ids=next_position, past_key_values=cache, use_cache=True)
+        scores = stepper.step(tokens)
     return generated[:, :steps]
 
 
@@ -393,6 +433,22 @@ def sample_next(scores: torch.Tensor, *, temperature: float, top_k: int, top_p: 
     return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
 
+def _fused_scoring(model: torch.nn.Module, fused: str | bool) -> bool:
+    """Whether ``sequence_logprobs`` uses ``FusedLlama.forward`` (see its ``fused`` argument)."""
+    if fused is False:
+        return False
+    from alignbench.rl.fused_llama import fused_support
+
+    if fused is True:
+        reason = "grad is enabled (the fused passes are no-grad)" if torch.is_grad_enabled() else fused_support(model)
+        if reason is not None:
+            raise ValueError(f"sequence_logprobs: fused=True cannot score this model: {reason}")
+        return True
+    if fused != "auto":
+        raise ValueError(f"sequence_logprobs: fused must be 'auto', True or False, got {fused!r}")
+    return (not torch.is_grad_enabled() and _model_device(model).type == "cpu" and fused_support(model) is None)
+
+
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters
 
@@ -407,6 +463,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
     return_logits: bool = False,
+    fused: str | bool = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Per-token log pi(y_t | x, y_<t) of the response tokens in one forward pass.
 
@@ -417,6 +474,10 @@ def sequence_logprobs(
     otherwise the full logits are sliced. logp is computed as ``z_y - logsumexp(z)`` in float32,
     never materialising a [B, T, V] log-softmax. Runs with grad if the caller's context allows it
     and in whatever train/eval mode the model is in (disable dropout for PPO ratios to be exact).
+
+    ``fused``: ``"auto"`` (default) computes the logits with ``FusedLlama.forward`` when grad is off,
+    the model is on the CPU and ``fused_support`` accepts it (same values to float rounding, fewer and
+    wider products); ``True`` insists on it, ``False`` always calls the model's forward.
 
     Returns ``logp`` ``[B, T]`` (0 where ``response_mask`` is 0); with ``return_entropy`` and/or
     ``return_logits``, a tuple ``(logp, entropy?, logits?)`` holding the requested extras in that
@@ -431,9 +492,15 @@ def sequence_logprobs(
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
-    if _accepts_logits_to_keep(model):
-        inputs["logits_to_keep"] = num_response + 1
-    logits = model(**inputs).logits
+    if _fused_scoring(model, fused):
+        from alignbench.rl.fused_llama import FusedLlama
+
+        logits = FusedLlama.of(model).forward(sequences, attention_mask, inputs["position_ids"],
+                                              logits_to_keep=num_response + 1)
+    else:
+        if _accepts_logits_to_keep(model):
+            inputs["logits_to_keep"] = num_response + 1
+        logits = model(**inputs).logits
     # position P + t - 1 predicts response token t; the final position predicts nothing we score
     logits = logits[:, -(num_response + 1) : -1].float()
     if temperature != 1.0:
