@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--engine", default="auto", help="rollout engine: auto (lean loop) | lean | hf")
+    parser.add_argument("--engine", default="auto", help="rollout engine: auto (fused on CPU for Llama models) | fused | lean | hf")
     args = parser.parse_args()
 
     world = SafetyWorld()

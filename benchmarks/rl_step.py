@@ -11,9 +11,10 @@ sides (TRL rebuilds its reference from the saved folder); ``--mode lora`` trains
 adapters on both (TRL: ``peft_config``; alignbench: ``RoleSet`` adapters, the reference is the base
 with the adapter switched off on both).
 
-alignbench's iteration is the calls ``rl.experience.collect`` makes (rollout with the lean decode
-loop, reference log-probs; the pi_old pass is skipped since the batch gets one update, exactly as
-TRL skips it) then ``grpo_advantages``, ``actor_loss`` and the optimiser step. TRL runs its own
+alignbench's iteration is the calls ``rl.experience.collect`` makes (rollout with the ``auto`` engine,
+i.e. ``fused`` on the CPU, see ``alignbench.rl.fused_llama``; reference log-probs, by the fused no-grad
+pass; the pi_old pass is skipped since the batch gets one update, exactly as TRL skips it) then
+``grpo_advantages``, ``actor_loss`` and the optimiser step. TRL runs its own
 ``GRPOTrainer`` (``use_cpu=True``, ``report_to=[]``, ``bf16=False`` because its bf16 default is
 for GPUs) with its defaults otherwise — gradient checkpointing on — and again with it off. The two
 run interleaved in one process: after each TRL step (a callback) one alignbench iteration runs, so
@@ -306,7 +307,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--engine", default="auto", help="alignbench rollout engine: auto | lean | hf")
+    parser.add_argument("--engine", default="auto", help="alignbench rollout engine: auto (fused on CPU) | fused | lean | hf")
     parser.add_argument("--reps", type=int, default=3, help="timed iterations per TRL run (each paired with one of ours)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (TRL, TRL no-GC) runs")
     parser.add_argument("--ppo-reps", type=int, default=3, help="timed PPO-Lag iterations (0: skip)")

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from alignbench.rl import rollout as rollout_mod
 from alignbench.rl.fused_llama import FusedLlama, fused_support
-from alignbench.rl.rollout import generate_rollout, left_pad_batch, position_ids_from_mask, sequence_logprobs
+from alignbench.rl import logprobs as logprobs_mod
+from alignbench.rl.logprobs import sequence_logprobs
+from alignbench.rl.rollout import generate_rollout, left_pad_batch, position_ids_from_mask
 
 PAD, EOS = 0, 2
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [3, 4], [14, 15, 16, 17]]
@@ -146,8 +147,8 @@ def test_sequence_logprobs_uses_the_fused_pass_only_without_grad():
         plain = sequence_logprobs(model, ids, mask, response_start, response_mask, fused=False)
     assert torch.allclose(fused, plain, atol=1e-5)
     with torch.no_grad():
-        assert rollout_mod._fused_scoring(model, "auto") is True
-    assert rollout_mod._fused_scoring(model, "auto") is False  # grad is on here: the model's forward runs
+        assert logprobs_mod._fused_scoring(model, "auto") is True
+    assert logprobs_mod._fused_scoring(model, "auto") is False  # grad is on here: the model's forward runs
     with_grad = sequence_logprobs(model, ids, mask, response_start, response_mask)
     assert with_grad.requires_grad and torch.allclose(with_grad.detach(), plain, atol=1e-6)
     with pytest.raises(ValueError, match="fused=True cannot score this model: grad is enabled"):
@@ -167,4 +168,18 @@ def test_unsupported_models_and_adapters_are_named():
     assert fused_support(dropout.eval()) is None  # dropout is off in eval mode
     assert "LoRA dropout 0.1 in train mode" in fused_support(dropout.train())
     with torch.no_grad():  # auto falls back to the model's forward for all of them
-        assert rollout_mod._fused_scoring(dropout, "auto") is False
+        assert logprobs_mod._fused_scoring(dropout, "auto") is False
+
+
+def test_a_grouped_batch_decodes_as_the_lean_loop_does():
+    # every prompt twice (a GRPO group of 2): the prefill runs each prompt once and shares its cache
+    model = _model()
+    ids, mask = left_pad_batch([p for p in PROMPTS for _ in range(2)], PAD)
+    kwargs = dict(max_new_tokens=9, eos_token_id=EOS, pad_token_id=PAD)
+    for sampling in (dict(do_sample=False), dict(temperature=1.2)):
+        lean = generate_rollout(model, ids, mask, engine="lean", generator=torch.Generator().manual_seed(5),
+                                **kwargs, **sampling)
+        fused = generate_rollout(model, ids, mask, engine="fused", generator=torch.Generator().manual_seed(5),
+                                 **kwargs, **sampling)
+        assert torch.equal(lean.sequences, fused.sequences)
+    assert not torch.equal(fused.response_ids[0], fused.response_ids[1])  # a group's samples differ

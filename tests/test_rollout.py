@@ -5,10 +5,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignbench.rl import rollout as rollout_mod
+from alignbench.rl.logprobs import sequence_logprobs
 from alignbench.rl.rollout import (
     generate_rollout,
     left_pad_batch,
-    sequence_logprobs,
     truncate_after_eos,
 )
 

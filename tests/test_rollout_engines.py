@@ -153,7 +153,7 @@ def test_merged_state_dict_is_what_the_adapted_model_computes():
 
 def test_sequence_logprobs_entropy_is_entropy_from_logits(model):
     from alignbench.rl.losses import entropy_from_logits
-    from alignbench.rl.rollout import sequence_logprobs
+    from alignbench.rl.logprobs import sequence_logprobs
 
     ids, mask = left_pad_batch(PROMPTS, PAD)
     responses = torch.randint(3, 64, (len(PROMPTS), 5), generator=torch.Generator().manual_seed(0))

@@ -12,6 +12,7 @@ from alignbench.rl.advantages import (
     reinforce_pp_advantages,
 )
 from alignbench.rl.lagrange import LagrangeMultiplier
+from alignbench.rl.logprobs import sequence_logprobs
 from alignbench.rl.losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -27,7 +28,6 @@ from alignbench.rl.rollout import (
     generate_rollout,
     left_pad_batch,
     position_ids_from_mask,
-    sequence_logprobs,
     truncate_after_eos,
 )
 from alignbench.rl.shaping import last_token_index, shape_token_rewards

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench.rl.losses import clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
-from alignbench.rl.rollout import Rollout, generate_rollout, sequence_logprobs
+from alignbench.rl.logprobs import sequence_logprobs
+from alignbench.rl.rollout import Rollout, generate_rollout
 
 
 @dataclass

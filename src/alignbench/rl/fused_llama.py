@@ -287,6 +287,11 @@ class KVBuffers:
         self.values = [torch.empty(shape, dtype=fused.dtype, device=device) for _ in fused.layers]
         self.length = 0
 
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (repeats allowed: one prompt's cache copied to every row of its group)."""
+        self.keys = [keys[index] for keys in self.keys]
+        self.values = [values[index] for values in self.values]
+
 
 class FusedDecoder:
     """``prefill()`` then ``step(tokens)``: next-token scores ``[B, V]`` (float32) of a left-padded batch."""
@@ -308,10 +313,26 @@ class FusedDecoder:
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
+        """Scores after the prompts. Repeated prompts (a GRPO group) run once and their keys/values
+        are copied to every row of the group (``shared_prompt_groups``)."""
+        from alignbench.rl.logprobs import shared_prompt_groups
+
         width = self.prompt_ids.shape[1]
-        logits = self.fused.forward(self.prompt_ids, self.attention[:, :width], self.positions,
-                                    logits_to_keep=1, cache=self.cache)
-        return logits[:, -1].float()
+        prompt_mask = self.attention[:, :width]
+        groups = shared_prompt_groups(self.prompt_ids, prompt_mask, width)
+        if groups is None:
+            logits = self.fused.forward(self.prompt_ids, prompt_mask, self.positions, logits_to_keep=1,
+                                        cache=self.cache)
+            return logits[:, -1].float()
+        first, inverse = groups
+        unique = KVBuffers(self.fused, first.shape[0], width, self.prompt_ids.device)
+        logits = self.fused.forward(self.prompt_ids[first], prompt_mask[first], self.positions[first],
+                                    logits_to_keep=1, cache=unique)
+        for full, part in ((self.cache.keys, unique.keys), (self.cache.values, unique.values)):
+            for layer, layer_part in zip(full, part):
+                layer[:, :, :width] = layer_part[inverse]
+        self.cache.length = width
+        return logits[inverse, -1].float()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Batched generation with the KV cache, and log-probs of sampled responses under any policy.
+"""Batched generation with the KV cache (scoring the responses: ``alignbench.rl.logprobs``).
 
 Layout of a rollout (``P`` prompt width, ``T`` response width)::
 
@@ -58,7 +58,6 @@ __all__ = [
     "position_ids_from_mask",
     "truncate_after_eos",
     "generate_rollout",
-    "sequence_logprobs",
 ]
 
 # Generation options a checkpoint's generation_config.json may set that would reshape the sampling
@@ -433,89 +432,5 @@ def sample_next(scores: torch.Tensor, *, temperature: float, top_k: int, top_p: 
     return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
 
-def _fused_scoring(model: torch.nn.Module, fused: str | bool) -> bool:
-    """Whether ``sequence_logprobs`` uses ``FusedLlama.forward`` (see its ``fused`` argument)."""
-    if fused is False:
-        return False
-    from alignbench.rl.fused_llama import fused_support
-
-    if fused is True:
-        reason = "grad is enabled (the fused passes are no-grad)" if torch.is_grad_enabled() else fused_support(model)
-        if reason is not None:
-            raise ValueError(f"sequence_logprobs: fused=True cannot score this model: {reason}")
-        return True
-    if fused != "auto":
-        raise ValueError(f"sequence_logprobs: fused must be 'auto', True or False, got {fused!r}")
-    return (not torch.is_grad_enabled() and _model_device(model).type == "cpu" and fused_support(model) is None)
-
-
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters
-
-
-def sequence_logprobs(
-    model: torch.nn.Module,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_start: int,
-    response_mask: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    return_entropy: bool = False,
-    return_logits: bool = False,
-    fused: str | bool = "auto",
-) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """Per-token log pi(y_t | x, y_<t) of the response tokens in one forward pass.
-
-        logp[b, t] = log_softmax(z[b, P + t - 1] / temperature)[sequences[b, P + t]]
-
-    where z are the logits and P = ``response_start``. Only the T + 1 last positions go through
-    the LM head when the model supports ``logits_to_keep`` (all transformers causal LMs do);
-    otherwise the full logits are sliced. logp is computed as ``z_y - logsumexp(z)`` in float32,
-    never materialising a [B, T, V] log-softmax. Runs with grad if the caller's context allows it
-    and in whatever train/eval mode the model is in (disable dropout for PPO ratios to be exact).
-
-    ``fused``: ``"auto"`` (default) computes the logits with ``FusedLlama.forward`` when grad is off,
-    the model is on the CPU and ``fused_support`` accepts it (same values to float rounding, fewer and
-    wider products); ``True`` insists on it, ``False`` always calls the model's forward.
-
-    Returns ``logp`` ``[B, T]`` (0 where ``response_mask`` is 0); with ``return_entropy`` and/or
-    ``return_logits``, a tuple ``(logp, entropy?, logits?)`` holding the requested extras in that
-    order: entropy ``[B, T]`` (masked to 0), logits ``[B, T, V]`` (float32, temperature-scaled).
-    """
-    if response_start < 1:
-        raise ValueError("sequence_logprobs: response_start must be >= 1 (a prompt is needed).")
-    num_response = sequences.shape[1] - response_start
-    inputs = dict(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    if _fused_scoring(model, fused):
-        from alignbench.rl.fused_llama import FusedLlama
-
-        logits = FusedLlama.of(model).forward(sequences, attention_mask, inputs["position_ids"],
-                                              logits_to_keep=num_response + 1)
-    else:
-        if _accepts_logits_to_keep(model):
-            inputs["logits_to_keep"] = num_response + 1
-        logits = model(**inputs).logits
-    # position P + t - 1 predicts response token t; the final position predicts nothing we score
-    logits = logits[:, -(num_response + 1) : -1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = sequences[:, response_start:]
-    mask_f = response_mask.to(logits.dtype)
-    token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    log_normaliser = torch.logsumexp(logits, dim=-1)
-    logp = (token_logits - log_normaliser) * mask_f
-
-    extras: list[torch.Tensor] = []
-    if return_entropy:
-        # entropy_from_logits's H = logsumexp(z) - sum_v p_v z_v, reusing the logsumexp above
-        probs = torch.exp(logits - log_normaliser.unsqueeze(-1))
-        extras.append((log_normaliser - (probs * logits).sum(dim=-1)) * mask_f)
-    if return_logits:
-        extras.append(logits)
-    return (logp, *extras) if extras else logp

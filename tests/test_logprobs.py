@@ -1,0 +1,76 @@
+"""``sequence_logprobs`` with repeated prompts run once (GRPO groups) against the plain forward."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignbench.rl.logprobs import sequence_logprobs, shared_prompt_groups
+from alignbench.rl.rollout import left_pad_batch
+
+PAD = 0
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [3, 4]]
+
+
+def _llama(seed=0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        pad_token_id=PAD, initializer_range=0.2))
+
+
+def _group_batch(group=3, response_len=5, seed=0):
+    """Every prompt ``group`` times, each row with its own random response (some end early)."""
+    ids, mask = left_pad_batch([p for p in PROMPTS for _ in range(group)], PAD)
+    gen = torch.Generator().manual_seed(seed)
+    responses = torch.randint(3, 64, (ids.shape[0], response_len), generator=gen)
+    response_mask = torch.ones_like(responses)
+    response_mask[1, -2:] = 0
+    responses = torch.where(response_mask.bool(), responses, PAD)
+    return torch.cat([ids, responses], 1), torch.cat([mask, response_mask], 1), ids.shape[1], response_mask
+
+
+def test_shared_prompt_groups_finds_each_prompt_once():
+    sequences, attention, start, _ = _group_batch(group=3)
+    first, inverse = shared_prompt_groups(sequences, attention, start)
+    assert len(first) == len(PROMPTS)
+    assert torch.equal(sequences[first][inverse, :start], sequences[:, :start])
+    assert torch.equal(attention[first][inverse, :start], attention[:, :start])
+    assert all(first[inverse[row]] <= row for row in range(len(sequences)))  # the first row of each group
+    unique, unique_mask, unique_start, _ = _group_batch(group=1)
+    assert shared_prompt_groups(unique, unique_mask, unique_start) is None  # nothing repeats: plain pass
+
+
+@pytest.mark.parametrize("response_len", [1, 6])
+def test_shared_prompts_give_the_plain_logprobs_and_gradients(response_len):
+    model = _llama()
+    sequences, attention, start, response_mask = _group_batch(response_len=response_len)
+    args = (sequences, attention, start, response_mask)
+
+    def run(**kw):
+        model.zero_grad(set_to_none=True)
+        logp, entropy = sequence_logprobs(model, *args, return_entropy=True, fused=False, **kw)
+        (logp.sum() + 0.1 * entropy.sum()).backward()
+        return logp.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]
+
+    shared_logp, shared_entropy, shared_grads = run()
+    plain_logp, plain_entropy, plain_grads = run(share_prompts=False)
+    torch.testing.assert_close(shared_logp, plain_logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared_entropy, plain_entropy, atol=1e-5, rtol=0)
+    for shared, plain in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
+    assert (plain_logp != 0).any()
+
+
+def test_shared_prompts_through_lora_and_the_fused_pass():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_llama(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False)).eval()
+    sequences, attention, start, response_mask = _group_batch()
+    with torch.no_grad():
+        plain = sequence_logprobs(model, sequences, attention, start, response_mask, fused=False, share_prompts=False)
+        shared = sequence_logprobs(model, sequences, attention, start, response_mask, fused=False)
+        fused_shared = sequence_logprobs(model, sequences, attention, start, response_mask, fused=True)
+        fused_plain = sequence_logprobs(model, sequences, attention, start, response_mask, fused=True,
+                                        share_prompts=False)
+    for got in (shared, fused_shared, fused_plain):
+        torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
