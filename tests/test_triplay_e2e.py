@@ -7,6 +7,15 @@ successes) pushes the attacker off the strongest ones once they fill the pool, s
 trade off: measured with seed 0 (fresh cache), the default run 0.469 -> 0.462 / 0.438 / 0.448 (diversity
 0.53 -> 0.77); without P_div 0.469 -> 0.566 / 0.538 / 0.472 (diversity 0.41 -> 0.71); red phases only
 (the defender never changes) with P_div 0.469 -> 0.462 / 0.497 / 0.340 (diversity 0.83).
+Measured again on 2026-12-02 (held-out success after the warm-up -> after each red phase): a less noisy
+red reward (``algo.defender_samples=4``) with Dr.GRPO advantages (``algo.grpo_scale=false``) came closest,
+seed 0 0.469 -> 0.486 / 0.507 / 0.500 (diversity 0.53 -> 0.73), seed 1 0.399 -> 0.469 / 0.483 / 0.507
+(0.59 -> 0.68): a rise on both seeds, but +0.03 on seed 0, below this test's +0.05. Also tried (seed 0
+unless noted): defender_samples=4 alone (seed 1: 0.399 -> 0.503 / 0.438 / 0.347), an attacker group of 8
+(0.469 -> 0.469 / 0.451 / 0.580), PTX 0.5 on seeds 0/2/3 (0.469 -> 0.646 / 0.556 / 0.559; 0.337 -> 0.406 /
+0.267 / 0.392; 0.399 -> 0.472 / 0.507 / 0.358): the first red phase usually raises success, the next ones
+do not keep it, and seed-to-seed spread (~0.1) exceeds the rise. ``triplay/attack_wrapper/<name>``
+records the wrapper mix at every measurement.
 
 The slow test trains ``algo=triplay experiment=triplay_world`` on the default world with ``model=tiny``,
 the same run with only red phases and ``algo.diversity_penalty=false`` (the ablation), and evaluates
@@ -61,6 +70,8 @@ def test_smoke_run_writes_every_triplay_metric(tmp_path, cache_dir):
                 "triplay/judge_acc/world_noisy_a", "triplay/defender/unsafe_rate",
                 "triplay/initial/attack_success_rate", "train/triplay_phase"):
         assert key in metrics and metrics[key] is not None, key
+    shares = [value for key, value in metrics.items() if key.startswith("triplay/attack_wrapper/")]
+    assert len(shares) >= 7 and sum(shares) == pytest.approx(1.0)  # six wrappers + none: every attack counted once
     # one measurement after the warm-up (phase 0) and after each phase of the role it trained
     assert [phase for _, phase, _ in phase_rows(history, "triplay/attack_success_rate")] == [0.0, 1.0]
     assert [phase for _, phase, _ in phase_rows(history, "triplay/defender/unsafe_rate")] == [0.0, 2.0]

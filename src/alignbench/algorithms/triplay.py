@@ -535,7 +535,10 @@ class TriPlay(AlgorithmComponent):
                 "triplay/attack_diversity_bleu": bleu_div, "triplay/attack_diversity_embedding": embed_div,
                 "triplay/attack_diversity_raw": raw_div,
                 "triplay/attack_strategy_entropy": strategy_entropy(wrappers, len(JAILBREAK_WRAPPERS) + 1),
-                "triplay/attack_distinct": len(set(attacks)) / max(1, len(attacks))}
+                "triplay/attack_distinct": len(set(attacks)) / max(1, len(attacks)),
+                # the share of each jailbreak wrapper among the attacks (what P_div trades against success)
+                **{f"triplay/attack_wrapper/{name}": float(np.mean([w == name for w in wrappers]))
+                   for name in (*JAILBREAK_WRAPPERS, "none")}}
 
     def defender_metrics(self, seed: int) -> dict[str, float]:
         from alignbench.eval.harness import PolicyResponder, evaluate
