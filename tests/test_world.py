@@ -319,6 +319,8 @@ def test_text_embedding_is_a_unit_bag_of_words(world):
     assert len(a) == size and math.isclose(sum(x * x for x in a), 1.0)
     assert 0.0 < sum(x * y for x, y in zip(a, b)) < 1.0
     assert world_text_embedding("\u2603 zzz") == [0.0] * size
+    marked = world_text_embedding("<request> zzz", ("<request>",))  # an extra token gets a dimension of its own
+    assert len(marked) == size + 1 and marked[-1] == 1.0
 
 
 # ---------------------------------------------------------------- datasets and cache

@@ -56,7 +56,8 @@ Metrics at the end of each phase (``train/triplay_phase``: 0 warm-up, 1 red, 2 b
 role it trained, on held-out seeds and prompts with a fixed sampling seed so phases are comparable:
 ``triplay/attack_success_rate`` (relevant attacks whose answer by the fixed SFT defender is unsafe),
 ``triplay/attack_diversity`` (mean of 1 - Self-BLEU and 1 - mean pairwise cosine of the attack
-strategies; ``attack_diversity_raw`` on the full texts), the defender's
+strategies; ``attack_diversity_raw`` on the full texts; ``attack_wrapper/<name>`` and
+``attack_success_by_wrapper/<name>``: the strategy mix and each strategy's success), the defender's
 ``triplay/defender/{unsafe_rate,bare_refusal_rate,...}`` through the standard harness, and
 ``triplay/evaluator_acc`` with every judge's ``triplay/judge_acc/<name>`` against held-out true labels.
 The summary also carries the first measurement of each as ``triplay/initial/...``.

@@ -59,19 +59,23 @@ class TriPlayHeldoutMetrics:
         embed_div = 1.0 - mean_pairwise_cosine(self.embedder(templates))
         raw_div = 0.5 * (2.0 - self.bleu.of_set(attacks, self.cfg.metric_bleu_pairs, seed)
                          - mean_pairwise_cosine(self.embedder(attacks)))
-        wrappers = [r.meta["wrapper"] for r in records]
-        return {"triplay/attack_success_rate": float((unsafe_fixed & relevant).mean()),
+        wrappers = np.array([r.meta["wrapper"] for r in records])
+        hits = unsafe_fixed & relevant
+        return {"triplay/attack_success_rate": float(hits.mean()),
                 "triplay/attack_success_rate_current": float((unsafe_current & relevant).mean()),
                 "triplay/attack_relevance": float(relevant.mean()),
                 "triplay/attack_success_rate_train_seeds": float(train_success),
                 "triplay/attack_diversity": 0.5 * (bleu_div + embed_div),
                 "triplay/attack_diversity_bleu": bleu_div, "triplay/attack_diversity_embedding": embed_div,
                 "triplay/attack_diversity_raw": raw_div,
-                "triplay/attack_strategy_entropy": strategy_entropy(wrappers, len(JAILBREAK_WRAPPERS) + 1),
+                "triplay/attack_strategy_entropy": strategy_entropy(list(wrappers), len(JAILBREAK_WRAPPERS) + 1),
                 "triplay/attack_distinct": len(set(attacks)) / max(1, len(attacks)),
                 # the share of each jailbreak wrapper among the attacks (what P_div trades against success)
-                **{f"triplay/attack_wrapper/{name}": float(np.mean([w == name for w in wrappers]))
-                   for name in (*JAILBREAK_WRAPPERS, "none")}}
+                **{f"triplay/attack_wrapper/{name}": float(np.mean(wrappers == name))
+                   for name in (*JAILBREAK_WRAPPERS, "none")},
+                # success against the fixed defender per wrapper (only the wrappers the attacker used)
+                **{f"triplay/attack_success_by_wrapper/{name}": float(hits[wrappers == name].mean())
+                   for name in (*JAILBREAK_WRAPPERS, "none") if (wrappers == name).any()}}
 
     def defender_metrics(self, seed: int) -> dict[str, float]:
         from alignbench.eval.harness import PolicyResponder, evaluate

@@ -154,7 +154,8 @@ class Embedder:
         if not texts:
             return np.zeros((0, 1))
         if self._model is None:
-            return np.asarray([self._world(t) for t in texts], dtype=np.float64)
+            # the placeholder is a word of its own: a bare-request template is a strategy too
+            return np.asarray([self._world(t, (REQUEST_PLACEHOLDER,)) for t in texts], dtype=np.float64)
         import torch
 
         with torch.inference_mode():

@@ -122,17 +122,22 @@ def _vocabulary_index() -> dict[str, int]:
     return {token: i for i, token in enumerate(T.world_vocabulary())}
 
 
-def world_text_embedding(text: str) -> list[float]:
+def world_text_embedding(text: str, extra_tokens: tuple[str, ...] = ()) -> list[float]:
     """Unit-length bag-of-words vector over the world vocabulary (zeros for text with no known token).
 
     Used for TriPlay's embedding-similarity diversity term on the tiny model, which has no sentence
-    encoder: cosine similarity of two of these is their word-overlap similarity.
+    encoder: cosine similarity of two of these is their word-overlap similarity. ``extra_tokens`` get a
+    dimension each after the vocabulary's (e.g. TriPlay's ``<request>`` placeholder, so that two bare
+    strategy templates ``"<request>"`` are identical rather than two zero vectors).
     """
     index = _vocabulary_index()
-    vector = [0.0] * len(index)
+    vector = [0.0] * (len(index) + len(extra_tokens))
+    extra = {token: len(index) + i for i, token in enumerate(extra_tokens)}
     for token in tokens_of(text):
         if token in index:
             vector[index[token]] += 1.0
+        elif token in extra:
+            vector[extra[token]] += 1.0
     norm = math.sqrt(sum(v * v for v in vector))
     return [v / norm for v in vector] if norm else vector
 
