@@ -74,3 +74,97 @@ def test_shared_prompts_through_lora_and_the_fused_pass():
                                         share_prompts=False)
     for got in (shared, fused_shared, fused_plain):
         torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- padding-free scoring
+def _model(kind):
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD, initializer_range=0.2)
+    if kind == "qwen2":  # q/k/v biases
+        return Qwen2ForCausalLM(Qwen2Config(**common))
+    if kind == "mistral":
+        return MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    return LlamaForCausalLM(LlamaConfig(**common, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+
+
+def _ragged_batch(group, response_len=7):
+    """Responses that end at different lengths: most rows carry right padding after their EOS."""
+    sequences, attention, start, response_mask = _group_batch(group=group, response_len=response_len)
+    lengths = torch.arange(len(sequences)) % response_len + 1
+    response_mask = (torch.arange(response_len)[None] < lengths[:, None]).long()
+    sequences[:, start:] = torch.where(response_mask.bool(), sequences[:, start:], PAD)
+    attention[:, start:] = response_mask
+    return sequences, attention, start, response_mask
+
+
+@pytest.mark.parametrize("kind,group", [("llama", 3), ("llama", 1), ("qwen2", 3), ("mistral", 2)])
+def test_packed_scoring_gives_the_padded_logprobs_and_gradients(kind, group):
+    model = _model(kind).train()
+    args = _ragged_batch(group)
+    assert (args[3] == 0).float().mean() > 0.3  # a third of the response cells are padding
+
+    def run(**kw):
+        model.zero_grad(set_to_none=True)
+        logp, entropy = sequence_logprobs(model, *args, return_entropy=True, **kw)
+        (logp.sum() + 0.1 * entropy.sum()).backward()
+        return logp.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]
+
+    packed = run(packed=True)
+    padded = run(packed=False, share_prompts=False)
+    for got, want in zip(packed[:2], padded[:2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    for got, want in zip(packed[2], padded[2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (packed[0] != 0).any() and (packed[0][args[3] == 0] == 0).all()
+
+
+def test_packed_scoring_through_lora_adapters_and_its_auto_choice(monkeypatch):
+    peft = pytest.importorskip("peft")
+    import alignbench.rl.packed as packed_module
+
+    model = peft.get_peft_model(_llama(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                           init_lora_weights=False, lora_dropout=0.0)).train()
+    args = _ragged_batch(3)
+    calls = []
+    real = packed_module.packed_logits
+    monkeypatch.setattr(packed_module, "packed_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def grads(**kw):
+        model.zero_grad(set_to_none=True)
+        logp = sequence_logprobs(model, *args, **kw)
+        logp.sum().backward()
+        return logp.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    auto = grads()  # grad on, a third of the cells padding: "auto" packs
+    assert calls == [1]
+    padded = grads(packed=False)
+    assert calls == [1]
+    torch.testing.assert_close(auto[0], padded[0], atol=1e-5, rtol=0)
+    for got, want in zip(auto[1], padded[1]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    full = _group_batch(response_len=5)  # (almost) no padding: "auto" keeps the padded pass
+    sequence_logprobs(model, *full)
+    assert calls == [1]
+
+
+def test_packed_scoring_refuses_what_it_does_not_reproduce():
+    model = _llama().train()
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="packed=True cannot score this model: gradient checkpointing"):
+        sequence_logprobs(model, *_ragged_batch(3), packed=True)
+    sequence_logprobs(model, *_ragged_batch(3))  # "auto" falls back to the padded forward
+
+
+def test_fused_scoring_packs_the_real_response_tokens():
+    model = _llama().eval()
+    args = _ragged_batch(3)
+    with torch.no_grad():
+        padded = sequence_logprobs(model, *args, fused=False, packed=False, share_prompts=False)
+        fused_packed = sequence_logprobs(model, *args, fused=True)
+        fused_padded = sequence_logprobs(model, *args, fused=True, packed=False)
+    torch.testing.assert_close(fused_packed, padded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused_padded, padded, atol=1e-5, rtol=0)
+    assert (fused_packed[args[3] == 0] == 0).all() and (fused_packed != 0).any()

@@ -225,34 +225,54 @@ class FusedLlama:
     # ----------------------------------------------------------------- wide pass
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
-                logits_to_keep: int = 0, cache: "KVBuffers | None" = None) -> torch.Tensor:
+                logits_to_keep: int = 0, cache: "KVBuffers | None" = None,
+                packed: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, n, V]`` of the last ``logits_to_keep`` positions (0: all) of left-padded rows.
 
         With ``cache``, the keys/values of these positions are written at its current length (the
         prefill of a rollout; ``attention_mask`` then covers the cache up to the new length).
+
+        ``packed``: indices of the real cells of the flattened ``[B T]`` input (as in
+        ``alignbench.rl.packed``): every token-wise product runs on those ``N`` tokens only, attention
+        sees them scattered into ``[B, T]`` (zeros in the pad cells, which causal order puts after a
+        row's real tokens), and the logits are ``[N, V]``.
         """
         batch, width = input_ids.shape
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         rope_heads = heads + kv_heads
         start = 0 if cache is None else cache.length
-        cos, sin = (t[:, None] for t in self._rope_tables(position_ids))  # [B, 1, T, D]
+        cos, sin = self._rope_tables(position_ids)  # [B, T, D]
         keys_width = start + width
         causal = torch.ones(width, keys_width, dtype=torch.bool, device=input_ids.device).tril(start)
         mask = self._key_mask(attention_mask[:, :keys_width]).masked_fill(~causal, torch.finfo(self.dtype).min)
         hidden = self.embed[input_ids]  # [B, T, d]
+        if packed is not None:
+            hidden = hidden.flatten(0, 1)[packed]  # [N, d]
+            cos, sin = cos.flatten(0, 1)[packed][:, None], sin.flatten(0, 1)[packed][:, None]  # [N, 1, D]
+        else:
+            cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
         for index, (eps_in, qkv_w, o_w, eps_post, gate_up_w, down_w) in enumerate(self.layers):
             qkv = _linear_rows(qkv_w, _rms_normalised(hidden, eps_in))
-            qkv = qkv.view(batch, width, heads + 2 * kv_heads, dim).transpose(1, 2)  # [B, heads, T, D]
-            qk = qkv[:, :rope_heads]
-            qk = torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin)
-            query, key, value = qk[:, :heads], qk[:, heads:], qkv[:, rope_heads:]
+            if packed is not None:  # RoPE on the N tokens, then scatter into [B, heads, T, D]
+                qkv = qkv.view(-1, heads + 2 * kv_heads, dim)
+                qk = qkv[:, :rope_heads]
+                qk.copy_(torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin))
+                qkv = qkv.new_zeros(batch * width, heads + 2 * kv_heads, dim).index_copy_(0, packed, qkv)
+                qkv = qkv.view(batch, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+                query, key, value = qkv[:, :heads], qkv[:, heads:rope_heads], qkv[:, rope_heads:]
+            else:
+                qkv = qkv.view(batch, width, heads + 2 * kv_heads, dim).transpose(1, 2)  # [B, heads, T, D]
+                qk = qkv[:, :rope_heads]
+                qk = torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin)
+                query, key, value = qk[:, :heads], qk[:, heads:], qkv[:, rope_heads:]
             if cache is not None:
-                cache.keys[index][:, :, start:keys_width].copy_(key)
-                cache.values[index][:, :, start:keys_width].copy_(value)
-                key, value = cache.keys[index][:, :, :keys_width], cache.values[index][:, :, :keys_width]
+                key, value = cache.write(index, start, keys_width, key, value)
             attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=1.0,
                                                                   enable_gqa=kv_heads != heads)
-            hidden = hidden + _linear_rows(o_w, attended.transpose(1, 2).reshape(batch, width, heads * dim))
+            attended = attended.transpose(1, 2).reshape(batch, width, heads * dim)
+            if packed is not None:
+                attended = attended.flatten(0, 1).index_select(0, packed)
+            hidden = hidden + _linear_rows(o_w, attended)
             gate_up = _linear_rows(gate_up_w, _rms_normalised(hidden, eps_post))
             inner = gate_up.shape[-1] // 2
             hidden = hidden + _linear_rows(down_w, nn.functional.silu(gate_up[..., :inner]) * gate_up[..., inner:])
@@ -279,18 +299,43 @@ def _linear_rows(parts, x: torch.Tensor) -> torch.Tensor:
 
 
 class KVBuffers:
-    """Per-layer key/value buffers ``[B, H_kv, capacity, D]`` allocated once for a whole rollout."""
+    """Per-layer key/value buffers allocated once for a whole rollout.
 
-    def __init__(self, fused: FusedLlama, batch: int, capacity: int, device: torch.device) -> None:
-        shape = (batch, fused.kv_heads, capacity, fused.head_dim)
+    ``position_major=False``: ``[B, H_kv, capacity, D]``, what SDPA reads in the wide pass (scoring).
+    ``position_major=True``: ``[capacity, B, H_kv, D]``, the decoder's layout: a decode step writes one
+    contiguous ``[B, H_kv, D]`` block per layer, where the batch-major layout scatters ``B * H_kv``
+    runs of ``D`` floats over the whole buffer (the benchmark's rollout took ~7% longer that way),
+    and attention reads every ``(row, head)`` matrix in place as a strided view (row stride
+    ``B * H_kv * D``) that ``bmm`` takes without a copy.
+    """
+
+    def __init__(self, fused: FusedLlama, batch: int, capacity: int, device: torch.device, *,
+                 position_major: bool = False) -> None:
+        self.position_major = position_major
+        shape = ((capacity, batch, fused.kv_heads, fused.head_dim) if position_major
+                 else (batch, fused.kv_heads, capacity, fused.head_dim))
         self.keys = [torch.empty(shape, dtype=fused.dtype, device=device) for _ in fused.layers]
         self.values = [torch.empty(shape, dtype=fused.dtype, device=device) for _ in fused.layers]
         self.length = 0
 
+    def write(self, layer: int, start: int, end: int, key: torch.Tensor, value: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``[B, H_kv, end - start, D]`` keys/values at positions ``start:end`` of ``layer``;
+        return the layer's keys/values ``[B, H_kv, end, D]`` (views of the buffers)."""
+        keys, values = self.keys[layer], self.values[layer]
+        if self.position_major:
+            keys[start:end].copy_(key.permute(2, 0, 1, 3))
+            values[start:end].copy_(value.permute(2, 0, 1, 3))
+            return keys[:end].permute(1, 2, 0, 3), values[:end].permute(1, 2, 0, 3)
+        keys[:, :, start:end].copy_(key)
+        values[:, :, start:end].copy_(value)
+        return keys[:, :, :end], values[:, :, :end]
+
     def select(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (repeats allowed: one prompt's cache copied to every row of its group)."""
-        self.keys = [keys[index] for keys in self.keys]
-        self.values = [values[index] for values in self.values]
+        dim = 1 if self.position_major else 0
+        self.keys = [keys.index_select(dim, index) for keys in self.keys]
+        self.values = [values.index_select(dim, index) for values in self.values]
 
 
 class FusedDecoder:
@@ -300,7 +345,7 @@ class FusedDecoder:
                  max_new_tokens: int) -> None:
         batch, width = prompt_ids.shape
         self.fused, self.prompt_ids = fused, prompt_ids
-        self.cache = KVBuffers(fused, batch, width + max_new_tokens, prompt_ids.device)
+        self.cache = KVBuffers(fused, batch, width + max_new_tokens, prompt_ids.device, position_major=True)
         self.attention = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
         self.positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
         # RoPE of every later position, transposed to [steps, 1, D, B] for the h^T layout
@@ -325,12 +370,12 @@ class FusedDecoder:
                                         cache=self.cache)
             return logits[:, -1].float()
         first, inverse = groups
-        unique = KVBuffers(self.fused, first.shape[0], width, self.prompt_ids.device)
+        unique = KVBuffers(self.fused, first.shape[0], width, self.prompt_ids.device, position_major=True)
         logits = self.fused.forward(self.prompt_ids[first], prompt_mask[first], self.positions[first],
                                     logits_to_keep=1, cache=unique)
         for full, part in ((self.cache.keys, unique.keys), (self.cache.values, unique.values)):
             for layer, layer_part in zip(full, part):
-                layer[:, :, :width] = layer_part[inverse]
+                torch.index_select(layer_part, 1, inverse, out=layer[:width])
         self.cache.length = width
         return logits[inverse, -1].float()
 
@@ -351,15 +396,18 @@ class FusedDecoder:
             qkv = _linear_cols(qkv_w, _rms_normalised(hidden_t, eps_in, dim=0))  # [(H + 2 H_kv) D, B]
             qk = qkv[: rope_heads * dim].view(rope_heads, dim, batch)
             torch.addcmul(qk * cos, torch.roll(qk, dim // 2, 1), sin, out=qk)  # RoPE on q and k, in place
-            rows = qkv.view(heads + 2 * kv_heads, dim, batch).permute(2, 0, 1).contiguous()  # [B, heads, D]
+            rows = qkv.view(heads + 2 * kv_heads, dim, batch).permute(2, 0, 1)  # [B, heads, D], a strided view
             keys, values = cache.keys[index], cache.values[index]
-            keys[:, :, position].copy_(rows[:, heads:rope_heads])
-            values[:, :, position].copy_(rows[:, rope_heads:])
-            # one query per row: [B, H_kv, G, D] @ [B, H_kv, D, T] -> softmax -> @ [B, H_kv, T, D]
-            query = rows[:, :heads].view(batch, kv_heads, group, dim)
-            scores = torch.matmul(query, keys[:, :, :end].transpose(-1, -2)).add_(key_mask)
+            keys[position].copy_(rows[:, heads:rope_heads])  # one contiguous [B, H_kv, D] block
+            values[position].copy_(rows[:, rope_heads:])
+            # one query per row: [B H_kv, G, D] @ [B H_kv, D, T] -> softmax -> @ [B H_kv, T, D], every
+            # (row, kv head) matrix read in place from the position-major buffer
+            query = rows[:, :heads].reshape(batch * kv_heads, group, dim)
+            keys_t = keys[:end].view(end, batch * kv_heads, dim).permute(1, 2, 0)
+            scores = torch.bmm(query, keys_t).view(batch, kv_heads, group, end).add_(key_mask)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(fused.dtype)
-            attended = torch.matmul(probs, values[:, :, :end]).view(batch, heads * dim)
+            attended = torch.bmm(probs.view(batch * kv_heads, group, end),
+                                 values[:end].view(end, batch * kv_heads, dim).transpose(0, 1)).view(batch, heads * dim)
             hidden_t = _residual_cols(hidden_t, o_w, attended.t())
             gate_up = _linear_cols(gate_up_w, _rms_normalised(hidden_t, eps_post, dim=0))
             inner = gate_up.shape[0] // 2

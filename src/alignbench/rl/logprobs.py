@@ -41,6 +41,7 @@ def sequence_logprobs(
     return_logits: bool = False,
     fused: str | bool = "auto",
     share_prompts: bool = True,
+    packed: str | bool = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Per-token log pi(y_t | x, y_<t) of the response tokens.
 
@@ -54,6 +55,10 @@ def sequence_logprobs(
     ``fused``: ``"auto"`` (default) computes the logits with ``FusedLlama.forward`` when grad is off,
     the model is on the CPU and ``fused_support`` accepts it; ``True`` insists on it, ``False``
     always calls the model's forward. ``share_prompts``: run repeated prompts once (module docstring).
+    ``packed``: ``"auto"`` (default) runs the responses padding-free when at least
+    ``PACKED_MIN_PAD_SHARE`` of the response cells are padding: with grad by ``alignbench.rl.packed``
+    (when ``packed_support`` accepts the model), in the fused pass over shared prompts by
+    ``FusedLlama.forward(packed=...)``; ``True`` insists on the former, ``False`` never packs.
 
     Returns ``logp`` ``[B, T]`` (0 where ``response_mask`` is 0); with ``return_entropy`` and/or
     ``return_logits``, a tuple ``(logp, entropy?, logits?)`` holding the requested extras in that
@@ -63,7 +68,12 @@ def sequence_logprobs(
         raise ValueError("sequence_logprobs: response_start must be >= 1 (a prompt is needed).")
     groups = shared_prompt_groups(sequences, attention_mask, response_start) if share_prompts else None
     if _fused_scoring(model, fused):
-        logits = _fused_logits(model, sequences, attention_mask, response_start, groups)
+        logits = _fused_logits(model, sequences, attention_mask, response_start, groups, packed is not False)
+    elif _packed_scoring(model, packed, attention_mask, response_start):
+        from alignbench.rl.packed import packed_logits
+
+        logits = packed_logits(model, sequences, attention_mask, position_ids_from_mask(attention_mask),
+                               response_start, groups)
     elif groups is not None and _supports_lean(model) and _full_attention_cache(model) is not None:
         logits = _shared_prompt_logits(model, sequences, attention_mask, response_start, groups)
     else:
@@ -140,7 +150,7 @@ def _shared_prompt_logits(model, sequences, attention_mask, response_start, grou
     return torch.cat(parts, dim=1)
 
 
-def _fused_logits(model, sequences, attention_mask, response_start, groups) -> torch.Tensor:
+def _fused_logits(model, sequences, attention_mask, response_start, groups, packed: bool = True) -> torch.Tensor:
     from alignbench.rl.fused_llama import FusedLlama, KVBuffers
 
     fused = FusedLlama.of(model)
@@ -155,9 +165,42 @@ def _fused_logits(model, sequences, attention_mask, response_start, groups) -> t
     parts = [prompt_logits[inverse]]
     if num_response > 1:
         cache.select(inverse)
-        parts.append(fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
-                                   positions[:, response_start:-1], cache=cache))
+        cells = attention_mask[:, response_start:-1]
+        if not packed or _pad_share(cells) < PACKED_MIN_PAD_SHARE:
+            parts.append(fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
+                                       positions[:, response_start:-1], cache=cache))
+        else:  # padding-free: the products run on the real response tokens only
+            flat = cells.flatten().nonzero().squeeze(1)
+            real = fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
+                                 positions[:, response_start:-1], cache=cache, packed=flat)
+            logits = real.new_zeros(cells.numel(), real.shape[-1]).index_copy_(0, flat, real)
+            parts.append(logits.view(*cells.shape, -1))
     return torch.cat(parts, dim=1)
+
+
+PACKED_MIN_PAD_SHARE = 0.03
+
+
+def _packed_scoring(model: torch.nn.Module, packed: str | bool, attention_mask: torch.Tensor,
+                    response_start: int) -> bool:
+    """Whether ``sequence_logprobs`` scores the responses padding-free (see its ``packed`` argument)."""
+    if packed is False:
+        return False
+    from alignbench.rl.packed import packed_support
+
+    if packed is True:
+        reason = packed_support(model)
+        if reason is not None:
+            raise ValueError(f"sequence_logprobs: packed=True cannot score this model: {reason}")
+        return True
+    if packed != "auto":
+        raise ValueError(f"sequence_logprobs: packed must be 'auto', True or False, got {packed!r}")
+    return _pad_share(attention_mask[:, response_start:-1]) >= PACKED_MIN_PAD_SHARE and packed_support(model) is None
+
+
+def _pad_share(cells: torch.Tensor) -> float:
+    """Share of pad cells among the scored response positions (0 for none)."""
+    return 1.0 - float(cells.float().mean()) if cells.numel() else 0.0
 
 
 def _fused_scoring(model: torch.nn.Module, fused: str | bool) -> bool:

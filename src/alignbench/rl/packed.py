@@ -1,0 +1,133 @@
+"""Padding-free scoring with grad: the policy term of the loss computed only on real response tokens.
+
+A rollout's responses are right-padded after their first EOS (layout in ``alignbench.rl.rollout``),
+and a plain forward over ``[B, P + T]`` spends the same FLOPs on those pad cells as on real tokens;
+their log-probs are then masked to 0. In the benchmark's 32 x 64 rollout of a random model ~12% of
+the cells are padding; with a trained policy whose answers end at different lengths, far more.
+
+``packed_logits`` runs a Llama-family transformers model (llama, mistral, qwen2, through peft LoRA
+layers too) over the prompts first (once per unique prompt when a GRPO group repeats them, with the
+model's own forward and KV cache, as ``logprobs._shared_prompt_logits``), then over the **packed**
+response tokens: every token-wise part of a decoder layer (norms, q/k/v/o projections, RoPE, MLP,
+final norm, LM head) runs on the ``N`` real tokens as one ``[N, d]`` matrix, and only attention sees
+the padded ``[B, T]`` layout (queries, keys and values scattered into it and gathered back):
+
+    h_i  <- h_i + o_proj(attention(q, k, v)[i])        i in the N real response positions
+    h_i  <- h_i + mlp(norm(h_i))
+
+Pad cells hold zero queries/keys/values; causal order puts them after every real token of their row,
+so no real query attends to them and the result equals the padded forward to float rounding
+(``tests/test_logprobs.py`` checks log-probs and gradients). The submodules are the model's own
+(``layer.self_attn.q_proj(x)``, ``layer.mlp(x)``, ...), so LoRA adapters, biases and RoPE scaling
+apply as in its forward. ``packed_support`` names what this path does not reproduce (attention
+dropout, sliding windows, gradient checkpointing, a DDP wrapper, other architectures); callers then
+use the padded forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+__all__ = ["packed_logits", "packed_support"]
+
+_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _core(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def packed_support(model: nn.Module) -> str | None:
+    """``None`` when ``packed_logits`` computes what ``model``'s forward does; else the reason."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return "a DDP wrapper (its forward prepares the gradient all-reduce)"
+    peft_config = getattr(model, "active_peft_config", None)
+    if getattr(peft_config, "is_prompt_learning", False):
+        return "a prompt-learning adapter"
+    core = _core(model)
+    config = getattr(core, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _MODEL_TYPES:
+        return f"model_type {model_type!r} (packed scoring covers {', '.join(_MODEL_TYPES)})"
+    if getattr(core, "is_gradient_checkpointing", False) and core.training:
+        return "gradient checkpointing"
+    if core.training and getattr(config, "attention_dropout", 0.0):
+        return f"attention dropout {config.attention_dropout}"
+    if model_type != "llama" and getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    body = getattr(core, "model", None)
+    if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb") or not hasattr(core, "lm_head"):
+        return "no .model.layers / .model.rotary_emb / .lm_head"
+    return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                  response_start: int, groups: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Logits ``[B, T, V]`` of positions ``P - 1 .. P + T - 2`` (each predicts response token t), as
+    ``logprobs._plain_logits`` returns them; rows of pad positions are 0 (they predict pad tokens,
+    which the response mask drops). ``groups``: ``shared_prompt_groups``' ``(first, inverse)`` or None.
+    """
+    core = _core(model)
+    body, config = core.model, core.config
+    batch, width = sequences.shape
+    prompt = response_start
+    rows = torch.arange(batch, device=sequences.device)
+    first, inverse = groups if groups is not None else (rows, rows)
+
+    # 1. the prompts, once per unique prompt, with the model's own forward; their cache serves every row
+    cache = DynamicCache(config=config)
+    prompt_logits = model(input_ids=sequences[first, :prompt], attention_mask=attention_mask[first, :prompt],
+                          position_ids=position_ids[first, :prompt], past_key_values=cache, use_cache=True,
+                          logits_to_keep=1).logits[:, -1]
+    cache.batch_select_indices(inverse)
+    steps = width - prompt - 1  # response positions P .. W - 2 predict tokens P + 1 .. W - 1
+    if steps <= 0:
+        return prompt_logits[inverse][:, None]
+
+    # 2. the real response tokens of those positions, packed into [N, d]
+    real = attention_mask[:, prompt:width - 1].bool()  # [B, S]
+    flat = real.flatten().nonzero().squeeze(1)  # where the N real cells sit in the flattened [B S]
+    tokens = sequences[:, prompt:width - 1].flatten()[flat]
+    hidden = body.embed_tokens(tokens)  # [N, d]
+    cos, sin = body.rotary_emb(hidden[None], position_ids[:, prompt:width - 1].flatten()[flat][None])
+    cos, sin = cos[0, :, None], sin[0, :, None]  # [N, 1, D]
+    # additive mask [B, 1, S, P + S]: a row's prompt padding, and causal order over the responses
+    keys_mask = attention_mask[:, : width - 1].bool()[:, None, None, :]
+    causal = torch.ones(steps, prompt + steps, dtype=torch.bool, device=sequences.device).tril(prompt)
+    mask = torch.zeros(keys_mask.shape[0], 1, steps, prompt + steps, dtype=hidden.dtype, device=hidden.device)
+    mask = mask.masked_fill(~(keys_mask & causal), torch.finfo(hidden.dtype).min)
+
+    def padded(packed: torch.Tensor) -> torch.Tensor:
+        """``[N, H, D]`` -> ``[B, H, S, D]`` with zeros in the pad cells (``index_copy``: its
+        backward is one ``index_select``)."""
+        out = packed.new_zeros(batch * steps, *packed.shape[1:]).index_copy(0, flat, packed)
+        return out.view(batch, steps, *packed.shape[1:]).transpose(1, 2)
+
+    for index, layer in enumerate(body.layers):
+        attention = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        query = attention.q_proj(x).view(x.shape[0], -1, attention.head_dim)
+        key = attention.k_proj(x).view(x.shape[0], -1, attention.head_dim)
+        value = attention.v_proj(x).view(x.shape[0], -1, attention.head_dim)
+        query = query * cos + _rotate_half(query) * sin
+        key = key * cos + _rotate_half(key) * sin
+        past = cache.layers[index]
+        keys = torch.cat([past.keys, padded(key)], dim=2)
+        values = torch.cat([past.values, padded(value)], dim=2)
+        attended = nn.functional.scaled_dot_product_attention(
+            padded(query), keys, values, attn_mask=mask, scale=attention.scaling,
+            enable_gqa=keys.shape[1] != query.shape[1])  # [B, H, S, D]
+        attended = attended.transpose(1, 2).reshape(batch * steps, -1).index_select(0, flat)  # back to [N, H D]
+        hidden = hidden + attention.o_proj(attended)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    response_logits = core.lm_head(body.norm(hidden))  # [N, V]
+    logits = response_logits.new_zeros(batch * steps, response_logits.shape[-1]).index_copy(0, flat, response_logits)
+    logits = logits.view(batch, steps, -1)
+    return torch.cat([prompt_logits[inverse][:, None], logits], dim=1)
