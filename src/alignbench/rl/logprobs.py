@@ -3,7 +3,7 @@
 ``sequence_logprobs`` scores a rollout (layout in ``alignbench.rl.rollout``) under a causal LM, with
 or without grad: the reference and pi_old passes, and the policy term of every clipped loss.
 
-Two things make it cheaper than one forward over ``[B, P + T]`` without changing what it computes:
+Three things make it cheaper than one forward over ``[B, P + T]`` without changing what it computes:
 
 * **Shared prompts.** GRPO-style batches repeat every prompt k times (a group), and rows with the
   same prompt have the same left padding, so their prompt columns give the same hidden states and
@@ -13,9 +13,14 @@ Two things make it cheaper than one forward over ``[B, P + T]`` without changing
   the responses run on top of it. Prompt FLOPs fall by a factor ``k``: 10% of the pass for the
   benchmark's 10-token prompts and 64-token answers, most of it for long chat-template prompts.
 * **Fused no-grad pass** (``alignbench.rl.fused_llama``) for Llama-family models on the CPU.
+* **Padding-free responses.** Responses are right-padded after their EOS; when enough cells are
+  padding, the token-wise products (norms, projections, MLP, LM head) run on the real tokens only
+  and attention alone sees the padded layout (``alignbench.rl.packed`` with grad,
+  ``FusedLlama.forward(packed=...)`` without). ~12% of the benchmark's cells; far more when a
+  trained policy's answers end at different lengths.
 
-Both are exact rewrites (same values to float rounding; tested against the plain pass, log-probs
-and gradients). ``share_prompts=False`` / ``fused=False`` force the plain model forward.
+All three are exact rewrites (same values to float rounding; tested against the plain pass, log-probs
+and gradients). ``share_prompts=False`` / ``fused=False`` / ``packed=False`` force the plain model forward.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ so no real query attends to them and the result equals the padded forward to flo
 (``tests/test_logprobs.py`` checks log-probs and gradients). The submodules are the model's own
 (``layer.self_attn.q_proj(x)``, ``layer.mlp(x)``, ...), so LoRA adapters, biases and RoPE scaling
 apply as in its forward. ``packed_support`` names what this path does not reproduce (attention
-dropout, sliding windows, gradient checkpointing, a DDP wrapper, other architectures); callers then
-use the padded forward.
+dropout, sliding windows, gradient checkpointing, a DDP wrapper, FSDP-sharded layers, other
+architectures); callers then use the padded forward.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def packed_support(model: nn.Module) -> str | None:
     if getattr(peft_config, "is_prompt_learning", False):
         return "a prompt-learning adapter"
     core = _core(model)
+    names = (type(module).__name__ for module in core.modules())
+    sharded = next((name for name in names if "FullyShard" in name or "FSDP" in name), None)
+    if sharded:
+        return f"FSDP-sharded modules ({sharded}: their parameters are gathered by the wrapper's forward)"
     config = getattr(core, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in _MODEL_TYPES:
