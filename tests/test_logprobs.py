@@ -168,3 +168,16 @@ def test_fused_scoring_packs_the_real_response_tokens():
     torch.testing.assert_close(fused_packed, padded, atol=1e-5, rtol=0)
     torch.testing.assert_close(fused_padded, padded, atol=1e-5, rtol=0)
     assert (fused_packed[args[3] == 0] == 0).all() and (fused_packed != 0).any()
+
+
+def test_packed_scoring_returns_the_logits_of_every_scored_token():
+    model = _llama().eval()
+    args = _ragged_batch(3)
+    scored = args[3].bool()
+    with torch.no_grad():
+        _, packed_logits = sequence_logprobs(model, *args, fused=False, packed=True, return_logits=True,
+                                             temperature=0.7)
+        _, padded_logits = sequence_logprobs(model, *args, fused=False, packed=False, return_logits=True,
+                                             temperature=0.7)
+    assert packed_logits.shape == padded_logits.shape
+    torch.testing.assert_close(packed_logits[scored], padded_logits[scored], atol=1e-5, rtol=0)

@@ -16,7 +16,7 @@ Three things make it cheaper than one forward over ``[B, P + T]`` without changi
 * **Padding-free responses.** Responses are right-padded after their EOS; when enough cells are
   padding, the token-wise products (norms, projections, MLP, LM head) run on the real tokens only
   and attention alone sees the padded layout (``alignbench.rl.packed`` with grad,
-  ``FusedLlama.forward(packed=...)`` without). ~12% of the benchmark's cells; far more when a
+  ``FusedLlama.forward(packed=...)`` without). 5-13% of the benchmark's cells; far more when a
   trained policy's answers end at different lengths.
 
 All three are exact rewrites (same values to float rounding; tested against the plain pass, log-probs
@@ -83,22 +83,35 @@ def sequence_logprobs(
         logits = _shared_prompt_logits(model, sequences, attention_mask, response_start, groups)
     else:
         logits = _plain_logits(model, sequences, attention_mask, response_start)
-    logits = logits.float()  # [B, T, V]: position P + t - 1, which predicts response token t
+    # [B, T, V] (position P + t - 1 predicts response token t), or padding-free ([M, V], cells): the
+    # rows of the M real cells of the flattened [B T] grid
+    logits, cells = logits if isinstance(logits, tuple) else (logits, None)
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     targets = sequences[:, response_start:]
+    shape = targets.shape
+    if cells is not None:
+        targets = targets.flatten()[cells]
+
+    def grid(values: torch.Tensor) -> torch.Tensor:
+        """Per-row values back on the [B, T] grid (0 in the pad cells, which the mask drops)."""
+        if cells is None:
+            return values
+        return values.new_zeros(shape.numel(), *values.shape[1:]).index_copy(0, cells, values).view(*shape, *values.shape[1:])
+
     mask_f = response_mask.to(logits.dtype)
     token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     log_normaliser = torch.logsumexp(logits, dim=-1)
-    logp = (token_logits - log_normaliser) * mask_f
+    logp = grid(token_logits - log_normaliser) * mask_f
 
     extras: list[torch.Tensor] = []
     if return_entropy:
         # entropy_from_logits's H = logsumexp(z) - sum_v p_v z_v, reusing the logsumexp above
         probs = torch.exp(logits - log_normaliser.unsqueeze(-1))
-        extras.append((log_normaliser - (probs * logits).sum(dim=-1)) * mask_f)
+        extras.append(grid(log_normaliser - (probs * logits).sum(dim=-1)) * mask_f)
     if return_logits:
-        extras.append(logits)
+        extras.append(grid(logits))
     return (logp, *extras) if extras else logp
 
 
@@ -178,9 +191,18 @@ def _fused_logits(model, sequences, attention_mask, response_start, groups, pack
             flat = cells.flatten().nonzero().squeeze(1)
             real = fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
                                  positions[:, response_start:-1], cache=cache, packed=flat)
-            logits = real.new_zeros(cells.numel(), real.shape[-1]).index_copy_(0, flat, real)
-            parts.append(logits.view(*cells.shape, -1))
+            return packed_rows(parts[0][:, -1], real, flat, cells.shape[1])
     return torch.cat(parts, dim=1)
+
+
+def packed_rows(first_rows: torch.Tensor, response_rows: torch.Tensor, flat: torch.Tensor, steps: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [M, V], cells [M])`` for ``sequence_logprobs``: row b's prompt-end logits (grid cell
+    ``b T``) then the real response positions (``flat`` indexes the ``[B, steps]`` response positions
+    ``P .. P + steps - 1``, which sit at grid column ``1 + s`` with ``T = steps + 1``)."""
+    rows = torch.arange(first_rows.shape[0], device=flat.device)
+    cells = torch.cat([rows * (steps + 1), flat // steps * (steps + 1) + flat % steps + 1])
+    return torch.cat([first_rows, response_rows]), cells
 
 
 PACKED_MIN_PAD_SHARE = 0.03

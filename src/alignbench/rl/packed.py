@@ -2,7 +2,7 @@
 
 A rollout's responses are right-padded after their first EOS (layout in ``alignbench.rl.rollout``),
 and a plain forward over ``[B, P + T]`` spends the same FLOPs on those pad cells as on real tokens;
-their log-probs are then masked to 0. In the benchmark's 32 x 64 rollout of a random model ~12% of
+their log-probs are then masked to 0. In the benchmark's 32 x 64 rollout of a random model 5-13% of
 the cells are padding; with a trained policy whose answers end at different lengths, far more.
 
 ``packed_logits`` runs a Llama-family transformers model (llama, mistral, qwen2, through peft LoRA
@@ -73,10 +73,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                  response_start: int, groups: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """Logits ``[B, T, V]`` of positions ``P - 1 .. P + T - 2`` (each predicts response token t), as
-    ``logprobs._plain_logits`` returns them; rows of pad positions are 0 (they predict pad tokens,
-    which the response mask drops). ``groups``: ``shared_prompt_groups``' ``(first, inverse)`` or None.
+                  response_start: int, groups: tuple[torch.Tensor, torch.Tensor] | None
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The logits of positions ``P - 1 .. P + T - 2`` (each predicts response token t) at the real
+    positions only: ``(logits [M, V], cells [M])`` as ``logprobs.packed_rows`` lays them out, which
+    ``sequence_logprobs`` scores without ever padding them (pad positions predict pad tokens, which
+    the response mask drops). ``groups``: ``shared_prompt_groups``' ``(first, inverse)`` or None.
     """
     core = _core(model)
     body, config = core.model, core.config
@@ -131,7 +133,6 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
         attended = attended.transpose(1, 2).reshape(batch * steps, -1).index_select(0, flat)  # back to [N, H D]
         hidden = hidden + attention.o_proj(attended)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    response_logits = core.lm_head(body.norm(hidden))  # [N, V]
-    logits = response_logits.new_zeros(batch * steps, response_logits.shape[-1]).index_copy(0, flat, response_logits)
-    logits = logits.view(batch, steps, -1)
-    return torch.cat([prompt_logits[inverse][:, None], logits], dim=1)
+    from alignbench.rl.logprobs import packed_rows
+
+    return packed_rows(prompt_logits[inverse], core.lm_head(body.norm(hidden)), flat, steps)
