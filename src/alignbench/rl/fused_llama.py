@@ -23,8 +23,10 @@ What the copy changes, each an exact rewrite up to float rounding:
   layer computes ``W @ h^T`` (weight = the wide streamed operand, activations = the small packed
   one): on the 2-core AVX2 machine the benchmark's 32-row products run at ~66 GFLOP/s this way
   against ~53 GFLOP/s as ``h @ W^T`` (``benchmarks/README.md``).
-* **Decode attention by two batched products** over the cache (grouped-query heads share K/V
-  without ``repeat_kv``), and no per-step mask construction: the key mask is built once.
+* **Decode attention by two batched products** over a position-major cache (``KVBuffers``: one
+  contiguous write per step and layer; grouped-query heads share K/V without ``repeat_kv``), and no
+  per-step mask construction: the key mask is built once.
+* **Padding-free wide pass** (``forward(packed=...)``): the products run on the real tokens only.
 
 The arithmetic is the model's own (RMSNorm in float32 then cast back, SiLU gate, softmax attention in
 float32, padding masked with the dtype's minimum so no row is ever all ``-inf``); only the summation
