@@ -149,19 +149,26 @@ def _full_attention_cache(model) -> DynamicCache | None:
     return cache if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers) else None
 
 
-def _shared_prompt_logits(model, sequences, attention_mask, response_start, groups) -> torch.Tensor:
-    """The model's forward over the unique prompts, then over every row's response on their cache."""
-    first, inverse = groups
-    positions = position_ids_from_mask(attention_mask)
-    cache = _full_attention_cache(model)
+def unique_prompt_pass(model, sequences, attention_mask, positions, response_start, first, inverse
+                       ) -> tuple[torch.Tensor, DynamicCache]:
+    """The model's own forward over the unique prompts ``first``: every row's prompt-end logits
+    ``[B, V]`` and a ``DynamicCache`` of the prompts, already copied to every row (``inverse``)."""
+    cache = DynamicCache(config=_unwrap(model).config)
     keep = _accepts_logits_to_keep(model)
     prompt_logits = model(input_ids=sequences[first, :response_start],
                           attention_mask=attention_mask[first, :response_start],
                           position_ids=positions[first, :response_start], past_key_values=cache, use_cache=True,
-                          **(dict(logits_to_keep=1) if keep else {})).logits[:, -1:]
-    parts = [prompt_logits[inverse]]
+                          **(dict(logits_to_keep=1) if keep else {})).logits[:, -1]
+    cache.batch_select_indices(inverse)
+    return prompt_logits[inverse], cache
+
+
+def _shared_prompt_logits(model, sequences, attention_mask, response_start, groups) -> torch.Tensor:
+    """The model's forward over the unique prompts, then over every row's response on their cache."""
+    positions = position_ids_from_mask(attention_mask)
+    prompt_logits, cache = unique_prompt_pass(model, sequences, attention_mask, positions, response_start, *groups)
+    parts = [prompt_logits[:, None]]
     if sequences.shape[1] - response_start > 1:  # the last response token predicts nothing we score
-        cache.batch_select_indices(inverse)
         parts.append(model(input_ids=sequences[:, response_start:-1], attention_mask=attention_mask[:, :-1],
                            position_ids=positions[:, response_start:-1], past_key_values=cache,
                            use_cache=True).logits)

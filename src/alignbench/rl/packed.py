@@ -7,7 +7,7 @@ the cells are padding; with a trained policy whose answers end at different leng
 
 ``packed_logits`` runs a Llama-family transformers model (llama, mistral, qwen2, through peft LoRA
 layers too) over the prompts first (once per unique prompt when a GRPO group repeats them, with the
-model's own forward and KV cache, as ``logprobs._shared_prompt_logits``), then over the **packed**
+model's own forward and KV cache: ``logprobs.unique_prompt_pass``), then over the **packed**
 response tokens: every token-wise part of a decoder layer (norms, q/k/v/o projections, RoPE, MLP,
 final norm, LM head) runs on the ``N`` real tokens as one ``[N, d]`` matrix, and only attention sees
 the padded ``[B, T]`` layout (queries, keys and values scattered into it and gathered back):
@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from alignbench.rl.fused_llama import _MODEL_TYPES  # the same Llama-family layer layout
+from alignbench.rl.rollout import _unwrap as _core
 
 __all__ = ["packed_logits", "packed_support"]
-
-_MODEL_TYPES = ("llama", "mistral", "qwen2")
-
-
-def _core(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def packed_support(model: nn.Module) -> str | None:
@@ -67,11 +64,6 @@ def packed_support(model: nn.Module) -> str | None:
     return None
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                   response_start: int, groups: tuple[torch.Tensor, torch.Tensor] | None
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -80,22 +72,20 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
     ``sequence_logprobs`` scores without ever padding them (pad positions predict pad tokens, which
     the response mask drops). ``groups``: ``shared_prompt_groups``' ``(first, inverse)`` or None.
     """
+    from alignbench.rl.logprobs import packed_rows, unique_prompt_pass
+
     core = _core(model)
-    body, config = core.model, core.config
+    body = core.model
     batch, width = sequences.shape
     prompt = response_start
     rows = torch.arange(batch, device=sequences.device)
     first, inverse = groups if groups is not None else (rows, rows)
 
     # 1. the prompts, once per unique prompt, with the model's own forward; their cache serves every row
-    cache = DynamicCache(config=config)
-    prompt_logits = model(input_ids=sequences[first, :prompt], attention_mask=attention_mask[first, :prompt],
-                          position_ids=position_ids[first, :prompt], past_key_values=cache, use_cache=True,
-                          logits_to_keep=1).logits[:, -1]
-    cache.batch_select_indices(inverse)
+    prompt_logits, cache = unique_prompt_pass(model, sequences, attention_mask, position_ids, prompt, first, inverse)
     steps = width - prompt - 1  # response positions P .. W - 2 predict tokens P + 1 .. W - 1
     if steps <= 0:
-        return prompt_logits[inverse][:, None]
+        return prompt_logits[:, None]
 
     # 2. the real response tokens of those positions, packed into [N, d]
     real = attention_mask[:, prompt:width - 1].bool()  # [B, S]
@@ -103,7 +93,7 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
     tokens = sequences[:, prompt:width - 1].flatten()[flat]
     hidden = body.embed_tokens(tokens)  # [N, d]
     cos, sin = body.rotary_emb(hidden[None], position_ids[:, prompt:width - 1].flatten()[flat][None])
-    cos, sin = cos[0, :, None], sin[0, :, None]  # [N, 1, D]
+    cos, sin = cos[0], sin[0]  # [N, D]
     # additive mask [B, 1, S, P + S]: a row's prompt padding, and causal order over the responses
     keys_mask = attention_mask[:, : width - 1].bool()[:, None, None, :]
     causal = torch.ones(steps, prompt + steps, dtype=torch.bool, device=sequences.device).tril(prompt)
@@ -122,8 +112,7 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
         query = attention.q_proj(x).view(x.shape[0], -1, attention.head_dim)
         key = attention.k_proj(x).view(x.shape[0], -1, attention.head_dim)
         value = attention.v_proj(x).view(x.shape[0], -1, attention.head_dim)
-        query = query * cos + _rotate_half(query) * sin
-        key = key * cos + _rotate_half(key) * sin
+        query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=1)  # the model's own RoPE
         past = cache.layers[index]
         keys = torch.cat([past.keys, padded(key)], dim=2)
         values = torch.cat([past.values, padded(value)], dim=2)
@@ -133,6 +122,4 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
         attended = attended.transpose(1, 2).reshape(batch * steps, -1).index_select(0, flat)  # back to [N, H D]
         hidden = hidden + attention.o_proj(attended)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    from alignbench.rl.logprobs import packed_rows
-
-    return packed_rows(prompt_logits[inverse], core.lm_head(body.norm(hidden)), flat, steps)
+    return packed_rows(prompt_logits, core.lm_head(body.norm(hidden)), flat, steps)
