@@ -5,9 +5,21 @@ Schema (one JSON object, written atomically into the job's Hydra output dir)::
     {"algo": str, "model": str, "data": str, "seed": int,
      "status": "ok" | "failed" | "preempted", "error": str | null,
      "metrics": {"eval/...": float, "train/...": float, ...},   # final eval + last value of train keys
-     "perf": {"wall_s": float, "gen_tokens": int, "train_tokens": int, "peak_rss_mb": float},
+     "perf": {"wall_s": float, "gen_tokens": int, "train_tokens": int, "peak_rss_mb": float,
+              "cpu_s": float, "threads": int, "fwd_tokens": int, "flops": float, "eval_gen_tokens": int, "eval_flops": float},
      "overrides": [str, ...],
-     ... optional extra keys (e.g. "per_kind", "per_category", "skipped_rows", "stages")}
+     ... optional extra keys (e.g. "per_kind", "per_category", "skipped_rows", "compute", "tradeoff")}
+
+``cpu_s`` is the process's CPU time (user + system) over the job: unlike ``wall_s`` it does not grow when
+other processes share the cores; ``threads`` is torch's intra-op thread count (``trainer.num_threads``).
+``perf``'s compute figures (``alignbench.models.compute``) count *training*: every stage the job builds
+on (SFT, reward and cost models, warm-ups; a cached stage at the cost recorded when it was trained),
+every role's passes, generation included. ``gen_tokens`` are sampled tokens, ``train_tokens`` tokens
+through passes with grad, ``fwd_tokens`` through passes without, ``flops`` the estimated FLOPs of all
+of them; ``eval_gen_tokens`` / ``eval_flops`` are the final evaluation's. ``compute`` has the same
+counts per phase (``{"sft": {"gen_tokens", "fwd_tokens", "train_tokens", "flops", "recorded"}, ...}``,
+``recorded``: taken from a stage cache). ``tradeoff`` (``experiment=frontier``) names the trade-off
+knob the job set and its value: ``{"knob": "algo.lagrange.threshold", "value": -1.5, "point": 2}``.
 
 Besides it, every job writes ``history.jsonl``: one JSON object per logging call,
 ``{"step": int, "<metric name>": float, ...}``, the metric history the report draws curves from.
@@ -28,6 +40,8 @@ SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.jsonl"
 REQUIRED_KEYS = ("algo", "model", "data", "seed", "status", "error", "metrics", "perf", "overrides")
 PERF_KEYS = ("wall_s", "gen_tokens", "train_tokens", "peak_rss_mb")
+#: written by every job since compute accounting (older summaries lack them; readers use .get)
+COMPUTE_KEYS = ("cpu_s", "threads", "fwd_tokens", "flops", "eval_gen_tokens", "eval_flops")
 #: ok: finished; failed: stopped by an error; preempted: stopped by SIGTERM/SIGUSR1 after writing a
 #: checkpoint (``error`` says where), rerun with ``resume=true`` to finish it
 STATUSES = ("ok", "failed", "preempted")

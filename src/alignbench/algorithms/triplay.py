@@ -87,6 +87,7 @@ from alignbench.algorithms.triplay_rewards import (
 )
 from alignbench.config import ConfigError, GenerationConfig
 from alignbench.data.schema import LABELS
+from alignbench.models.compute import METER, Counts
 from alignbench.models.roles import REFERENCE, RoleSpec
 from alignbench.registry import register_algorithm
 from alignbench.rl.advantages import grpo_advantages
@@ -96,6 +97,7 @@ from alignbench.rl.losses import clipped_policy_loss, kl_penalty
 PHASE_CODES = {"warmup": 0, "red": 1, "blue": 2, "eval": 3}
 TRAINED_ROLE = {"red": "attacker", "blue": "defender", "eval": "evaluator"}
 ANCHOR = {"attacker": "attacker_ref", "defender": REFERENCE, "evaluator": "evaluator_ref"}
+WARMUP_PHASE = "triplay_warmup"  # compute phase of the supervised warm-up (models.compute)
 
 
 @register_algorithm("triplay")
@@ -169,6 +171,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             for role in ("attacker", "evaluator"):
                 roles.load_role_state_dict(role, state[role])
             self.generator.set_state(state["generator"])
+            METER.add(WARMUP_PHASE, state["compute"])  # what the warm-up cost when it was trained
             self._sync_anchors()
 
     def _warmup_cache_file(self) -> Path | None:
@@ -178,7 +181,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         cfg, raw = self.cfg, self.ctx.rc.raw
         if not cfg.warmup_cache or max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps) == 0:
             return None
-        payload = {"version": 1, "seed": int(self.ctx.rc.seed), "stages_seed": int(raw.stages.seed),
+        payload = {"version": 2, "seed": int(self.ctx.rc.seed), "stages_seed": int(raw.stages.seed),
                    "sft": OmegaConf.to_container(raw.stages.sft, resolve=True),
                    **{k: OmegaConf.to_container(raw[k], resolve=True) for k in ("model", "data")},
                    "warmup": {k: v for k, v in dataclasses.asdict(cfg).items()
@@ -192,7 +195,8 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self.warmup_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.warmup_file.with_suffix(f".{os.getpid()}.tmp")
         state = {role: self.roles.role_state_dict(role) for role in ("attacker", "evaluator")}
-        torch.save({**state, "generator": self.generator.get_state()}, tmp)
+        compute = dataclasses.asdict(METER.phases.get(WARMUP_PHASE, Counts()))
+        torch.save({**state, "generator": self.generator.get_state(), "compute": compute}, tmp)
         os.replace(tmp, self.warmup_file)  # atomic: a concurrent run never reads half a file
 
     def _sync_anchors(self) -> None:
@@ -366,8 +370,9 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         metrics = {}
         for role in ("attacker", "evaluator"):
             if not self.warmup_cached and self.step < getattr(self.cfg, f"{role}_warmup_steps"):
-                loss = self._supervised_loss(role)
-                host.optimize(f"{role}_warmup", loss)
+                with METER.phase(WARMUP_PHASE):
+                    loss = self._supervised_loss(role)
+                    host.optimize(f"{role}_warmup", loss)
                 metrics[f"train/warmup/{role}_loss"] = float(loss.detach())
         return metrics
 

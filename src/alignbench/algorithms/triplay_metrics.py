@@ -15,6 +15,7 @@ import numpy as np
 from alignbench.algorithms.triplay_rewards import (
     accuracy, mean_pairwise_cosine, panel_labels, panel_votes, strategy_entropy, strategy_template,
 )
+from alignbench.models.compute import METER
 
 
 class TriPlayHeldoutMetrics:
@@ -25,12 +26,13 @@ class TriPlayHeldoutMetrics:
         started = time.perf_counter()
         seed = int(self.ctx.rc.seed) + 7919  # the same sampling randomness at every phase end
         metrics: dict[str, float] = {}
-        if phase in ("warmup", "red"):
-            metrics.update(self.attacker_metrics(seed))
-        if phase in ("warmup", "blue"):
-            metrics.update(self.defender_metrics(seed))
-        if phase in ("warmup", "eval"):
-            metrics.update(self.evaluator_metrics(seed))
+        with METER.phase("monitor"):  # held-out measurement, not training compute
+            if phase in ("warmup", "red"):
+                metrics.update(self.attacker_metrics(seed))
+            if phase in ("warmup", "blue"):
+                metrics.update(self.defender_metrics(seed))
+            if phase in ("warmup", "eval"):
+                metrics.update(self.evaluator_metrics(seed))
         metrics["timing/phase_metrics"] = time.perf_counter() - started
         for key, value in metrics.items():  # the first measurement of each metric (after the warm-up)
             self.first_metrics.setdefault(key, value)

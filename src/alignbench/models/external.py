@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from alignbench.errors import ModelUnavailableError
+from alignbench.models.compute import METER
 
 BEAVER_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{response}"
 
@@ -133,6 +134,7 @@ class ExternalScoreModel(nn.Module):
         return next(self.body.parameters()).device
 
     def _end_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        METER.forward(self.body, attention_mask)
         if self.layout == "sequence_classification":
             return self.body(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from alignbench.config import ModelConfig
+from alignbench.models.compute import METER
 from alignbench.models.heads import ScoreHead
 
 REFERENCE = "reference"
@@ -129,12 +130,14 @@ class RoleSet(nn.Module):
     # ----------------------------------------------------------------- forward passes
     def lm_logits(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.use(role) as model:
+            METER.forward(model, attention_mask, logit_positions=attention_mask.sum())
             return model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
 
     def scores(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-position scalar ``[B, L]`` of a score role (backbone hidden states -> its head)."""
         with self.use(role) as model:
+            METER.forward(model, attention_mask)
             backbone = getattr(model, model.base_model_prefix)
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids_from_mask(attention_mask),

@@ -52,6 +52,8 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from alignbench.models.compute import METER
+
 __all__ = [
     "Rollout",
     "left_pad_batch",
@@ -233,6 +235,7 @@ def generate_rollout(
             generated = runner.generate(model, prompt_ids, prompt_mask, **options)
 
     response_ids, response_mask = truncate_after_eos(generated.to(device), eos_token_id, pad_token_id)
+    METER.generated(model, prompt_mask, response_mask)
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask.long(),

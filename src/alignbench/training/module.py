@@ -8,8 +8,8 @@ of every logged metric and what checkpoints resume from.
 
 Checkpoints (``checkpoint_state``, written by ``training.callbacks.CheckpointCallback``) carry only
 trainable roles (adapters, heads, trained copies), every optimiser's and scheduler's state, the
-component's own state (counters, Lagrange multiplier, pools, generators), the data position and the
-RNG states — never the frozen base or frozen roles. ``load_resume_state`` puts one back: weights,
+component's own state (counters, Lagrange multiplier, pools, generators), the job's compute meter
+(``models.compute``), the data position and the RNG states — never the frozen base or frozen roles. ``load_resume_state`` puts one back: weights,
 component and counters at once, optimiser/scheduler states when Lightning has built them
 (``on_train_start``) and the RNG states just before the first resumed iteration (after the data
 loader's iterator has drawn its seed), so a resumed run continues bit for bit.
@@ -32,11 +32,12 @@ import torch
 from alignbench.algorithms.base import AlgorithmComponent
 from alignbench.config import OptimConfig
 from alignbench.errors import CheckpointError, NumericalFaultError
+from alignbench.models.compute import METER
 from alignbench.models.roles import RoleSet
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
-from alignbench.utils.distributed import all_reduce_gradients_, mean_metrics
+from alignbench.utils.distributed import all_reduce_gradients_, mean_metrics, world_size
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -170,10 +171,8 @@ class AlignmentModule(L.LightningModule):
         metrics[f"{'train' if self.stage == 'rl' else self.stage}/nan_skipped"] = float(self.nan_skipped)
         now = time.perf_counter()
         metrics.setdefault("timing/iteration", now - self._t_last)
-        counters = getattr(self.component.ctx, "counters", None)
-        if counters is not None:  # job-wide compute totals for summary.json's perf block
-            counters["train_tokens"] += metrics.get("perf/train_tokens", 0.0)
-            counters["gen_tokens"] += metrics.get("perf/gen_tokens", 0.0)
+        # the job's training compute so far (every stage and role, models.compute): the report's compute axis
+        metrics["perf/flops"] = METER.total(training=True, world_size=world_size()).flops
         self._t_last = now
         if self.sink is not None and self.trainer.is_global_zero:
             self.sink.log(metrics, stage=self.stage, iteration=self.iteration)
@@ -217,7 +216,6 @@ class AlignmentModule(L.LightningModule):
         """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``."""
         optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
         schedulers = getattr(self, "_schedulers_ref", None) or self._raw_schedulers()
-        counters = getattr(self.component.ctx, "counters", None)
         return {
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
@@ -233,7 +231,7 @@ class AlignmentModule(L.LightningModule):
                      "consumed_batches": self.iteration,
                      "consumed_items": self.iteration * int(self.component.batch_size)},
             "sink": ({"step": int(self.sink.step), "last": dict(self.sink.last)} if self.sink is not None else None),
-            "counters": dict(counters) if counters is not None else None,
+            "compute": METER.state_dict(),
             "nan": {"skipped": self.nan_skipped, "consecutive": self.nan_consecutive},
         }
 
@@ -251,9 +249,8 @@ class AlignmentModule(L.LightningModule):
         nan = state.get("nan") or {}
         self.nan_skipped = int(nan.get("skipped", 0))
         self.nan_consecutive = int(nan.get("consecutive", 0))
-        counters = getattr(self.component.ctx, "counters", None)
-        if counters is not None and state.get("counters"):
-            counters.update(state["counters"])
+        if state.get("compute"):
+            METER.load_state_dict(state["compute"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
         self._pending_rng = state["rng"]
         if history_file is not None:

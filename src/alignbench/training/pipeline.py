@@ -13,7 +13,7 @@ import json
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ from alignbench.algorithms.sft import SFTStage
 from alignbench.config import RunConfig
 from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
 from alignbench.eval.harness import evaluate
+from alignbench.models.compute import METER, Counts
 from alignbench.models.loading import load_base
 from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
-from alignbench.utils.distributed import is_rank_zero
+from alignbench.utils.distributed import is_rank_zero, world_size
 
 
 @dataclass
@@ -48,7 +49,6 @@ class RunContext:
     sink: MetricsSink | None
     max_seq_len: int = 256
     max_prompt_len: int = 192
-    counters: dict[str, float] = field(default_factory=lambda: {"gen_tokens": 0, "train_tokens": 0})
 
     @property
     def model_cfg(self):
@@ -294,7 +294,8 @@ def peak_rss_mb() -> float:
 
 def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     """Run one job; returns ``{"metrics", "perf", "per_kind", "per_category", ...}`` for the summary."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    METER.reset()  # multirun jobs share the process: count this job's passes only
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
     ctx = build_context(rc, sink)
@@ -327,26 +328,41 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
 
             ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
                 ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist()))
-        fit_component(component, roles, ctx, "rl", rc.seed)
+        with METER.phase("rl"):
+            fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
         if rc.eval.enabled and is_rank_zero():  # DDP: rank 0 evaluates, the other ranks are done
             roles.eval()
-            evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
-                                  seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
-                                  extra_metrics=getattr(component, "eval_extra_metrics", None))
+            with METER.phase("eval"):
+                evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
+                                      seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
+                                      extra_metrics=getattr(component, "eval_extra_metrics", None))
             result["metrics"].update(evaluation.metrics)
             evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.eval_extras())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
             result["prompt_cost_histogram"] = evaluation.prompt_cost_histogram
             result["eval_seconds"] = evaluation.seconds
-            ctx.counters["gen_tokens"] += evaluation.generated_tokens
             result["eval_table"] = (evaluation.table_columns, evaluation.table_rows)
             if sink is not None:
                 sink.log(evaluation.metrics, stage="eval", iteration=0)
                 sink.log_table("eval/samples", evaluation.table_columns, evaluation.table_rows)
                 sink.summary_update(evaluation.metrics)
-    result["perf"] = {"wall_s": time.perf_counter() - started, "gen_tokens": int(ctx.counters["gen_tokens"]),
-                      "train_tokens": int(ctx.counters["train_tokens"]), "peak_rss_mb": peak_rss_mb()}
+    result["perf"] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
+                      "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
+                      **compute_perf(world_size())}
+    result["compute"] = METER.report(world_size())
+    if sink is not None:  # the W&B run summary: its training compute next to its evaluation
+        sink.summary_update({"perf/flops": result["perf"]["flops"]})
     return result
+
+
+def compute_perf(ranks: int = 1) -> dict[str, float]:
+    """summary.json's compute figures from the meter (``alignbench.models.compute``): training totals
+    over every stage, warm-up and role (cached stages at their recorded cost), and the evaluation's."""
+    training = METER.total(training=True, world_size=ranks)
+    evaluation = METER.phases.get("eval", Counts()).scaled(ranks)
+    return {"gen_tokens": int(training.gen_tokens), "train_tokens": int(training.train_tokens),
+            "fwd_tokens": int(training.fwd_tokens), "flops": training.flops,
+            "eval_gen_tokens": int(evaluation.gen_tokens), "eval_flops": evaluation.flops}

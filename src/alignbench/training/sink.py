@@ -87,8 +87,8 @@ class MetricsSink:
                **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}
         self._history.write(json.dumps(row) + "\n")
         self._history.flush()
-        if self._wandb is not None:
-            self._wandb.log(clean, step=self.step)
+        if self._wandb is not None:  # with the stage's own iteration: W&B curves can use it as x (not the step)
+            self._wandb.log({**clean, f"iteration/{stage}": float(iteration)}, step=self.step)
         if self._csv is not None:
             self._csv.log_metrics(clean, step=self.step)
 

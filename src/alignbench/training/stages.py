@@ -1,5 +1,9 @@
 """Shared pipeline stages (SFT, reward model, cost model), trained once and cached by config.
 
+Every entry also records what training it cost (``compute.json``, the ``models.compute`` counts of its
+phase): a job that loads the stage adds that record to its own compute, so every job's total counts the
+stages it builds on whether it trained them or not.
+
 A stage's cache key hashes everything that determines its weights: the model and data configs, the
 stage's own settings, ``stages.seed`` and the keys of the stages it builds on. A sweep over RL settings
 (or RL seeds) therefore trains the SFT, reward and cost models once and every job loads them. Entries
@@ -10,6 +14,7 @@ half-written entry, and concurrent jobs use a file lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -25,9 +30,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from alignbench.errors import CheckpointError
+from alignbench.models.compute import METER
 
 STAGE_ORDER = ("sft", "reward_model", "cost_model")
-CACHE_VERSION = 1
+# 2: entries record their training compute (compute.json)
+CACHE_VERSION = 2
+COMPUTE_FILE = "compute.json"
 
 
 def stage_key(stage: str, raw_cfg, prior: list[str], data_fingerprint: str = "", settings: Any = None) -> str:
@@ -71,9 +79,17 @@ def load_entry(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                               f"delete it to retrain the stage") from None
 
 
+def stage_phase(key: str) -> str:
+    """The compute phase of a stage: its key without the digest (``sft-1a2b...`` -> ``sft``)."""
+    return key.rsplit("-", 1)[0]
+
+
 def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
                  reuse: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
     """Return ``(weights, metrics, was_cached)``, training and storing the stage on a miss.
+
+    Training runs under the compute phase ``stage_phase(key)`` and its counts are stored with the
+    entry; a hit adds the stored counts to the meter instead (module docstring).
 
     Under DDP every rank must train a missing stage together (``train`` runs a distributed fit), so
     only rank 0 takes the lock (other jobs wait on it, this job's ranks must not) and writes the
@@ -87,16 +103,19 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
     entry = root / key
     leader = is_rank_zero()
     with _locked(root) if leader else contextlib.nullcontext():
-        hit = broadcast_object(reuse and (entry / "metrics.json").exists())
+        hit = broadcast_object(reuse and (entry / "metrics.json").exists() and (entry / COMPUTE_FILE).exists())
         if hit:
             weights, metrics = load_entry(entry)
+            METER.add(stage_phase(key), json.loads((entry / COMPUTE_FILE).read_text()))
             return weights, metrics, True
-        weights, metrics = train()
+        with METER.phase(stage_phase(key)) as spent:
+            weights, metrics = train()
         if not leader:
             return weights, metrics, False
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / COMPUTE_FILE).write_text(json.dumps(dataclasses.asdict(spent), indent=2))
         if entry.exists():
             shutil.rmtree(entry)
         os.replace(tmp, entry)
