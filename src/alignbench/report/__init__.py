@@ -12,17 +12,21 @@ Entry points: :func:`build_report` (library), ``python -m alignbench.report DIR`
 from alignbench.report.aggregate import Comparison, compare
 from alignbench.report.build import NoJobsError, ReportResult, build_report
 from alignbench.report.jobs import Job, find_job_dirs, load_jobs
-from alignbench.report.stats import Estimate, mean_ci, pareto_front, pareto_step
+from alignbench.report.bootstrap import Interval, holm
+from alignbench.report.stats import Estimate, hypervolume, mean_ci, pareto_front, pareto_step
 
 __all__ = [
     "Comparison",
     "Estimate",
+    "Interval",
     "Job",
     "NoJobsError",
     "ReportResult",
     "build_report",
     "compare",
     "find_job_dirs",
+    "holm",
+    "hypervolume",
     "load_jobs",
     "mean_ci",
     "pareto_front",

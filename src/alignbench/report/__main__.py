@@ -1,4 +1,4 @@
-"""``python -m alignbench.report DIR [--out OUT] [--wandb] [--dry-run] [--project P] [--entity E]``.
+"""``python -m alignbench.report DIR [--out OUT] [--replicates B] [--wandb] [--dry-run] [--project P] [--entity E]``.
 
 Prints the files written and a short table. Exits 1 with a single line when DIR holds no job,
 2 for bad arguments (argparse), 3 when only the W&B step failed (the local report is written).
@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from alignbench.report.bootstrap import DEFAULT_REPLICATES, MIN_REPLICATES
 from alignbench.report.build import NoJobsError, build_report
 
 
@@ -27,7 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--group-by", default=None, help="W&B config key naming the algorithm (default: algo.name)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES,
+                        help=f"bootstrap replicates behind every interval and test (default {DEFAULT_REPLICATES})")
+    args = parser.parse_args(argv)
+    if args.replicates < MIN_REPLICATES:
+        parser.error(f"--replicates must be at least {MIN_REPLICATES} (got {args.replicates}): fewer cannot "
+                     f"resolve a Holm-adjusted p-value")
+    return args
 
 
 def _wandb_step(args: argparse.Namespace, result) -> int:
@@ -49,7 +56,7 @@ def _wandb_step(args: argparse.Namespace, result) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = build_report(args.dir, args.out)
+        result = build_report(args.dir, args.out, replicates=args.replicates)
     except NoJobsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

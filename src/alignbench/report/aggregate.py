@@ -1,7 +1,12 @@
-"""Turn loaded jobs into the comparison: per-algo table, Pareto points and seed-averaged curves.
+"""Turn loaded jobs into the comparison: groups with intervals, tests, fronts, frontiers, curves, compute.
 
-Everything here is plain data (no plotting, no rendering) so that ``report_data.json``, the
-Markdown, the HTML and the W&B report are all views of one aggregation and cannot disagree.
+Everything here is plain data (no plotting, no rendering) so that ``report_data.json``, the Markdown,
+the HTML and the W&B report are all views of one aggregation and cannot disagree.
+
+A *group* is what a table row shows: an algorithm, or in a frontier sweep an (algorithm, knob value)
+pair (``summary.json["tradeoff"]``), over its successful seeds. Every mean in the report comes with
+its 95% interval from the hierarchical bootstrap of ``report.bootstrap`` (seeds, then prompts within
+each seed, from ``eval_samples.jsonl``), and every claim of a difference from ``report.significance``.
 """
 
 from __future__ import annotations
@@ -10,21 +15,30 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from alignbench.report import significance
+from alignbench.report.bootstrap import DEFAULT_REPLICATES, Interval, Plan, estimate
+from alignbench.report.curves import build_curves
+from alignbench.report.frontier import Frontier, HypervolumeTest, build_frontiers, hypervolume_tests
 from alignbench.report.jobs import Job
-from alignbench.report.stats import Estimate, best_labels, finite_values, mean_ci, pareto_front
-from alignbench.summary import PERF_KEYS
+from alignbench.report.outcomes import PROMPT_METRICS, consistent
+from alignbench.report.stats import finite_values, pareto_front
 
 X_METRIC = "eval/helpfulness"  # Pareto x axis: higher is better
 Y_METRIC = "eval/unsafe_rate"  # Pareto y axis: lower is better
+ORACLE_MARK = "†"
 
 
 @dataclass(frozen=True)
 class Column:
-    """A table metric and its direction; optional columns show up only when some job logged them."""
+    """A table metric and its direction; optional columns show up only when some job logged them;
+    ``ranked``: a star may mark its significant leader (not for rates whose direction is a design choice)."""
 
     key: str
     higher_is_better: bool = False
     optional: bool = False
+    ranked: bool = True
 
     @property
     def title(self) -> str:
@@ -41,12 +55,11 @@ EVAL_COLUMNS = (
     Column("eval/helpfulness", higher_is_better=True),
     Column("eval/violation_rate"),
     Column("eval/cost_p95"),
-    Column("eval/feedback_trigger_rate", optional=True),
+    Column("eval/feedback_trigger_rate", optional=True, ranked=False),
 )
 REQUIRED_EVAL = tuple(c.key for c in EVAL_COLUMNS if not c.optional)
-# Lower is better for every compute column; "best" there means cheapest.
-PERF_COLUMNS = tuple(Column(key) for key in PERF_KEYS)
-CURVE_METRICS = ("train/reward", "train/episode_cost", "train/lambda", "train/violation_rate")
+# compute columns: training FLOPs (every stage and role), tokens, wall time, memory; no stars
+PERF_COLUMNS = tuple(Column(key, ranked=False) for key in ("flops", "gen_tokens", "train_tokens", "wall_s", "peak_rss_mb"))
 # The order the project introduces the algorithms in; unknown algos follow alphabetically.
 ALGO_ORDER = ("sft", "ppo", "reward_shaping", "safe_rlhf", "repo", "waltzrl", "safeguard", "triplay")
 
@@ -56,29 +69,51 @@ def algo_sort_key(algo: str) -> tuple[int, str]:
 
 
 @dataclass
-class AlgoRow:
-    """One algorithm aggregated over its successful seeds."""
+class Group:
+    """One table row: an algorithm (at one trade-off knob value) over its successful seeds."""
 
+    name: str
     algo: str
-    seeds: list[int | None]
+    tradeoff: dict[str, Any] | None
+    jobs: list[Job]
     n_failed: int
-    metrics: dict[str, Estimate | None]
-    perf: dict[str, Estimate | None]
-    best: set[str] = field(default_factory=set)
+    metrics: dict[str, Interval | None] = field(default_factory=dict)
+    perf: dict[str, Interval | None] = field(default_factory=dict)
+    stars: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    seed_level: list[str] = field(default_factory=list)  # prompt-level metrics bootstrapped over seeds only
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return sorted((job.seed for job in self.jobs), key=lambda s: (s is None, s or 0))
+
+    @property
+    def n(self) -> int:
+        return len(self.jobs)
+
+    @property
+    def oracle(self) -> bool:
+        return any(job.oracle for job in self.jobs)
+
+    @property
+    def label(self) -> str:
+        """``safe_rlhf``, ``safe_rlhf [lagrange.threshold=-1.5]``; `` †`` when trained on oracle signals."""
+        text = self.name if not self.tradeoff else f"{self.algo} [{knob_text(self.tradeoff)}]"
+        return f"{text} {ORACLE_MARK}" if self.oracle else text
 
     @property
     def status(self) -> str:
         return "ok" if not self.n_failed else f"ok ({self.n_failed} failed)"
 
 
-@dataclass
-class Curve:
-    """Seed-mean of one training metric for one algo; ``counts`` is how many seeds each step has."""
+def value_text(value: Any) -> str:
+    """A knob value for a label: numbers in short form, a list by its length (the safeguard's keyword lists)."""
+    return f"{len(value)} items" if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
 
-    steps: list[float]
-    means: list[float]
-    counts: list[int]
+
+def knob_text(tradeoff: dict[str, Any]) -> str:
+    """``lagrange.threshold=-1.5`` (the ``algo.`` prefix dropped)."""
+    return f"{str(tradeoff.get('knob', '?')).removeprefix('algo.')}={value_text(tradeoff.get('value'))}"
 
 
 @dataclass
@@ -87,14 +122,20 @@ class Comparison:
 
     columns: list[Column]
     perf_columns: list[Column]
-    rows: list[AlgoRow]
+    groups: list[Group]
     failed_jobs: list[Job]
     jobs: list[Job]
-    seed_points: dict[str, list[tuple[float, float]]]
-    mean_points: dict[str, tuple[float, float]]
-    intervals: dict[str, tuple[Estimate, Estimate]]
+    replicates: int
+    findings: list[significance.Finding]
+    star_tests: list[significance.Finding]
+    front_means: list[str]
     front: list[str]
-    curves: dict[str, dict[str, Curve]]
+    dominance: list[dict[str, Any]]
+    seed_points: dict[str, list[tuple[float, float]]]
+    frontiers: list[Frontier]
+    hypervolume_tests: list[HypervolumeTest]
+    curves: dict[str, dict[str, dict[str, Any]]]
+    compute: dict[str, Any]
     warnings: list[str]
 
     @property
@@ -103,148 +144,198 @@ class Comparison:
         return sorted({job.algo for job in self.jobs}, key=algo_sort_key)
 
     @property
+    def plain_groups(self) -> list[Group]:
+        """Groups without a trade-off knob: the head-to-head rows."""
+        return [g for g in self.groups if not g.tradeoff]
+
+    @property
     def sweep_commands(self) -> list[str]:
         return sorted({job.sweep_command for job in self.jobs if job.sweep_command})
 
 
-def _estimates(jobs: list[Job], keys: list[str], source: str) -> dict[str, Estimate | None]:
-    """mean ± CI of each key over the jobs (``source`` is ``metrics`` or ``perf``)."""
-    return {key: mean_ci(getattr(job, source).get(key) for job in jobs) for key in keys}
+def _group_key(job: Job) -> str:
+    point = (job.tradeoff or {}).get("point")
+    return job.algo if not job.tradeoff else f"{job.algo}@{point}"
 
 
-def _mark_best(rows: list[AlgoRow], columns: list[Column], source: str) -> None:
-    """Flag, per column, the algo(s) whose mean is best in that column's direction."""
-    for column in columns:
-        means = {
-            row.algo: est.mean for row in rows if (est := getattr(row, source).get(column.key)) is not None
-        }
-        for algo in best_labels(means, column.higher_is_better):
-            next(row for row in rows if row.algo == algo).best.add(column.key)
+def _universe(jobs: list[Job]) -> tuple[list[str], list[str]]:
+    """Prompt ids (sorted) seen in any job's outcomes and each one's kind."""
+    kinds: dict[str, str] = {}
+    for job in jobs:
+        if job.outcomes is not None:
+            for pid, kind in job.outcomes.kinds.items():
+                kinds.setdefault(pid, kind)
+    ids = sorted(kinds)
+    return ids, [kinds[pid] for pid in ids]
 
 
-def _curves(ok_jobs: list[Job]) -> dict[str, dict[str, Curve]]:
-    """Per metric and algo, the mean over seeds at each logged step.
-
-    Seeds may log at different steps (or stop early), so each step averages the seeds that logged
-    it and records how many did; a step seen by one seed only is still drawn, honestly labelled.
-    """
-    by_metric: dict[str, dict[str, Curve]] = {}
-    for metric in CURVE_METRICS:
-        per_algo: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for job in ok_jobs:
-            for row in job.history:
-                step, value = row.get("step"), row.get(metric)
-                if finite_values([step]) and finite_values([value]):
-                    per_algo[job.algo][float(step)].append(float(value))
-        if per_algo:
-            by_metric[metric] = {
-                algo: Curve(
-                    steps=sorted(points),
-                    means=[sum(points[s]) / len(points[s]) for s in sorted(points)],
-                    counts=[len(points[s]) for s in sorted(points)],
-                )
-                for algo, points in sorted(per_algo.items(), key=lambda item: algo_sort_key(item[0]))
-            }
-    return by_metric
+def _values(group: Group, metric: str, source: str, ids: list[str], index: dict[str, int]) -> np.ndarray | None:
+    """``V[s, p]`` of one metric: per prompt when every seed's outcomes reproduce its summary, else the
+    seed-level values as one column (``report.bootstrap``)."""
+    jobs = group.jobs
+    if source == "metrics" and metric in PROMPT_METRICS and ids and all(
+            job.outcomes is not None and consistent(job.outcomes, job.metrics, metric) for job in jobs):
+        values = np.full((len(jobs), len(ids)), np.nan)
+        for row, job in enumerate(jobs):
+            for pid, value in job.outcomes.values[metric].items():
+                values[row, index[pid]] = value
+        return values
+    seed_level = [getattr(job, source).get(metric) for job in jobs]
+    kept = [float(v) if finite_values([v]) else np.nan for v in seed_level]
+    if all(np.isnan(kept)):
+        return None
+    if source == "metrics" and metric in PROMPT_METRICS:
+        group.seed_level.append(metric)
+    return np.array(kept)[:, None]
 
 
-def _duplicate_warnings(ok_jobs: list[Job]) -> list[str]:
-    """Two ok jobs with the same (algo, seed) would be averaged as independent seeds: say so."""
-    seen: dict[tuple[str, Any], int] = defaultdict(int)
-    for job in ok_jobs:
-        seen[(job.algo, job.seed)] += 1
-    return [
-        f"{algo} seed {seed} appears in {count} jobs; all are averaged as separate seeds"
-        for (algo, seed), count in sorted(seen.items(), key=lambda item: str(item[0]))
-        if count > 1
-    ]
+def _compute_summary(groups: list[Group]) -> dict[str, Any]:
+    """Training FLOPs per group against the reference (safe_rlhf, else the first RL group) and the
+    spread among the groups that trained an RL phase; per-phase means for the breakdown table."""
+    phases: list[str] = []
+    breakdown: dict[str, dict[str, float]] = {}
+    rl_groups = []
+    for group in groups:
+        per_phase: dict[str, list[float]] = defaultdict(list)
+        for job in group.jobs:
+            for phase, counts in job.compute.items():
+                if isinstance(counts, dict) and finite_values([counts.get("flops")]):
+                    per_phase[phase].append(float(counts["flops"]))
+                    if phase not in phases:
+                        phases.append(phase)
+        breakdown[group.name] = {phase: sum(v) / len(v) for phase, v in per_phase.items()}
+        if breakdown[group.name].get("rl", 0.0) > 0:
+            rl_groups.append(group)
+    flops = {g.name: g.perf["flops"].mean for g in groups if g.perf.get("flops") is not None and g.perf["flops"].mean > 0}
+    reference = "safe_rlhf" if "safe_rlhf" in flops else next((g.name for g in rl_groups if g.name in flops), None)
+    rl_flops = [flops[g.name] for g in rl_groups if g.name in flops]
+    return {
+        "reference": reference,
+        "ratio": {name: value / flops[reference] for name, value in flops.items()} if reference else {},
+        "rl_groups": [g.name for g in rl_groups],
+        "rl_spread": max(rl_flops) / min(rl_flops) if len(rl_flops) > 1 else None,
+        "phases": phases,
+        "breakdown": breakdown,
+    }
 
 
-def compare(jobs: list[Job]) -> Comparison:
-    """Aggregate jobs into the comparison (pure function of the loaded jobs)."""
+def compare(jobs: list[Job], replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> Comparison:
+    """Aggregate jobs into the comparison (pure function of the loaded jobs and the bootstrap seed)."""
     ok_jobs = [job for job in jobs if job.ok]
     failed_jobs = [job for job in jobs if not job.ok]
-    columns = [
-        c for c in EVAL_COLUMNS if not c.optional or any(job.metrics.get(c.key) is not None for job in ok_jobs)
-    ]
+    columns = [c for c in EVAL_COLUMNS if not c.optional or any(job.metrics.get(c.key) is not None for job in ok_jobs)]
     perf_columns = list(PERF_COLUMNS)
 
-    rows = []
-    for algo in sorted({job.algo for job in ok_jobs}, key=algo_sort_key):
-        algo_jobs = [job for job in ok_jobs if job.algo == algo]
-        rows.append(
-            AlgoRow(
-                algo=algo,
-                seeds=sorted((job.seed for job in algo_jobs), key=lambda s: (s is None, s or 0)),
-                n_failed=sum(job.algo == algo for job in failed_jobs),
-                metrics=_estimates(algo_jobs, [c.key for c in columns], "metrics"),
-                perf=_estimates(algo_jobs, [c.key for c in perf_columns], "perf"),
-                notes=[f"seed {job.seed}: {note}" for job in algo_jobs for note in job.notes],
-            )
-        )
-    _mark_best(rows, columns, "metrics")
-    _mark_best(rows, perf_columns, "perf")
+    members: dict[str, list[Job]] = defaultdict(list)
+    for job in ok_jobs:
+        members[_group_key(job)].append(job)
+    order = sorted(members, key=lambda k: (algo_sort_key(members[k][0].algo), (members[k][0].tradeoff or {}).get("point") or 0))
+    groups = [Group(name=key, algo=members[key][0].algo, tradeoff=members[key][0].tradeoff, jobs=members[key],
+                    n_failed=sum(_group_key(job) == key for job in failed_jobs),
+                    notes=[f"seed {job.seed}: {note}" for job in members[key] for note in job.notes]) for key in order]
+
+    ids, kinds = _universe(ok_jobs)
+    index = {pid: i for i, pid in enumerate(ids)}
+    plan = Plan(kinds, slots=max((g.n for g in groups), default=1), replicates=replicates, seed=seed)
+    means: dict[tuple[str, str], float] = {}
+    samples: dict[tuple[str, str], np.ndarray] = {}
+    estimates: dict[tuple[str, str], Interval] = {}
+    for group in groups:
+        for source, cols in (("metrics", columns), ("perf", perf_columns)):
+            for column in cols:
+                values = _values(group, column.key, source, ids, index)
+                # one seed stream per group: a replicate's metrics come from the same drawn seeds (joint)
+                result = estimate(plan, group.name, values) if values is not None else None
+                getattr(group, source)[column.key] = result[0] if result else None
+                if result and source == "metrics":
+                    estimates[(group.name, column.key)] = result[0]
+                    means[(group.name, column.key)], samples[(group.name, column.key)] = result[0].mean, result[1]
+
+    for group in groups:
+        if group.seed_level:
+            group.notes.append(f"seed-level intervals for {', '.join(m.split('/', 1)[-1] for m in group.seed_level)} "
+                               f"(eval_samples.jsonl missing or not matching the summary in some seed)")
+    plain = [g.name for g in groups if not g.tradeoff]
+    tested = [m for m in significance.TESTED if any(c.key == m for c in columns)]
+    names = [g.name for g in groups]
+    best = significance.leaders(names, [(c.key, c.higher_is_better) for c in columns if c.ranked], means)
+    reference_requests = significance.reference_requests(plain, tested)
+    star_requests = significance.star_requests(names, best, means)
+    tests = significance.family(reference_requests + star_requests, means, samples)
+    findings = [tests[r] for r in reference_requests if r in tests]
+    star_tests = [tests[r] for r in star_requests if r in tests]
+    for metric, name in significance.stars(best, star_requests, tests).items():
+        next(g for g in groups if g.name == name).stars.add(metric)
+    mean_points = {g: (means[(g, X_METRIC)], means[(g, Y_METRIC)]) for g in plain
+                   if (g, X_METRIC) in means and (g, Y_METRIC) in means}
+    front, dominance = significance.significant_front(list(mean_points), X_METRIC, Y_METRIC, samples)
+    frontiers = build_frontiers(groups, means, samples, estimates)
 
     seed_points: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for job in ok_jobs:
-        x, y = job.metrics.get(X_METRIC), job.metrics.get(Y_METRIC)
-        if finite_values([x]) and finite_values([y]):
-            seed_points[job.algo].append((float(x), float(y)))
-    intervals = {
-        row.algo: (row.metrics[X_METRIC], row.metrics[Y_METRIC])
-        for row in rows
-        if row.metrics.get(X_METRIC) is not None and row.metrics.get(Y_METRIC) is not None
-    }
-    mean_points = {algo: (x.mean, y.mean) for algo, (x, y) in intervals.items()}
+    for group in groups:
+        for job in group.jobs:
+            x, y = job.metrics.get(X_METRIC), job.metrics.get(Y_METRIC)
+            if finite_values([x]) and finite_values([y]):
+                seed_points[group.name].append((float(x), float(y)))
 
     warnings = _duplicate_warnings(ok_jobs)
     if not ok_jobs:
         warnings.append("no job finished successfully: the table and plots are empty")
+    curve_groups = [(g.name, g.jobs) for g in groups if not g.tradeoff] or [(g.name, g.jobs) for g in groups]
     return Comparison(
-        columns=columns,
-        perf_columns=perf_columns,
-        rows=rows,
-        failed_jobs=failed_jobs,
-        jobs=jobs,
-        seed_points=dict(seed_points),
-        mean_points=mean_points,
-        intervals=intervals,
-        front=pareto_front(mean_points),
-        curves=_curves(ok_jobs),
-        warnings=warnings,
+        columns=columns, perf_columns=perf_columns, groups=groups, failed_jobs=failed_jobs, jobs=jobs,
+        replicates=replicates, findings=findings, star_tests=star_tests, front_means=pareto_front(mean_points),
+        front=front, dominance=dominance, seed_points=dict(seed_points), frontiers=frontiers,
+        hypervolume_tests=hypervolume_tests(frontiers), curves=build_curves(curve_groups),
+        compute=_compute_summary(groups), warnings=warnings,
     )
+
+
+def _duplicate_warnings(ok_jobs: list[Job]) -> list[str]:
+    """Two ok jobs with the same (group, seed) would be averaged as independent seeds: say so."""
+    seen: dict[tuple[str, Any], int] = defaultdict(int)
+    for job in ok_jobs:
+        seen[(_group_key(job), job.seed)] += 1
+    return [
+        f"{group} seed {seed} appears in {count} jobs; all are averaged as separate seeds"
+        for (group, seed), count in sorted(seen.items(), key=lambda item: str(item[0]))
+        if count > 1
+    ]
 
 
 def to_data(comparison: Comparison, root_label: str) -> dict[str, Any]:
     """JSON-ready form of the comparison, written as ``report_data.json``."""
 
-    def estimates(values: dict[str, Estimate | None]) -> dict[str, Any]:
+    def estimates(values: dict[str, Interval | None]) -> dict[str, Any]:
         return {key: est.to_dict() if est else None for key, est in values.items()}
 
     return {
         "root": root_label,
+        "statistics": {"interval": "95% percentile bootstrap, seeds then prompts within each seed (stratified by "
+                                   "prompt kind)", "replicates": comparison.replicates,
+                       "tests": "two-sided bootstrap p-values, Holm-adjusted per family", "alpha": significance.ALPHA},
         "columns": [{"key": c.key, "higher_is_better": c.higher_is_better} for c in comparison.columns],
         "perf_columns": [c.key for c in comparison.perf_columns],
         "algos": [
             {
-                "algo": row.algo,
-                "status": row.status,
-                "seeds": row.seeds,
-                "n_ok": len(row.seeds),
-                "n_failed": row.n_failed,
-                "metrics": estimates(row.metrics),
-                "perf": estimates(row.perf),
-                "best": sorted(row.best),
-                "notes": row.notes,
+                "group": g.name, "algo": g.algo, "label": g.label, "tradeoff": g.tradeoff, "oracle": g.oracle,
+                "status": g.status, "seeds": g.seeds, "n_ok": g.n, "n_failed": g.n_failed,
+                "metrics": estimates(g.metrics), "perf": estimates(g.perf), "best": sorted(g.stars), "notes": g.notes,
             }
-            for row in comparison.rows
+            for g in comparison.groups
         ],
-        "pareto": {
-            "x": X_METRIC,
-            "y": Y_METRIC,
-            "means": {algo: list(point) for algo, point in comparison.mean_points.items()},
-            "front": comparison.front,
-        },
+        "significance": {"against_references": [f.to_dict() for f in comparison.findings],
+                         "stars": [f.to_dict() for f in comparison.star_tests]},
+        "pareto": {"x": X_METRIC, "y": Y_METRIC,
+                   "means": {g.name: [g.metrics[X_METRIC].mean, g.metrics[Y_METRIC].mean]
+                             for g in comparison.plain_groups if g.metrics.get(X_METRIC) and g.metrics.get(Y_METRIC)},
+                   "front_of_means": comparison.front_means, "front": comparison.front,
+                   "significant_dominance": comparison.dominance},
+        "frontiers": [f.to_dict() for f in comparison.frontiers],
+        "hypervolume_tests": [t.to_dict() for t in comparison.hypervolume_tests],
+        "compute": comparison.compute,
+        "curves": {axis: {metric: {group: curve.to_dict() for group, curve in by_group.items()}
+                          for metric, by_group in by_metric.items()} for axis, by_metric in comparison.curves.items()},
         "jobs": [_job_data(job) for job in comparison.jobs],
         "failed": [_job_data(job) for job in comparison.failed_jobs],
         "sweep_commands": comparison.sweep_commands,
@@ -254,13 +345,7 @@ def to_data(comparison: Comparison, root_label: str) -> dict[str, Any]:
 
 def _job_data(job: Job) -> dict[str, Any]:
     return {
-        "dir": str(job.job_dir),
-        "algo": job.algo,
-        "seed": job.seed,
-        "status": job.status,
-        "error": job.error,
-        "notes": job.notes,
-        "overrides": job.overrides,
-        "command": job.command,
-        "sweep_command": job.sweep_command,
+        "dir": str(job.job_dir), "algo": job.algo, "seed": job.seed, "status": job.status, "error": job.error,
+        "notes": job.notes, "overrides": job.overrides, "command": job.command, "sweep_command": job.sweep_command,
+        "tradeoff": job.tradeoff, "training_signals": job.training_signals,
     }

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignbench.report.aggregate import REQUIRED_EVAL, Comparison, compare, to_data
+from alignbench.report.bootstrap import DEFAULT_REPLICATES
 from alignbench.report.jobs import load_jobs
-from alignbench.report.plots import plot_curves, plot_pareto
+from alignbench.report.plots import plot_compute, plot_curves, plot_frontiers, plot_pareto
 from alignbench.report.render import render_html, render_markdown, render_text_table, view
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
-PARETO_FILE = "pareto.png"
-CURVES_FILE = "curves.png"
 DATA_FILE = "report_data.json"
+# figure name -> file; frontier.png only when the sweep has trade-off knobs
+IMAGE_FILES = {"pareto": "pareto.png", "compute": "compute.png", "frontier": "frontier.png", "curves": "curves.png",
+               "curves_compute": "curves_compute.png"}
 
 
 class NoJobsError(ValueError):
@@ -30,22 +32,29 @@ class ReportResult:
     out_dir: Path
     html: Path
     markdown: Path
-    pareto_png: Path
-    curves_png: Path
+    images: dict[str, Path]
     data_json: Path
     comparison: Comparison
     text_table: str
 
     @property
+    def pareto_png(self) -> Path:
+        return self.images["pareto"]
+
+    @property
+    def curves_png(self) -> Path:
+        return self.images["curves"]
+
+    @property
     def paths(self) -> list[Path]:
-        return [self.html, self.markdown, self.pareto_png, self.curves_png, self.data_json]
+        return [self.html, self.markdown, *self.images.values(), self.data_json]
 
 
-def build_report(root: Path, out_dir: Path | None = None) -> ReportResult:
+def build_report(root: Path, out_dir: Path | None = None, replicates: int = DEFAULT_REPLICATES) -> ReportResult:
     """Read every job under ``root`` and write the report into ``out_dir`` (default: ``root``).
 
     Failed or summary-less jobs are part of the report, not errors; only a directory without any
-    job raises :class:`NoJobsError`.
+    job raises :class:`NoJobsError`. ``replicates``: bootstrap replicates behind every interval and test.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -56,25 +65,20 @@ def build_report(root: Path, out_dir: Path | None = None) -> ReportResult:
     out = Path(out_dir).resolve() if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
 
-    comparison = compare(jobs)
-    pareto = plot_pareto(comparison, out / PARETO_FILE)
-    curves = plot_curves(comparison, out / CURVES_FILE)
+    comparison = compare(jobs, replicates=replicates)
+    images = {"pareto": plot_pareto(comparison, out / IMAGE_FILES["pareto"]),
+              "compute": plot_compute(comparison, out / IMAGE_FILES["compute"])}
+    if comparison.frontiers:
+        images["frontier"] = plot_frontiers(comparison, out / IMAGE_FILES["frontier"])
+    images["curves"] = plot_curves(comparison, out / IMAGE_FILES["curves"], "iteration")
+    images["curves_compute"] = plot_curves(comparison, out / IMAGE_FILES["curves_compute"], "compute")
     model = view(comparison, root)
 
     markdown = out / MARKDOWN_FILE
-    markdown.write_text(render_markdown(model, {"pareto": PARETO_FILE, "curves": CURVES_FILE}), encoding="utf-8")
+    markdown.write_text(render_markdown(model, {name: path.name for name, path in images.items()}), encoding="utf-8")
     html = out / HTML_FILE
-    html.write_text(render_html(model, {"pareto": pareto, "curves": curves}), encoding="utf-8")
+    html.write_text(render_html(model, images), encoding="utf-8")
     data = out / DATA_FILE
     data.write_text(json.dumps(to_data(comparison, str(root)), indent=2) + "\n", encoding="utf-8")
-    return ReportResult(
-        root=root,
-        out_dir=out,
-        html=html,
-        markdown=markdown,
-        pareto_png=pareto,
-        curves_png=curves,
-        data_json=data,
-        comparison=comparison,
-        text_table=render_text_table(model),
-    )
+    return ReportResult(root=root, out_dir=out, html=html, markdown=markdown, images=images, data_json=data,
+                        comparison=comparison, text_table=render_text_table(model))

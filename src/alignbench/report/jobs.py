@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignbench.report.outcomes import PromptOutcomes, read_outcomes
 from alignbench.summary import HISTORY_FILE, SUMMARY_FILE, SummaryError, read_history, read_summary
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,15 @@ class Job:
     notes: list[str] = field(default_factory=list)
     sweep_command: str | None = None  # the multirun command line this job came from, if known
     script: str = "run.py"
+    tradeoff: dict[str, Any] | None = None  # experiment=frontier: {"knob", "value", "point"}
+    training_signals: dict[str, Any] | None = None  # where its training signals came from (issue 19)
+    outcomes: PromptOutcomes | None = None  # per-prompt evaluation outcomes (eval_samples.jsonl)
+    compute: dict[str, Any] = field(default_factory=dict)  # summary.json's per-phase compute counts
+
+    @property
+    def oracle(self) -> bool:
+        """Trained on the world's ground truth (``signals=oracle``): an upper bound, not a peer."""
+        return signals_source(self.training_signals) == "oracle"
 
     @property
     def command(self) -> str:
@@ -56,6 +66,24 @@ class Job:
             return str(self.job_dir.relative_to(root)) or "."
         except ValueError:
             return str(self.job_dir)
+
+
+def signals_source(signals: Any) -> str | None:
+    """``training_signals["source"]`` ("learned", "oracle", ...); "oracle" when any signal is the oracle."""
+    if not isinstance(signals, dict):
+        return None
+    source = signals.get("source")
+    if isinstance(source, dict):  # one source per signal
+        values = {str(v) for v in source.values()}
+        return "oracle" if "oracle" in values else ", ".join(sorted(values)) or None
+    return None if source is None else str(source)
+
+
+def eval_threshold(job_dir: Path) -> float:
+    """The job's ``eval.threshold`` (d of the violation rate) from ``.hydra/config.yaml``; 0.0 by default."""
+    config = _load_yaml(job_dir / HYDRA_DIR / "config.yaml")
+    value = (config.get("eval") or {}).get("threshold") if isinstance(config, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def find_job_dirs(root: Path) -> list[Path]:
@@ -179,7 +207,12 @@ def load_job(job_dir: Path, expected_metrics: tuple[str, ...] = ()) -> Job:
         metrics=dict(summary["metrics"]),
         perf=dict(summary["perf"]),
         overrides=[str(o) for o in summary["overrides"]] or hydra_overrides(job_dir),
+        tradeoff=summary.get("tradeoff") if isinstance(summary.get("tradeoff"), dict) else None,
+        training_signals=summary.get("training_signals"),
+        compute=summary.get("compute") if isinstance(summary.get("compute"), dict) else {},
     )
+    if job.ok:
+        job.outcomes = read_outcomes(job_dir, eval_threshold(job_dir))
     try:
         job.history = read_history(job_dir)
     except SummaryError as exc:

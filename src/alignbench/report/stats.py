@@ -1,4 +1,5 @@
-"""Small, dependency-free statistics for the report: t-intervals over seeds and the Pareto front.
+"""Small, dependency-free statistics for the report: t-intervals (the curves' bands), the Pareto front
+and the dominated hypervolume (the bootstrap intervals and tests are in ``report.bootstrap``).
 
 Why not scipy: the report must run on a laptop with only matplotlib/jinja2 installed, and the
 numbers it prints are hand-checked in the tests, so the maths is kept explicit and exact.
@@ -132,14 +133,17 @@ def pareto_step(points: Sequence[tuple[float, float]]) -> tuple[list[float], lis
     return xs, ys
 
 
-def best_labels(values: dict[str, float], higher_is_better: bool) -> set[str]:
-    """Labels holding the best value (all of them on a partial tie).
+def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Area of the region dominated by ``points`` when both coordinates are maximised, bounded below by
+    ``reference``: the union of the rectangles [r_x, x_i] x [r_y, y_i].
 
-    Empty when there is nothing to rank: fewer than two labels, or every label tied (a column
-    where every algo is "best" is noise that hides the columns that do discriminate).
+    Sweeping the points by decreasing x, each point adds the strip its y rises above the best y seen so
+    far: ``HV = sum_i (x_(i) - r_x) * max(0, y_(i) - max_{j < i} y_(j))``. Dominated points add nothing.
     """
-    if len(values) < 2:
-        return set()
-    best = max(values.values()) if higher_is_better else min(values.values())
-    winners = {label for label, value in values.items() if math.isclose(value, best, rel_tol=1e-12, abs_tol=1e-12)}
-    return set() if len(winners) == len(values) else winners
+    rx, ry = reference
+    area, best_y = 0.0, ry
+    for x, y in sorted(((float(x), float(y)) for x, y in points if x > rx and y > ry), reverse=True):
+        if y > best_y:
+            area += (x - rx) * (y - best_y)
+            best_y = y
+    return area

@@ -31,8 +31,9 @@ from typing import Any
 
 from alignbench.report.aggregate import X_METRIC, Y_METRIC
 from alignbench.report.build import ReportResult
+from alignbench.report.curves import CURVE_METRICS
 from alignbench.report.jobs import override_value
-from alignbench.report.render import results_markdown, view
+from alignbench.report.render import frontier_markdown, results_markdown, significance_markdown, view
 
 SPEC_FILE = "wandb_report.json"
 DEFAULT_PROJECT = "alignbench"
@@ -40,7 +41,9 @@ DEFAULT_PROJECT = "alignbench"
 # ``algo`` is a nested node (``AlgoConfig``: name, steps, ...), so the algorithm is ``algo.name``;
 # override with ``--group-by algo`` if runs carry a flat ``algo`` key instead.
 DEFAULT_GROUP_KEY = "algo.name"
-LINE_METRICS = ("train/lambda", "train/episode_cost")
+# training curves on the RL iteration (the sink logs ``iteration/rl`` with every RL row), never the global step
+RL_ITERATION = "iteration/rl"
+COMPUTE_METRIC = "perf/flops"  # training FLOPs so far (the run summary holds the job's total)
 
 
 class WandbUnavailable(RuntimeError):
@@ -67,6 +70,12 @@ def plan_report(
     """JSON-ready description of the W&B report; the single source both outputs are built from."""
     group = group or default_group(result)
     group_by = group_by or DEFAULT_GROUP_KEY
+    model = view(result.comparison, result.root)
+    logged = {metric for by_metric in result.comparison.curves.values() for metric in by_metric}
+    markdown = ["## Results (local aggregation)", "", results_markdown(model), "", "## What is significant", "",
+                *significance_markdown(model)]
+    if model["has_frontiers"]:
+        markdown += ["## Trade-off frontiers", "", *frontier_markdown(model)]
     return {
         "entity": entity if entity is not None else os.environ.get("WANDB_ENTITY", ""),
         "project": project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
@@ -74,14 +83,20 @@ def plan_report(
         "description": f"Safety-alignment algorithms compared on {X_METRIC} vs {Y_METRIC}, grouped by algo.",
         "runset": {"name": group, "filters": f"Group = '{group}'", "groupby": [f"config.{group_by}"]},
         "panels": [
-            {"type": "ScatterPlot", "title": "Helpfulness vs unsafe rate", "x": X_METRIC, "y": Y_METRIC},
+            {"type": "ScatterPlot", "title": "Helpfulness vs unsafe rate (a frontier sweep: every knob value)",
+             "x": X_METRIC, "y": Y_METRIC},
+            {"type": "ScatterPlot", "title": "Unsafe rate vs training FLOPs", "x": COMPUTE_METRIC, "y": Y_METRIC},
+            {"type": "ScatterPlot", "title": "Helpfulness vs training FLOPs", "x": COMPUTE_METRIC, "y": X_METRIC},
+            *({"type": "ScatterPlot", "title": "Over-refusal vs unsafe rate (frontier, second panel)",
+               "x": "eval/over_refusal_rate", "y": Y_METRIC} for _ in range(model["has_frontiers"])),
             *(
-                {"type": "LinePlot", "title": metric, "x": "Step", "y": [metric], "groupby": group_by}
-                for metric in LINE_METRICS
+                {"type": "LinePlot", "title": f"{metric} by RL iteration", "x": RL_ITERATION, "y": [metric],
+                 "groupby": group_by}
+                for metric in CURVE_METRICS if metric in logged
             ),
         ],
         "pareto_front": result.comparison.front,
-        "markdown": "## Results (local aggregation)\n\n" + results_markdown(view(result.comparison, result.root)),
+        "markdown": "\n".join(markdown),
     }
 
 
