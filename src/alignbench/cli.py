@@ -31,6 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import alignbench.config  # noqa: F401 - registers the config resolvers (${pick:...}) before anything resolves
 from alignbench.errors import EXIT_PREEMPTED, NumericalFaultError, Preempted, UserError
 from alignbench.summary import HISTORY_FILE, build_summary, write_summary
 
@@ -76,8 +77,8 @@ def _print_results(summary: dict[str, Any], output_dir: str) -> None:
                                                                 else str(values[c])) for c in columns])
         console.print(kinds)
     perf = summary["perf"]
-    console.print(f"wall {perf['wall_s']:.1f}s · generated tokens {perf['gen_tokens']} · trained tokens "
-                  f"{perf['train_tokens']} · peak RSS {perf['peak_rss_mb']:.0f} MB")
+    console.print(f"wall {perf['wall_s']:.1f}s · training: generated tokens {perf['gen_tokens']}, trained tokens "
+                  f"{perf['train_tokens']}, {perf.get('flops', 0):.3g} FLOPs · peak RSS {perf['peak_rss_mb']:.0f} MB")
     console.print(f"summary: {Path(output_dir) / 'summary.json'}")
 
 
@@ -100,6 +101,26 @@ def objective(cfg: DictConfig, metrics: dict[str, Any], failed: bool) -> float |
     return float(helpful - float(spec.penalty) * excess)
 
 
+def tradeoff_point(cfg: DictConfig) -> dict[str, Any] | None:
+    """``experiment=frontier``: the trade-off knob this job sets and its value, for the report.
+
+    The experiment's ``frontier`` node names each algorithm's knob (``frontier.knobs.<algo>``, a
+    config key) and the index swept (``frontier.point``); the value is read from the composed config.
+    None outside a frontier sweep, or for an algorithm without a knob there.
+    """
+    node = cfg.get("frontier")
+    algo = str(OmegaConf.select(cfg, "algo.name", default=""))
+    knob = OmegaConf.select(node, f"knobs.{algo}", default=None) if node is not None else None
+    if knob is None:
+        return None
+    try:
+        value = OmegaConf.select(cfg, str(knob), throw_on_missing=True)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except Exception as exc:  # noqa: BLE001 - the job's own validation reports a broken config
+        value = f"unresolved ({type(exc).__name__})"
+    return {"knob": str(knob), "value": value, "point": OmegaConf.select(node, "point", default=None)}
+
+
 def main(cfg: DictConfig) -> float | None:
     """Run one job; see module docstring for the error and multirun behaviour."""
     output_dir, multirun, overrides, _ = _hydra_info()
@@ -112,6 +133,9 @@ def main(cfg: DictConfig) -> float | None:
         "seed": int(cfg.seed) if isinstance(cfg.get("seed"), int) else 0,
         "overrides": redact_overrides(overrides),
     }
+    point = tradeoff_point(cfg)
+    if point is not None:
+        identity["tradeoff"] = point
     sink = None
     signals = ExitStack()
     try:
@@ -150,7 +174,7 @@ def main(cfg: DictConfig) -> float | None:
             result = run_job(rc, sink)
         if rank > 0:
             return None
-        extra_keys = ("per_kind", "per_category", "skipped_rows", "prompt_cost_histogram")
+        extra_keys = ("per_kind", "per_category", "skipped_rows", "prompt_cost_histogram", "compute")
         extra = {k: v for k, v in result.items() if k in extra_keys}
         summary = build_summary(status="ok", metrics=result["metrics"], perf=result["perf"],
                                 wandb_dir=sink.wandb_dir if sink else None, **identity, **extra)

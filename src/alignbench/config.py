@@ -20,6 +20,18 @@ from omegaconf.errors import OmegaConfBaseException
 from alignbench.errors import ConfigError
 
 
+def pick(values: Any, index: Any) -> Any:
+    """Resolver ``${pick:LIST,INDEX}``: entry INDEX of LIST. ``experiment=frontier`` sets each algorithm's
+    trade-off knob to ``${pick:${frontier.values.<algo>},${frontier.point}}`` (conf/algo/budget/*_frontier.yaml)."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(values):
+        raise ConfigError(f"frontier.point must be an integer in [0, {len(values) - 1}] (one of the {len(values)} "
+                          f"swept values), got {index!r}")
+    return values[index]
+
+
+OmegaConf.register_new_resolver("pick", pick, replace=True)
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config value '{key}' {message}")
