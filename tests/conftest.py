@@ -22,6 +22,25 @@ os.environ["WANDB_MODE"] = "offline"  # tests never go online, whatever the call
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# ALIGNBENCH_TEST_THREADS=1 (or 2, ...): every job a test runs, in-process or through run.py, and the test
+# process itself use that many torch threads (trainer.num_threads), so a claim test can be checked on two
+# floating-point paths: ALIGNBENCH_TEST_THREADS=1 python -m pytest -m slow, then =2.
+TEST_THREADS = os.environ.get("ALIGNBENCH_TEST_THREADS", "")
+
+
+def _with_threads(overrides: list[str]) -> list[str]:
+    if not TEST_THREADS or any(o.lstrip("+~").startswith("trainer.num_threads=") for o in overrides):
+        return list(overrides)
+    return [*overrides, f"trainer.num_threads={int(TEST_THREADS)}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    """Apply ALIGNBENCH_TEST_THREADS to the test process (in-process training and scoring)."""
+    if TEST_THREADS:
+        import torch
+
+        torch.set_num_threads(int(TEST_THREADS))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +60,7 @@ def compose(overrides: list[str], output_dir: Path, cache_dir: Path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = hydra_compose("config", overrides=_with_threads(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)
         cfg.cache_dir = str(cache_dir)
@@ -59,7 +78,7 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
     """Run ``python run.py ARGS`` in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *_with_threads(args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
