@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from alignbench.report.bootstrap import Interval, holm, percentile_interval, two_sided_p
-from alignbench.report.significance import ALPHA, format_p
+from alignbench.report.bootstrap import Interval, percentile_interval, two_sided_p
+from alignbench.report.significance import Tested, adjust, format_p
 from alignbench.report.stats import hypervolume
 
 HELPFULNESS, UNSAFE, OVER_REFUSAL = "eval/helpfulness", "eval/unsafe_rate", "eval/over_refusal_rate"
@@ -67,18 +67,13 @@ class Frontier:
                 "hypervolume": {plane: est(value) for plane, value in self.hypervolume.items()}}
 
 
-@dataclass
-class HypervolumeTest:
+@dataclass(kw_only=True)
+class HypervolumeTest(Tested):
+    """An algorithm's hypervolume against the reference's in one plane."""
+
     algo: str
     reference: str
     plane: str
-    difference: Interval
-    p: float
-    p_holm: float = 1.0
-
-    @property
-    def significant(self) -> bool:
-        return self.p_holm < ALPHA
 
     def sentence(self) -> str:
         more = "more" if self.difference.mean > 0 else "less"
@@ -152,8 +147,7 @@ def hypervolume_tests(frontiers: list[Frontier]) -> list[HypervolumeTest]:
                 bounds = percentile_interval(diff)
                 low, high = bounds if bounds is not None else (None, None)
                 point = frontier.hypervolume[plane].mean - reference.hypervolume[plane].mean
-                tests.append(HypervolumeTest(frontier.algo, reference.algo, plane,
-                                             Interval(point, low, high, 0, "difference"), two_sided_p(diff)))
-    for test, p in zip(tests, holm([t.p for t in tests])):
-        test.p_holm = p
-    return tests
+                tests.append(HypervolumeTest(algo=frontier.algo, reference=reference.algo, plane=plane,
+                                             difference=Interval(point, low, high, 0, "difference"),
+                                             p=two_sided_p(diff)))
+    return adjust(tests)

@@ -38,22 +38,28 @@ PHRASES = {
 TESTED = ("eval/unsafe_rate", "eval/over_refusal_rate", "eval/helpfulness", "eval/violation_rate")
 
 
-@dataclass
-class Finding:
-    """One test of ``group`` against ``other`` on ``metric``: the difference, its p-values, its wording."""
+@dataclass(kw_only=True)
+class Tested:
+    """A bootstrap test: the difference it is about, its p-value and its Holm-adjusted p-value."""
 
-    group: str
-    other: str
-    metric: str
     difference: Interval
-    group_mean: float
-    other_mean: float
     p: float
     p_holm: float = 1.0
 
     @property
     def significant(self) -> bool:
         return self.p_holm < ALPHA
+
+
+@dataclass(kw_only=True)
+class Finding(Tested):
+    """One test of ``group`` against ``other`` on ``metric``: the difference, its p-values, its wording."""
+
+    group: str
+    other: str
+    metric: str
+    group_mean: float
+    other_mean: float
 
     def sentence(self, labels: dict[str, str] | None = None) -> str:
         """``X is safer than Y (unsafe_rate 0.080 vs 0.410, difference -0.330 [-0.400, -0.250], p = 0.002)``;
@@ -85,11 +91,11 @@ def difference(name_a: str, name_b: str, metric: str, means: dict, samples: dict
     point = means[(name_a, metric)] - means[(name_b, metric)]
     bounds = percentile_interval(diff)
     low, high = bounds if bounds is not None else (None, None)
-    return Finding(name_a, name_b, metric, Interval(point, low, high, 0, "difference"), means[(name_a, metric)],
-                   means[(name_b, metric)], two_sided_p(diff))
+    return Finding(group=name_a, other=name_b, metric=metric, difference=Interval(point, low, high, 0, "difference"),
+                   group_mean=means[(name_a, metric)], other_mean=means[(name_b, metric)], p=two_sided_p(diff))
 
 
-def adjust(findings: list[Finding]) -> list[Finding]:
+def adjust(findings: list[Tested]) -> list[Tested]:
     """Holm-adjust one family in place (and return it)."""
     for finding, p in zip(findings, holm([f.p for f in findings])):
         finding.p_holm = p
@@ -100,8 +106,9 @@ def _flipped(finding: Finding) -> Finding:
     """The same test read the other way round (``b`` against ``a``): same p-values."""
     d = finding.difference
     low, high = (None, None) if d.low is None or d.high is None else (-d.high, -d.low)
-    return Finding(finding.other, finding.group, finding.metric, Interval(-d.mean, low, high, 0, d.method),
-                   finding.other_mean, finding.group_mean, finding.p, finding.p_holm)
+    return Finding(group=finding.other, other=finding.group, metric=finding.metric,
+                   difference=Interval(-d.mean, low, high, 0, d.method), group_mean=finding.other_mean,
+                   other_mean=finding.group_mean, p=finding.p, p_holm=finding.p_holm)
 
 
 def family(requests: list[tuple[str, str, str]], means: dict, samples: dict) -> dict[tuple[str, str, str], Finding]:
