@@ -79,9 +79,12 @@ def history(seed: int, with_lambda: bool = False) -> list[dict]:
 
 
 def triplay_history(seed: int) -> list[dict]:
-    """TriPlay's in-fit warm-up (iterations 1-3, phase 0), then red phases logging held-out attack success."""
+    """TriPlay's in-fit warm-up (iterations 1-3, phase 0; its last row holds the held-out measurement RL starts
+    from, an earlier one a value no curve may show), then red phases logging held-out attack success."""
     rows = [{"step": i, "stage": "rl", "iteration": i, "train/triplay_phase": 0.0, "train/warmup/attacker_loss": 1.0,
              "perf/flops": 1e12} for i in range(1, 4)]
+    rows[1]["triplay/attack_success_rate"] = 0.99
+    rows[2]["triplay/attack_success_rate"] = 0.05 + 0.01 * seed
     rows += [{"step": 3 + i, "stage": "rl", "iteration": 3 + i, "train/triplay_phase": 1.0,
               "triplay/attack_success_rate": 0.1 * i + 0.01 * seed, "perf/flops": 1e12 + 1e10 * i} for i in range(1, 4)]
     return rows

@@ -181,8 +181,8 @@ def test_triplay_curves_start_after_its_warmup(tmp_path: Path):
         write_job(tmp_path / str(seed), overrides, summary("triplay", seed, overrides, metrics_of(rows)),
                   triplay_history(seed), rows)
     curve = json.loads(build_report(tmp_path).data_json.read_text())["curves"]["iteration"]
-    assert curve["triplay/attack_success_rate"]["triplay"]["x"] == [1.0, 2.0, 3.0]
-    assert curve["triplay/attack_success_rate"]["triplay"]["mean"] == pytest.approx([0.105, 0.205, 0.305])
+    assert curve["triplay/attack_success_rate"]["triplay"]["x"] == [0.0, 1.0, 2.0, 3.0]  # 0: after the warm-up
+    assert curve["triplay/attack_success_rate"]["triplay"]["mean"] == pytest.approx([0.055, 0.105, 0.205, 0.305])
 
 
 def test_frontier_hypervolume_and_plot(tmp_path: Path):

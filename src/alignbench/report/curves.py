@@ -4,7 +4,8 @@ Only RL rows count (``stage == "rl"``): the shared stages (SFT, reward and cost 
 log under their own stage names and restart their own iteration counts, so they never enter an RL curve.
 A component's in-fit warm-up (TriPlay's supervised warm-up: rows with ``train/triplay_phase == 0`` or a
 ``train/warmup/...`` key) is dropped too, and the RL iteration counts from its end:
-``x = iteration - (last warm-up iteration)``. The compute axis is ``perf/flops``, the job's training FLOPs
+``x = iteration - (last warm-up iteration)``; the warm-up's last row stays, at x = 0, since it holds the
+measurement RL starts from (TriPlay's held-out metrics after the warm-up). The compute axis is ``perf/flops``, the job's training FLOPs
 so far (every stage and role, ``alignbench.models.compute``), logged with every row.
 
 Each group's curve is the mean over its seeds at every x with a 95% t-band (``stats.mean_ci``); the
@@ -51,7 +52,8 @@ def rl_rows(history: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
     rows = [row for row in history if row.get("stage") == RL_STAGE and isinstance(row.get("iteration"), int)]
     warm = [row["iteration"] for row in rows if _warmup_row(row)]
     offset = max(warm) if warm else 0
-    return [(row["iteration"] - offset, row) for row in rows if not _warmup_row(row)]
+    return [(row["iteration"] - offset, row) for row in rows
+            if not _warmup_row(row) or row["iteration"] == offset]
 
 
 def _curve(points: dict[int, list[float]], xs: dict[int, list[float]] | None = None) -> Curve:

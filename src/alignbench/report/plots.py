@@ -177,7 +177,9 @@ def plot_curves(comparison: Comparison, path: Path, axis: str = "iteration") -> 
     for ax, metric in zip(axes, metrics):
         for name, curve in curves[metric].items():
             colour = colours.get(algo_of.get(name, name), "#333333")
-            ax.plot(curve.x, curve.mean, color=colour, label=f"{label_of.get(name, name)} ({max(curve.counts)} seeds)")
+            seeds = max(curve.counts)
+            ax.plot(curve.x, curve.mean, color=colour, marker="o" if len(curve.x) <= 12 else None, markersize=3,
+                    label=f"{label_of.get(name, name)} ({seeds} seed{'s' if seeds > 1 else ''})")
             band = [(x, lo, hi) for x, lo, hi in zip(curve.x, curve.low, curve.high) if lo is not None]
             if band:
                 ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=colour, alpha=0.15)
