@@ -16,6 +16,7 @@ from alignbench.report.curves import CURVE_METRICS
 from alignbench.report.stats import pareto_step
 
 DPI = 100
+TERA = 1e12
 WIDTH = 11.0  # inches: 1100 px at DPI, shown at most the page's width
 
 
@@ -109,10 +110,11 @@ def plot_compute(comparison: Comparison, path: Path) -> Path:
             est, flops = group.metrics.get(metric), group.perf["flops"]
             if est is None:
                 continue
-            ax.errorbar(flops.mean, est.mean, xerr=_bar(flops), yerr=_bar(est), fmt="o", color=colours[group.algo],
-                        markeredgecolor="black", capsize=3, label=group.label)
-        ax.set_xscale("log")
-        ax.set_xlabel("training FLOPs (estimated; every stage, warm-up and role)")
+            bar = _bar(flops)
+            ax.errorbar(flops.mean / TERA, est.mean, xerr=None if bar is None else [[v / TERA for v in side] for side in bar],
+                        yerr=_bar(est), fmt="o", color=colours[group.algo], markeredgecolor="black", capsize=3,
+                        label=group.label)
+        ax.set_xlabel("training TFLOPs (estimated; every stage, warm-up and role)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_title("Safety against compute (lower is safer)", fontsize=10)
@@ -175,18 +177,18 @@ def plot_curves(comparison: Comparison, path: Path, axis: str = "iteration") -> 
     algo_of = {g.name: g.algo for g in comparison.groups}
     label_of = {g.name: g.label for g in comparison.groups}
     for ax, metric in zip(axes, metrics):
+        scale = TERA if axis == "compute" else 1.0
         for name, curve in curves[metric].items():
             colour = colours.get(algo_of.get(name, name), "#333333")
             seeds = max(curve.counts)
-            ax.plot(curve.x, curve.mean, color=colour, marker="o" if len(curve.x) <= 12 else None, markersize=3,
+            ax.plot([x / scale for x in curve.x], curve.mean, color=colour, marker="o" if len(curve.x) <= 12 else None, markersize=3,
                     label=f"{label_of.get(name, name)} ({seeds} seed{'s' if seeds > 1 else ''})")
             band = [(x, lo, hi) for x, lo, hi in zip(curve.x, curve.low, curve.high) if lo is not None]
             if band:
-                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=colour, alpha=0.15)
+                ax.fill_between([b[0] / scale for b in band], [b[1] for b in band], [b[2] for b in band], color=colour,
+                                alpha=0.15)
         ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("RL iteration" if axis == "iteration" else "training FLOPs so far")
-        if axis == "compute":
-            ax.set_xscale("log")
+        ax.set_xlabel("RL iteration" if axis == "iteration" else "training TFLOPs so far (stages included)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     for ax in axes[len(metrics):]:
