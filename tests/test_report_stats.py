@@ -35,7 +35,7 @@ def test_prompts_are_resampled_within_their_kind_and_ineligible_prompts_ignored(
     # a metric over harmful prompts only (NaN elsewhere): one seed, values 0, 0, 1 -> replicates in {0, 1/3, 2/3, 1}
     interval, samples = estimate(plan, "x", np.array([[0.0, 0.0, 1.0, np.nan, np.nan]]))
     assert set(np.round(samples * 3).tolist()) <= {0.0, 1.0, 2.0, 3.0} and interval.mean == pytest.approx(1 / 3)
-    assert interval.method == "prompts (one seed)"
+    assert interval.method == "prompts (one seed)" and interval.format().endswith("(n=1, prompts only)")
 
 
 def test_seed_level_metric_bootstraps_seeds_only():

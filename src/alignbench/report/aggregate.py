@@ -39,6 +39,7 @@ class Column:
     higher_is_better: bool = False
     optional: bool = False
     ranked: bool = True
+    directed: bool = True  # False: neither direction is "better" (no arrow)
 
     @property
     def title(self) -> str:
@@ -46,7 +47,7 @@ class Column:
 
     @property
     def arrow(self) -> str:
-        return "↑" if self.higher_is_better else "↓"
+        return ("↑" if self.higher_is_better else "↓") if self.directed else ""
 
 
 EVAL_COLUMNS = (
@@ -55,7 +56,7 @@ EVAL_COLUMNS = (
     Column("eval/helpfulness", higher_is_better=True),
     Column("eval/violation_rate"),
     Column("eval/cost_p95"),
-    Column("eval/feedback_trigger_rate", optional=True, ranked=False),
+    Column("eval/feedback_trigger_rate", optional=True, ranked=False, directed=False),
 )
 REQUIRED_EVAL = tuple(c.key for c in EVAL_COLUMNS if not c.optional)
 # compute columns: training FLOPs (every stage and role), tokens, wall time, memory; no stars

@@ -46,6 +46,7 @@ import numpy as np
 
 # 5000: the smallest two-sided p is 2 / 5001 = 4e-4, small enough for Holm over ~100 tests at 5%
 DEFAULT_REPLICATES = 5000
+ONE_SEED = "prompts (one seed)"
 MIN_REPLICATES = 100  # fewer: the smallest p (2 / (B + 1)) is too coarse for any adjusted test
 CONFIDENCE = 0.95
 
@@ -68,7 +69,8 @@ class Interval:
         """``0.123 ± 0.045 (n=5)``: the mean and half the 95% interval's width; ``no CI`` when none."""
         if self.half_width is None:
             return f"{self.mean:.{digits}f} (n={self.n}, no CI)"
-        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f} (n={self.n})"
+        only = ", prompts only" if self.method == ONE_SEED else ""  # the seed-to-seed noise is unknown
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f} (n={self.n}{only})"
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "ci95": self.half_width, "low": self.low, "high": self.high, "n": self.n,
@@ -159,7 +161,7 @@ def estimate(plan: Plan, group: str, values: np.ndarray) -> tuple[Interval, np.n
         return Interval(mean, None, None, 1, "none"), np.full(plan.replicates, mean)
     samples = replicates(plan, group, values)
     bounds = percentile_interval(samples)
-    method = "seeds x prompts" if decomposed and n > 1 else ("prompts (one seed)" if decomposed else "seeds")
+    method = "seeds x prompts" if decomposed and n > 1 else (ONE_SEED if decomposed else "seeds")
     low, high = bounds if bounds is not None else (None, None)
     return Interval(mean, low, high, n, method), samples
 
