@@ -10,9 +10,9 @@ Checkpoints (``checkpoint_state``, written by ``training.callbacks.CheckpointCal
 trainable roles (adapters, heads, trained copies), every optimiser's and scheduler's state, the
 component's own state (counters, Lagrange multiplier, pools, generators), the job's compute meter
 (``models.compute``), the data position and the RNG states — never the frozen base or frozen roles.
-``load_resume_state`` puts one back: weights, component and compute meter at once, optimiser/scheduler states when Lightning has built them
-(``on_train_start``) and the RNG states just before the first resumed iteration (after the data
-loader's iterator has drawn its seed), so a resumed run continues bit for bit.
+``load_resume_state`` puts one back: weights, component and compute meter at once, optimiser/scheduler
+states when Lightning has built them (``on_train_start``) and the RNG states just before the first resumed
+iteration (after the data loader's iterator has drawn its seed), so a resumed run continues bit for bit.
 
 Numerical faults: ``optimize`` never steps an optimiser on a non-finite loss or gradient; an iteration
 with such a skip, or with a NaN/inf loss, reward, cost or lambda among its metrics, is counted
