@@ -130,7 +130,8 @@ def test_what_is_significant_says_only_what_holds(report):
     safe_unsafe = sum(SAFE_UNSAFE.values()) / 4 / 20
     sft_unsafe = sum(SFT_UNSAFE.values()) / 4 / 20
     assert f"safe_rlhf is safer than sft (unsafe_rate {safe_unsafe:.3f} vs {sft_unsafe:.3f}" in section
-    assert "waltzrl † is safer than sft" in section and "Holm-adjusted p = " in section
+    # no replicate of waltzrl - sft crosses 0: the p-value is only bounded by the 5000 replicates' resolution
+    assert re.search(r"waltzrl † is safer than sft \(.*Holm-adjusted p ≤ 0\.\d+\)", section)
     # equal over-refusal and helpfulness by construction: no claim either way
     assert not re.search(r"safe_rlhf (is more|is less) helpful than sft", section)
     assert "safe_rlhf over-refuses" not in section

@@ -60,7 +60,11 @@ EVAL_COLUMNS = (
 )
 REQUIRED_EVAL = tuple(c.key for c in EVAL_COLUMNS if not c.optional)
 # compute columns: training FLOPs (every stage and role), tokens, wall time, memory; no stars
-PERF_COLUMNS = tuple(Column(key, ranked=False) for key in ("flops", "gen_tokens", "train_tokens", "wall_s", "peak_rss_mb"))
+PERF_COLUMNS = tuple(Column(key, ranked=False)
+                     for key in ("flops", "gen_tokens", "train_tokens", "wall_s", "cpu_s", "peak_rss_mb"))
+# phases of the per-phase compute table, in pipeline order (unknown ones after RL, the non-training ones last)
+PHASE_ORDER = ("sft", "reward_model", "cost_model")
+LAST_PHASES = ("rl", "eval", "monitor")
 # The order the project introduces the algorithms in; unknown algos follow alphabetically.
 ALGO_ORDER = ("sft", "ppo", "reward_shaping", "safe_rlhf", "repo", "waltzrl", "safeguard", "triplay")
 
@@ -210,12 +214,17 @@ def _compute_summary(groups: list[Group]) -> dict[str, Any]:
     flops = {g.name: g.perf["flops"].mean for g in groups if g.perf.get("flops") is not None and g.perf["flops"].mean > 0}
     reference = "safe_rlhf" if "safe_rlhf" in flops else next((g.name for g in rl_groups if g.name in flops), None)
     rl_flops = [flops[g.name] for g in rl_groups if g.name in flops]
+    def position(phase: str) -> tuple[int, int]:
+        if phase in PHASE_ORDER:
+            return (0, PHASE_ORDER.index(phase))
+        return (2, LAST_PHASES.index(phase)) if phase in LAST_PHASES else (1, phases.index(phase))
+
     return {
         "reference": reference,
         "ratio": {name: value / flops[reference] for name, value in flops.items()} if reference else {},
         "rl_groups": [g.name for g in rl_groups],
         "rl_spread": max(rl_flops) / min(rl_flops) if len(rl_flops) > 1 else None,
-        "phases": phases,
+        "phases": sorted(phases, key=position),
         "breakdown": breakdown,
     }
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from alignbench.report.bootstrap import Interval, percentile_interval, two_sided_p
-from alignbench.report.significance import Tested, adjust, format_p
+from alignbench.report.significance import Tested, adjust
 from alignbench.report.stats import hypervolume
 
 HELPFULNESS, UNSAFE, OVER_REFUSAL = "eval/helpfulness", "eval/unsafe_rate", "eval/over_refusal_rate"
@@ -79,7 +79,7 @@ class HypervolumeTest(Tested):
         more = "more" if self.difference.mean > 0 else "less"
         plane = "helpfulness x (1 - unsafe)" if self.plane == "helpfulness" else "(1 - over-refusal) x (1 - unsafe)"
         return (f"{self.algo}'s frontier dominates {more} of the {plane} plane than {self.reference}'s "
-                f"(hypervolume difference {self.difference.mean:+.3f}, Holm-adjusted p = {format_p(self.p_holm)})")
+                f"(hypervolume difference {self.difference.mean:+.3f}, {self.p_text()})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"algo": self.algo, "reference": self.reference, "plane": self.plane,
@@ -149,5 +149,5 @@ def hypervolume_tests(frontiers: list[Frontier]) -> list[HypervolumeTest]:
                 point = frontier.hypervolume[plane].mean - reference.hypervolume[plane].mean
                 tests.append(HypervolumeTest(algo=frontier.algo, reference=reference.algo, plane=plane,
                                              difference=Interval(point, low, high, 0, "difference"),
-                                             p=two_sided_p(diff)))
+                                             p=two_sided_p(diff), p_floor=2.0 / (len(diff) + 1)))
     return adjust(tests)

@@ -139,8 +139,8 @@ def view(comparison: Comparison, root: Path) -> dict[str, Any]:
         "stars": stars,
         "front": [label[name] for name in comparison.front],
         "front_means": [label[name] for name in comparison.front_means],
-        "dominance": [f"{label[d['dominating']]} dominates {label[d['dominated']]} (Holm-adjusted p = "
-                      f"{format_p(d['p_holm'])})" for d in comparison.dominance],
+        "dominance": [f"{label[d['dominating']]} dominates {label[d['dominated']]} (Holm-adjusted p "
+                      f"{'≤' if d['resolution_limited'] else '='} {format_p(d['p_holm'])})" for d in comparison.dominance],
         "n_front_groups": len({g for g in comparison.front} | {d["dominated"] for d in comparison.dominance}),
         "has_frontiers": bool(comparison.frontiers),
         "frontier": _frontier_view(comparison),

@@ -45,10 +45,20 @@ class Tested:
     difference: Interval
     p: float
     p_holm: float = 1.0
+    p_floor: float = 0.0  # the smallest p the replicates can give, 2 / (B + 1)
 
     @property
     def significant(self) -> bool:
         return self.p_holm < ALPHA
+
+    @property
+    def resolution_limited(self) -> bool:
+        """No replicate fell on the other side of 0: the raw p is the smallest the replicates resolve."""
+        return self.p <= self.p_floor * (1 + 1e-9)
+
+    def p_text(self) -> str:
+        """``Holm-adjusted p = 0.012``, or ``p ≤ 0.032`` when the replicates cannot resolve a smaller p."""
+        return f"Holm-adjusted p {'≤' if self.resolution_limited else '='} {format_p(self.p_holm)}"
 
 
 @dataclass(kw_only=True)
@@ -70,12 +80,13 @@ class Finding(Tested):
         bounds = f" [{d.low:+.3f}, {d.high:+.3f}]" if d.low is not None and d.high is not None else ""
         group, other = ((labels or {}).get(name, name) for name in (self.group, self.other))
         return (f"{group} {phrase} {other} ({self.metric.split('/', 1)[-1]} {self.group_mean:.3f} vs "
-                f"{self.other_mean:.3f}, difference {d.mean:+.3f}{bounds}, Holm-adjusted p = {format_p(self.p_holm)})")
+                f"{self.other_mean:.3f}, difference {d.mean:+.3f}{bounds}, {self.p_text()})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"group": self.group, "other": self.other, "metric": self.metric, "difference": self.difference.to_dict(),
                 "group_mean": self.group_mean, "other_mean": self.other_mean, "p": self.p, "p_holm": self.p_holm,
-                "significant": self.significant, "sentence": self.sentence()}
+                "resolution_limited": self.resolution_limited, "significant": self.significant,
+                "sentence": self.sentence()}
 
 
 def format_p(p: float) -> str:
@@ -92,7 +103,8 @@ def difference(name_a: str, name_b: str, metric: str, means: dict, samples: dict
     bounds = percentile_interval(diff)
     low, high = bounds if bounds is not None else (None, None)
     return Finding(group=name_a, other=name_b, metric=metric, difference=Interval(point, low, high, 0, "difference"),
-                   group_mean=means[(name_a, metric)], other_mean=means[(name_b, metric)], p=two_sided_p(diff))
+                   group_mean=means[(name_a, metric)], other_mean=means[(name_b, metric)], p=two_sided_p(diff),
+                   p_floor=2.0 / (len(diff) + 1))
 
 
 def adjust(findings: list[Tested]) -> list[Tested]:
@@ -108,7 +120,7 @@ def _flipped(finding: Finding) -> Finding:
     low, high = (None, None) if d.low is None or d.high is None else (-d.high, -d.low)
     return Finding(group=finding.other, other=finding.group, metric=finding.metric,
                    difference=Interval(-d.mean, low, high, 0, d.method), group_mean=finding.other_mean,
-                   other_mean=finding.group_mean, p=finding.p, p_holm=finding.p_holm)
+                   other_mean=finding.group_mean, p=finding.p, p_holm=finding.p_holm, p_floor=finding.p_floor)
 
 
 def family(requests: list[tuple[str, str, str]], means: dict, samples: dict) -> dict[tuple[str, str, str], Finding]:
@@ -185,7 +197,8 @@ def significant_front(groups: list[str], x_metric: str, y_metric: str, samples: 
             pairs.append((a, b))
             p_values.append(dominance_p(*(samples[key] for key in keys)))
     adjusted = holm(p_values)
-    relations = [{"dominating": a, "dominated": b, "p": p, "p_holm": q}
+    floor = 1.0 / (len(samples[next(iter(samples))]) + 1) if samples else 1.0  # no counter-example at all
+    relations = [{"dominating": a, "dominated": b, "p": p, "p_holm": q, "resolution_limited": p <= floor * (1 + 1e-9)}
                  for (a, b), p, q in zip(pairs, p_values, adjusted) if q < ALPHA]
     dominated = {r["dominated"] for r in relations}
     considered = {g for pair in pairs for g in pair} or set(groups)
