@@ -32,9 +32,9 @@ def test_overlay_sweeps_every_algorithm_over_two_seeds(composed):
 
 
 @pytest.mark.parametrize("algo,key,budget,default", [
-    ("ppo", "steps", 20, 80), ("safe_rlhf", "steps", 20, 80), ("repo", "steps", 20, 80),
-    ("reward_shaping", "steps", 20, 80), ("waltzrl", "steps", 16, 0), ("triplay", "iterations", 2, 3),
-    ("triplay", "attacker_warmup_steps", 200, 400),
+    ("ppo", "steps", 16, 80), ("safe_rlhf", "steps", 16, 80), ("repo", "steps", 16, 80),
+    ("reward_shaping", "steps", 16, 80), ("waltzrl", "steps", 12, 0), ("triplay", "iterations", 2, 3),
+    ("triplay", "metric_samples", 4, 8),
 ])
 def test_budgets_apply_only_under_head_to_head(composed, algo, key, budget, default):
     assert composed([f"algo={algo}", "experiment=head_to_head"]).algo[key] == budget
