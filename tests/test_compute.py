@@ -104,6 +104,11 @@ def test_phases_records_and_state():
     restored = ComputeMeter()
     restored.load_state_dict(json.loads(json.dumps(meter.state_dict())))
     assert restored.report() == report
+    # DDP with 2 ranks: a rank counts its shard, a cache record holds the job's total, and totals scale back
+    ranked = ComputeMeter()
+    ranked.add("sft", {"flops": 30.0}, world_size=2)
+    assert ranked.phases["sft"].flops == 15.0 and ranked.total(world_size=2).flops == 30.0
+    assert ranked.record(ranked.phases["sft"], world_size=2)["flops"] == 30.0
 
 
 @pytest.mark.slow

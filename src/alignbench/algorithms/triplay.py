@@ -93,6 +93,7 @@ from alignbench.registry import register_algorithm
 from alignbench.rl.advantages import grpo_advantages
 from alignbench.rl.experience import actor_loss, collect, mean_of, minibatches
 from alignbench.rl.losses import clipped_policy_loss, kl_penalty
+from alignbench.utils.distributed import world_size
 
 PHASE_CODES = {"warmup": 0, "red": 1, "blue": 2, "eval": 3}
 TRAINED_ROLE = {"red": "attacker", "blue": "defender", "eval": "evaluator"}
@@ -171,7 +172,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             for role in ("attacker", "evaluator"):
                 roles.load_role_state_dict(role, state[role])
             self.generator.set_state(state["generator"])
-            METER.add(WARMUP_PHASE, state["compute"])  # what the warm-up cost when it was trained
+            METER.add(WARMUP_PHASE, state["compute"], world_size())  # what the warm-up cost when it was trained
             self._sync_anchors()
 
     def _warmup_cache_file(self) -> Path | None:
@@ -195,7 +196,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self.warmup_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.warmup_file.with_suffix(f".{os.getpid()}.tmp")
         state = {role: self.roles.role_state_dict(role) for role in ("attacker", "evaluator")}
-        compute = dataclasses.asdict(METER.phases.get(WARMUP_PHASE, Counts()))
+        compute = METER.record(METER.phases.get(WARMUP_PHASE, Counts()), world_size())
         torch.save({**state, "generator": self.generator.get_state(), "compute": compute}, tmp)
         os.replace(tmp, self.warmup_file)  # atomic: a concurrent run never reads half a file
 

@@ -156,10 +156,17 @@ class ComputeMeter:
     def _counts(self) -> Counts:
         return self.phases.setdefault(self.phase_name, Counts())
 
-    def add(self, phase: str, counts: "Counts | dict[str, Any] | None") -> None:
-        """Add a cost recorded elsewhere (a cached stage's) to ``phase``."""
-        if counts:
-            self.phases.setdefault(phase, Counts()).add(counts)
+    def record(self, spent: Counts, world_size: int = 1) -> dict[str, float]:
+        """What a cache stores of a phase this rank spent ``spent`` on: the job's total over all ranks."""
+        return asdict(spent.scaled(world_size))
+
+    def add(self, phase: str, record: "Counts | dict[str, Any] | None", world_size: int = 1) -> None:
+        """Add a cost recorded when a cached stage was trained (a ``record``) to ``phase``; under DDP this
+        rank takes its share, as if it had trained its shard itself (``total`` scales back)."""
+        if record:
+            counts = Counts()
+            counts.add(record)
+            self.phases.setdefault(phase, Counts()).add(counts.scaled(1.0 / world_size))
             self.recorded_phases.add(phase)
 
     # ----------------------------------------------------------------- passes

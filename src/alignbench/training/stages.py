@@ -14,7 +14,6 @@ half-written entry, and concurrent jobs use a file lock.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -97,7 +96,7 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
     that (a worker re-running the stages its launch interrupted) the worker's own look agrees with
     it, because rank 0 holds the lock, so nobody can write this entry, until the worker has joined.
     """
-    from alignbench.utils.distributed import broadcast_object, is_rank_zero
+    from alignbench.utils.distributed import broadcast_object, is_rank_zero, world_size
 
     root = Path(cache_dir) / "stages"
     entry = root / key
@@ -106,7 +105,7 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
         hit = broadcast_object(reuse and (entry / "metrics.json").exists() and (entry / COMPUTE_FILE).exists())
         if hit:
             weights, metrics = load_entry(entry)
-            METER.add(stage_phase(key), json.loads((entry / COMPUTE_FILE).read_text()))
+            METER.add(stage_phase(key), json.loads((entry / COMPUTE_FILE).read_text()), world_size())
             return weights, metrics, True
         with METER.phase(stage_phase(key)) as spent:
             weights, metrics = train()
@@ -115,7 +114,7 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / COMPUTE_FILE).write_text(json.dumps(dataclasses.asdict(spent), indent=2))
+        (tmp / COMPUTE_FILE).write_text(json.dumps(METER.record(spent, world_size()), indent=2))
         if entry.exists():
             shutil.rmtree(entry)
         os.replace(tmp, entry)
