@@ -184,10 +184,11 @@ def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
 
 def legend(model: dict[str, Any]) -> str:
     """What a cell and a star mean (shared by the Markdown, the HTML and the W&B report)."""
-    text = (f"Mean over seeds ± half the width of its 95% interval (hierarchical bootstrap: seeds, then prompts within "
-            f"each seed; {model['replicates']} replicates; n = seeds). {BEST} = the column's best mean *and* its lead "
-            f"over every other row is significant (Holm-adjusted bootstrap test, {model['alpha']:.0%}); a column "
-            f"without {BEST} has no significant leader. ↑ higher is better, ↓ lower is better.")
+    text = (f"Mean over seeds ± half the width of its 95% interval (hierarchical bootstrap: seeds, then prompts "
+            f"within each seed; {model['replicates']} replicates; n = seeds). {BEST} = the column's best mean, marked "
+            f"only when its lead over every other row is significant (Holm-adjusted bootstrap test, "
+            f"{model['alpha']:.0%}); a column without {BEST} has no significant leader. ↑ higher is better, ↓ lower "
+            f"is better.")
     if model["oracle"]:
         text += (f" {model['oracle_mark']} trained on the world's ground truth (signals=oracle): an upper bound, not "
                  f"a like-for-like competitor.")
