@@ -230,7 +230,9 @@ def _compute_summary(groups: list[Group]) -> dict[str, Any]:
 
 
 def compare(jobs: list[Job], replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> Comparison:
-    """Aggregate jobs into the comparison (pure function of the loaded jobs and the bootstrap seed)."""
+    """Aggregate jobs into the comparison (pure function of the loaded jobs and the bootstrap seed).
+
+    ``replicates`` is raised when the family of tests is large (``significance.replicates_for``)."""
     ok_jobs = [job for job in jobs if job.ok]
     failed_jobs = [job for job in jobs if not job.ok]
     columns = [c for c in EVAL_COLUMNS if not c.optional or any(job.metrics.get(c.key) is not None for job in ok_jobs)]
@@ -246,6 +248,12 @@ def compare(jobs: list[Job], replicates: int = DEFAULT_REPLICATES, seed: int = 0
 
     ids, kinds = _universe(ok_jobs)
     index = {pid: i for i, pid in enumerate(ids)}
+    plain = [g.name for g in groups if not g.tradeoff]
+    tested = [m for m in significance.TESTED if any(c.key == m for c in columns)]
+    ranked = [c for c in columns if c.ranked]
+    # the most tests the report may make: every group against two references, every column's leader
+    family = 2 * max(0, len(plain) - 1) * len(tested) + len(ranked) * max(0, len(groups) - 1)
+    replicates = significance.replicates_for(family, replicates)
     plan = Plan(kinds, slots=max((g.n for g in groups), default=1), replicates=replicates, seed=seed)
     means: dict[tuple[str, str], float] = {}
     samples: dict[tuple[str, str], np.ndarray] = {}
@@ -265,10 +273,8 @@ def compare(jobs: list[Job], replicates: int = DEFAULT_REPLICATES, seed: int = 0
         if group.seed_level:
             group.notes.append(f"seed-level intervals for {', '.join(m.split('/', 1)[-1] for m in group.seed_level)} "
                                f"(eval_samples.jsonl missing or not matching the summary in some seed)")
-    plain = [g.name for g in groups if not g.tradeoff]
-    tested = [m for m in significance.TESTED if any(c.key == m for c in columns)]
     names = [g.name for g in groups]
-    best = significance.leaders(names, [(c.key, c.higher_is_better) for c in columns if c.ranked], means)
+    best = significance.leaders(names, [(c.key, c.higher_is_better) for c in ranked], means)
     reference_requests = significance.reference_requests(plain, tested)
     star_requests = significance.star_requests(names, best, means)
     tests = significance.family(reference_requests + star_requests, means, samples)

@@ -206,7 +206,7 @@ def results_markdown(model: dict[str, Any]) -> str:
 def significance_markdown(model: dict[str, Any]) -> list[str]:
     """The "What is significant" section's lines."""
     refs = " and ".join(model["references"]) or "no reference (neither sft nor safe_rlhf ran)"
-    md = [f"Every algorithm against {refs} on unsafe rate, over-refusal, helpfulness and violation rate: "
+    md = [f"Every algorithm against {refs} on unsafe rate, over-refusal, helpfulness, violation rate and 95th-percentile prompt cost: "
           f"{model['n_tests']} two-sided bootstrap tests, Holm-adjusted together ({model['alpha']:.0%} family-wise).", ""]
     md += [f"- {s}" for s in model["significant"]] or ["- None of these differences is significant."]
     md += ["", "Stars (a column's significant leader): " + ("; ".join(model["stars"]) if model["stars"] else "none."), ""]

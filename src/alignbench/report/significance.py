@@ -18,6 +18,7 @@ of ``m_a - m_b`` give a two-sided p-value, and each family of tests is Holm-adju
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ PHRASES = {
     "eval/violation_rate": ("violates the cost threshold less often than", "violates the cost threshold more often than"),
     "eval/cost_p95": ("has a lower 95th-percentile prompt cost than", "has a higher 95th-percentile prompt cost than"),
 }
-TESTED = ("eval/unsafe_rate", "eval/over_refusal_rate", "eval/helpfulness", "eval/violation_rate")
+TESTED = ("eval/unsafe_rate", "eval/over_refusal_rate", "eval/helpfulness", "eval/violation_rate", "eval/cost_p95")
 
 
 @dataclass(kw_only=True)
@@ -87,6 +88,13 @@ class Finding(Tested):
                 "group_mean": self.group_mean, "other_mean": self.other_mean, "p": self.p, "p_holm": self.p_holm,
                 "resolution_limited": self.resolution_limited, "significant": self.significant,
                 "sentence": self.sentence()}
+
+
+def replicates_for(family_size: int, requested: int) -> int:
+    """Enough replicates that a difference no replicate contradicts stays significant after Holm's
+    adjustment of ``family_size`` tests: the smallest p, 2 / (B + 1), times the family size is at most
+    ALPHA / 2 (``requested`` when that is already enough)."""
+    return max(requested, math.ceil(4 * family_size / ALPHA))
 
 
 def format_p(p: float) -> str:
