@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignbench.report.aggregate import X_METRIC, Y_METRIC, Comparison
+from alignbench.report.aggregate import ALGO_ORDER, X_METRIC, Y_METRIC, Comparison
 from alignbench.report.bootstrap import Interval
 from alignbench.report.curves import CURVE_METRICS
 from alignbench.report.stats import pareto_step
@@ -21,11 +21,14 @@ WIDTH = 11.0  # inches: 1100 px at DPI, shown at most the page's width
 
 
 def algo_colours(algos: list[str]) -> dict[str, str]:
-    """A stable colour per algo (tab10, then tab20 when there are many) shared by every figure."""
+    """One colour per algo, the same in every figure and every report: the project's algorithms keep
+    their place in ``ALGO_ORDER`` (tab10), others follow (tab20 when there are many)."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab10" if len(algos) <= 10 else "tab20"]
-    return {algo: _hex(palette(index % palette.N)) for index, algo in enumerate(algos)}
+    known = list(ALGO_ORDER)
+    extra = [a for a in algos if a not in known]
+    palette = colormaps["tab10" if len(known) + len(extra) <= 10 else "tab20"]
+    return {algo: _hex(palette((known + extra).index(algo) % palette.N)) for algo in algos}
 
 
 def _hex(rgba: tuple[float, ...]) -> str:
