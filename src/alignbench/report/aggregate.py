@@ -329,7 +329,9 @@ def to_data(comparison: Comparison, root_label: str) -> dict[str, Any]:
         "root": root_label,
         "statistics": {"interval": "95% percentile bootstrap, seeds then prompts within each seed (stratified by "
                                    "prompt kind)", "replicates": comparison.replicates,
-                       "tests": "two-sided bootstrap p-values, Holm-adjusted per family", "alpha": significance.ALPHA},
+                       "tests": "two-sided bootstrap p-values; Holm-adjusted over the reference and star tests together, "
+                                "the dominance tests and the hypervolume tests each a family of their own",
+                       "alpha": significance.ALPHA},
         "columns": [{"key": c.key, "higher_is_better": c.higher_is_better} for c in comparison.columns],
         "perf_columns": [c.key for c in comparison.perf_columns],
         "algos": [
