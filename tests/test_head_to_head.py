@@ -45,7 +45,7 @@ def test_budgets_apply_only_under_head_to_head(composed, algo, key, budget, defa
 @pytest.mark.slow
 def test_shrunk_head_to_head_writes_a_report_over_algorithms_and_seeds(tmp_path, stage_cache):
     algos = "sft,safe_rlhf,repo,safeguard"
-    result = run_cli(["experiment=head_to_head", f"hydra.sweeper.params.algo='{algos}'", "logger=none",
+    result = run_cli(["experiment=head_to_head", f"hydra.sweeper.params.algo='{algos}'", "seed=1,2", "logger=none",
                       "stages.sft.steps=40", "stages.reward_model.steps=10", "stages.cost_model.steps=10",
                       "stages.sft.batch_size=16", "stages.reward_model.batch_size=16",
                       "stages.cost_model.batch_size=16", "algo.steps=2", "algo.batch_size=4",
