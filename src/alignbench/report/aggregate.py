@@ -194,11 +194,12 @@ def _values(group: Group, metric: str, source: str, ids: list[str], index: dict[
     return np.array(kept)[:, None]
 
 
-def _compute_summary(groups: list[Group]) -> dict[str, Any]:
+def _compute_summary(groups: list[Group], plan: Plan) -> dict[str, Any]:
     """Training FLOPs per group against the reference (safe_rlhf, else the first RL group) and the
-    spread among the groups that trained an RL phase; per-phase means for the breakdown table."""
+    spread among the groups that trained an RL phase; per-phase FLOPs (over seeds, with their interval)
+    for the breakdown table."""
     phases: list[str] = []
-    breakdown: dict[str, dict[str, float]] = {}
+    breakdown: dict[str, dict[str, Interval]] = {}
     rl_groups = []
     for group in groups:
         per_phase: dict[str, list[float]] = defaultdict(list)
@@ -208,8 +209,9 @@ def _compute_summary(groups: list[Group]) -> dict[str, Any]:
                     per_phase[phase].append(float(counts["flops"]))
                     if phase not in phases:
                         phases.append(phase)
-        breakdown[group.name] = {phase: sum(v) / len(v) for phase, v in per_phase.items()}
-        if breakdown[group.name].get("rl", 0.0) > 0:
+        breakdown[group.name] = {phase: estimate(plan, group.name, np.array(values)[:, None])[0]
+                                 for phase, values in per_phase.items()}
+        if "rl" in breakdown[group.name] and breakdown[group.name]["rl"].mean > 0:
             rl_groups.append(group)
     flops = {g.name: g.perf["flops"].mean for g in groups if g.perf.get("flops") is not None and g.perf["flops"].mean > 0}
     reference = "safe_rlhf" if "safe_rlhf" in flops else next((g.name for g in rl_groups if g.name in flops), None)
@@ -303,7 +305,7 @@ def compare(jobs: list[Job], replicates: int = DEFAULT_REPLICATES, seed: int = 0
         replicates=replicates, findings=findings, star_tests=star_tests, front_means=pareto_front(mean_points),
         front=front, dominance=dominance, seed_points=dict(seed_points), frontiers=frontiers,
         hypervolume_tests=hypervolume_tests(frontiers), curves=build_curves(curve_groups),
-        compute=_compute_summary(groups), warnings=warnings,
+        compute=_compute_summary(groups, plan), warnings=warnings,
     )
 
 
@@ -351,7 +353,9 @@ def to_data(comparison: Comparison, root_label: str) -> dict[str, Any]:
                    "significant_dominance": comparison.dominance},
         "frontiers": [f.to_dict() for f in comparison.frontiers],
         "hypervolume_tests": [t.to_dict() for t in comparison.hypervolume_tests],
-        "compute": comparison.compute,
+        "compute": {**comparison.compute,
+                    "breakdown": {group: {phase: est.to_dict() for phase, est in phases.items()}
+                                  for group, phases in comparison.compute["breakdown"].items()}},
         "curves": {axis: {metric: {group: curve.to_dict() for group, curve in by_group.items()}
                           for metric, by_group in by_metric.items()} for axis, by_metric in comparison.curves.items()},
         "jobs": [_job_data(job) for job in comparison.jobs],

@@ -88,7 +88,8 @@ def _compute_view(comparison: Comparison) -> dict[str, Any]:
     label = {g.name: g.label for g in comparison.groups}
     ratio = compute["ratio"]
     rows = [[label[g.name], _perf_text(g.perf.get("flops")), f"{ratio[g.name]:.2f}×" if g.name in ratio else MISSING,
-             *(_count(compute["breakdown"].get(g.name, {}).get(p, 0.0)) for p in compute["phases"])]
+             *(_perf_text(compute["breakdown"].get(g.name, {}).get(p)) if p in compute["breakdown"].get(g.name, {})
+               else "0" for p in compute["phases"])]
             for g in comparison.groups]
     spread = compute["rl_spread"]
     if spread is not None:
