@@ -15,7 +15,9 @@ the job writes ``summary.json`` with ``status: "preempted"`` and exits with ``EX
 also inside a multirun (the whole sweep is being stopped). Rerunning the same command with
 ``resume=true`` continues from the checkpoint; jobs whose summary already says ``ok`` are skipped.
 ``NumericalFaultError`` (``max_nan_steps`` non-finite iterations in a row) is one line too, exit 1.
-Override values whose key looks like a secret (``+hf_token=...``) are written as ``***``.
+Secrets come from the environment: a config value whose key looks like a secret stops the job with one
+line naming the variable to export (``alignbench.secret_keys``; the command line is refused before
+Hydra reads it); the failed summary shows such overrides as ``***``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def main(cfg: DictConfig) -> float | None:
         import alignbench.algorithms  # noqa: F401 - registers the algorithms
 
         signals.enter_context(PREEMPTION.installed())  # SIGTERM/SIGUSR1 -> checkpoint + Preempted
+        _refuse_secrets(cfg, output_dir, multirun, rank)
         try:
             cls = ALGORITHMS.get(identity["algo"])
         except KeyError as exc:
@@ -202,6 +205,18 @@ def redact_overrides(overrides: list[str]) -> list[str]:
         key, sep, value = item.partition("=")
         out.append(f"{key}=***" if sep and value and is_secret_key(key) else item)
     return out
+
+
+def _refuse_secrets(cfg: DictConfig, output_dir: str, multirun: bool, rank: int) -> None:
+    """A secret-looking key with a value in the config stops the job (``alignbench.secret_keys``);
+    the copies of it Hydra already wrote are scrubbed first."""
+    from alignbench.secret_keys import refusal, scrub_hydra_files, secret_config_keys
+
+    found = secret_config_keys(OmegaConf.to_container(cfg, resolve=False))
+    if found:
+        if rank == 0:
+            scrub_hydra_files(output_dir, multirun)
+        raise UserError(refusal(found[0]))
 
 
 def _completed_summary(output_dir: str) -> dict[str, Any] | None:

@@ -144,16 +144,19 @@ class TrainerConfig:
         _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
         _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = only at the end)")
         strategy = str(self.strategy).lower()
-        if strategy.startswith("fsdp"):
-            raise ConfigError(
-                f"trainer.strategy={self.strategy} is not supported: FSDP shards the weights, but alignbench "
-                "generates rollouts and evaluation samples with generate() on whole weights (it would need "
-                "FSDP.summon_full_params around every rollout); use trainer=ddp")
+        if strategy.startswith("fsdp") and strategy != "fsdp":
+            raise ConfigError(f"trainer.strategy={self.strategy} is not supported: alignbench's FSDP is "
+                              "trainer.strategy=fsdp (FSDP2 over every rank, alignbench.models.sharding)")
         if strategy.startswith("deepspeed"):
             raise ConfigError(
                 f"trainer.strategy={self.strategy} is not supported: DeepSpeed allows one optimiser per engine, "
                 "and alignbench's components step several under manual optimisation (Safe RLHF: policy, reward "
-                "critic, cost critic); use trainer=ddp")
+                "critic, cost critic); use trainer=fsdp to shard a model across GPUs (or trainer=ddp)")
+
+    @property
+    def fsdp(self) -> bool:
+        """``trainer.strategy=fsdp``: roles sharded with FSDP2 (``alignbench.models.sharding``)."""
+        return str(self.strategy).lower() == "fsdp"
 
 
 @dataclass
@@ -328,6 +331,16 @@ class RunConfig:
 STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "rl")
 
 
+def _check_sharded_generation(algo: AlgoConfig, evaluation: EvalConfig) -> None:
+    """Under FSDP a rank holds shards only: the decoders that read whole weights cannot run."""
+    settings = {f"algo.{f.name}": getattr(algo, f.name) for f in dataclasses.fields(algo)}
+    settings["eval.generation"] = evaluation.generation
+    for key, value in settings.items():
+        if isinstance(value, GenerationConfig) and value.engine in ("fused", "vllm"):
+            raise ConfigError(f"config value '{key}.engine={value.engine}' cannot decode FSDP-sharded weights "
+                              f"(trainer.strategy=fsdp); use auto, lean or hf")
+
+
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     """Check every group against its schema; raises ``ConfigError`` naming the first bad key."""
     groups = {
@@ -362,6 +375,8 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise ConfigError(f"config value 'resume' must be true or false, got {resume!r}")
+    if typed["trainer"].fsdp:
+        _check_sharded_generation(typed["algo"], typed["eval"])
     max_nan = cfg.get("max_nan_steps", 3)
     if not isinstance(max_nan, int) or max_nan < 0:
         raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")

@@ -23,6 +23,7 @@ import lightning as L
 
 from alignbench.errors import NumericalFaultError, Preempted
 from alignbench.training.checkpoint import CheckpointManager, non_finite_entries
+from alignbench.utils.distributed import any_rank, is_rank_zero
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -129,8 +130,11 @@ class CheckpointCallback(L.Callback):
         self.extra = dict(extra or {})
         self.pending = False  # a checkpoint was due at a faulty iteration: write it at the next good one
 
-    def save(self, module) -> str:
+    def save(self, module) -> str | None:
+        """Write a checkpoint (rank 0); under FSDP every rank gathers the state, the others write nothing."""
         state = module.checkpoint_state()
+        if not is_rank_zero():
+            return None
         bad = non_finite_entries({"roles": state["roles"], "component": state["component"]})
         if bad:
             raise NumericalFaultError(
@@ -148,10 +152,11 @@ class CheckpointCallback(L.Callback):
         total = module.component.num_iterations
         due = self.pending or (self.every > 0 and module.iteration % self.every == 0) or (
             self.final and module.iteration >= total)
-        preempt = self.guard.requested
-        if not trainer.is_global_zero:
+        preempt = any_rank(self.guard.requested)  # all ranks stop at the same iteration
+        sharded = getattr(module, "sharded", False)  # FSDP: gathering the state is a collective
+        if not (trainer.is_global_zero or sharded):
             due = False
-        if (due or preempt) and trainer.is_global_zero:
+        if (due or preempt) and (trainer.is_global_zero or sharded):
             if module.last_iteration_faulty:
                 self.pending = due
             else:

@@ -36,7 +36,8 @@ from alignbench.models.roles import RoleSet
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
-from alignbench.utils.distributed import all_reduce_gradients_, mean_metrics
+from alignbench.utils.distributed import (all_reduce_gradients_, full_tensor, gathered, is_rank_zero, is_sharded,
+                                          local_part, mean_metrics)
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -96,6 +97,26 @@ class AlignmentModule(L.LightningModule):
         self._pending_rng: dict[str, Any] | None = None
         self._t_last = time.perf_counter()
 
+    # ----------------------------------------------------------------- sharding
+    def configure_model(self) -> None:
+        """``trainer=fsdp``: shard the roles over the strategy's data-parallel mesh before the
+        optimisers are built (``alignbench.models.sharding``); other strategies leave them whole."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None and not self.sharded:
+            from alignbench.models.sharding import shard_roles, sharded_bytes
+
+            whole = sum(p.numel() * p.element_size() for p in self.roles.parameters())
+            shard_roles(self.roles, mesh["data_parallel"])
+            if is_rank_zero():
+                print(f"alignbench: FSDP: stage '{self.stage}' roles sharded over {mesh['data_parallel'].size()} "
+                      f"ranks: {sharded_bytes(self.roles) / 2**20:.2f} MiB of {whole / 2**20:.2f} MiB of "
+                      f"parameters on rank 0", flush=True)
+
+    @property
+    def sharded(self) -> bool:
+        """The roles are FSDP shards: reading them whole (checkpoints) is a collective."""
+        return is_sharded(self.roles)
+
     # ----------------------------------------------------------------- optimisers
     def configure_optimizers(self):
         specs = self.component.optimizer_specs()
@@ -116,8 +137,8 @@ class AlignmentModule(L.LightningModule):
         """One update of optimiser ``name``: zero-grad, backward, clip, step (scheduler per iteration).
 
         A non-finite loss or gradient norm skips the step: the gradients are dropped, the optimiser
-        state is untouched and the iteration counts as faulty. (Under DDP the decision is taken on the
-        all-reduced gradient norm, which every rank shares, so the ranks never diverge.)
+        state is untouched and the iteration counts as faulty. (Under DDP and FSDP the decision is
+        taken on the all-reduced gradient norm, which every rank shares, so the ranks never diverge.)
         """
         index = self._optimizer_names.index(name)
         optimizers = self.optimizers()
@@ -132,8 +153,10 @@ class AlignmentModule(L.LightningModule):
         if ddp is not None:
             all_reduce_gradients_([p for group in optimizer.param_groups for p in group["params"]])
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self._grad_clip[name] or float("inf"))
-        if not bool(torch.isfinite(grad_norm)) or (ddp is None and not loss_finite):
+        # FSDP: the norm of the sharded gradients is a DTensor; whole, it is the global norm
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self._grad_clip[name] or float("inf")))
+        synced = ddp is not None or self.sharded
+        if not bool(torch.isfinite(grad_norm)) or (not synced and not loss_finite):
             optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf
             self._faults.append(f"{name} {'loss' if not loss_finite else 'gradient'}")
             return {"grad_norm": float(grad_norm), "skipped": 1.0}
@@ -205,6 +228,7 @@ class AlignmentModule(L.LightningModule):
                                            f"run's {self._optimizer_names}")
             for name, optimizer in zip(self._optimizer_names, self._optimizers_ref):
                 optimizer.load_state_dict(saved["optimizers"][name])
+                _shard_optimizer_state(optimizer)
             for scheduler, state in zip(self._schedulers_ref, saved["schedulers"]):
                 scheduler.load_state_dict(state)
 
@@ -214,7 +238,10 @@ class AlignmentModule(L.LightningModule):
             self._pending_rng = None
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``."""
+        """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``.
+
+        Under FSDP weights and optimiser states are gathered whole (a collective: every rank calls
+        this, rank 0 writes), so a checkpoint does not depend on the number of ranks."""
         optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
         schedulers = getattr(self, "_schedulers_ref", None) or self._raw_schedulers()
         counters = getattr(self.component.ctx, "counters", None)
@@ -225,7 +252,7 @@ class AlignmentModule(L.LightningModule):
             "iteration": self.iteration,
             "num_iterations": int(self.component.num_iterations),
             "roles": self.roles.trainable_state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in zip(self._optimizer_names, optimizers)},
+            "optimizers": {name: gathered(opt.state_dict()) for name, opt in zip(self._optimizer_names, optimizers)},
             "schedulers": [scheduler.state_dict() for scheduler in schedulers],
             "component": self.component.state_dict(),
             "rng": ckpt.capture_rng(),
@@ -291,3 +318,14 @@ class AlignmentModule(L.LightningModule):
             ckpt.restore_rng(state["rng"])
         else:
             torch.set_rng_state(state["torch_rng"])
+
+
+def _shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` of a whole (gathered) state: lay every per-parameter tensor of an
+    FSDP-sharded parameter out as the parameter (this rank's shard); scalars such as ``step`` stay."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape == param.shape:
+                    state[key] = local_part(value, param)

@@ -32,7 +32,7 @@ from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
-from alignbench.utils.distributed import is_rank_zero
+from alignbench.utils.distributed import is_rank_zero, is_sharded
 
 
 @dataclass
@@ -113,9 +113,11 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
 def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
     from lightning.pytorch.callbacks import RichProgressBar
 
+    from alignbench.training.strategy import lightning_strategy
+
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
-        strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
+        strategy=lightning_strategy(rc.trainer), precision=rc.trainer.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(root), callbacks=[RichProgressBar(leave=False), *(callbacks or [])],
         deterministic=rc.trainer.deterministic, log_every_n_steps=1,
@@ -174,7 +176,8 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
             # Lightning saw the signal at an iteration end after our callback had run: save here
             if not PREEMPTION.requested:
                 raise
-            if trainer.is_global_zero and not module.last_iteration_faulty and module.iteration > module.saved_iteration:
+            if ((trainer.is_global_zero or module.sharded) and not module.last_iteration_faulty
+                    and module.iteration > module.saved_iteration):
                 callback.save(module)
             raise callback.preempted(module) from None
         if PREEMPTION.requested:  # the signal came after the last iteration (its checkpoint is written)
@@ -209,7 +212,11 @@ def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torc
 
 
 def _unwrap_roles(roles: RoleSet, ctx: RunContext) -> None:
-    """Remove a stage's LoRA layers from the shared base so the next stage starts from a clean base."""
+    """Remove a stage's LoRA layers (and FSDP sharding) from the shared base so the next stage starts
+    from a clean base."""
+    from alignbench.models.sharding import unshard_roles
+
+    unshard_roles(roles)
     if roles.peft is not None:
         ctx.base = roles.peft.unload()
 
@@ -318,7 +325,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
             specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
         roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
-        roles.to(ctx.device)
+        if not rc.trainer.fsdp:  # FSDP moves each rank's shards to its device when it shards them
+            roles.to(ctx.device)
         component.attach(roles)
         if judge_role:
             roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
@@ -330,13 +338,15 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
-        if rc.eval.enabled and is_rank_zero():  # DDP: rank 0 evaluates, the other ranks are done
+        # DDP: rank 0 evaluates, the other ranks are done; FSDP: every rank takes part in every forward
+        if rc.eval.enabled and (is_rank_zero() or is_sharded(roles)):
             roles.eval()
             evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
                                   seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
                                   extra_metrics=getattr(component, "eval_extra_metrics", None))
             result["metrics"].update(evaluation.metrics)
-            evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
+            if is_rank_zero():
+                evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.eval_extras())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
             result["prompt_cost_histogram"] = evaluation.prompt_cost_histogram

@@ -19,6 +19,12 @@ DDP design in alignbench (see also ``benchmarks/README.md``):
   optimisers with disjoint parameters under manual optimisation), the Lagrange multiplier averages
   J_C across ranks (``all_reduce_mean``), logged metrics are rank means (token counts: sums), and
   only rank 0 logs, evaluates and writes the summary.
+
+FSDP (``trainer=fsdp``, ``alignbench.models.sharding``) keeps the same data split, but the weights are
+DTensor shards: every forward all-gathers them, so all ranks run the same sequence of forwards
+(rollouts stop when every rank's rows have finished: ``any_rank``), gradients are reduce-scattered
+by FSDP itself, and reading a weight whole (checkpoints, stage outputs, export) is a collective
+(``full_tensor``, ``gathered``) that every rank calls.
 """
 
 from __future__ import annotations
@@ -127,6 +133,62 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_tensors_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op in one process)."""
+    if not is_distributed() or world_size() == 1:
+        return
+    device = _device_for_collectives()
+    with torch.no_grad():
+        for tensor in tensors:
+            buffer = tensor.detach().to(device)
+            torch.distributed.broadcast(buffer, src=src)
+            if buffer.data_ptr() != tensor.data_ptr():
+                tensor.copy_(buffer)
+
+
+def any_rank(flag: bool) -> bool:
+    """``flag`` or'ed over ranks (as is in one process): every rank takes the same branch."""
+    if not is_distributed() or world_size() == 1:
+        return bool(flag)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=_device_for_collectives())
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether FSDP2 (``fully_shard``) manages any submodule of ``module``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a DTensor shard (a collective: every rank calls it), else ``tensor``."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def gathered(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples: a state dict) with every DTensor made whole."""
+    if isinstance(value, dict):
+        return {key: gathered(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(gathered(item) for item in value)
+    return full_tensor(value) if isinstance(value, torch.Tensor) else value
+
+
+def local_part(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``whole`` laid out as ``like``: this rank's shard when ``like`` is a DTensor (no communication:
+    every rank holds ``whole``), else ``whole`` itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor) or isinstance(whole, DTensor):
+        return whole
+    whole = whole.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
 
 
 # ----------------------------------------------------------------------------- one job per launch
