@@ -220,6 +220,22 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What an SFT or RL job leaves in ``<run dir>/export/`` for transformers and peft
+    (``alignbench.models.export``; README "On a cluster")."""
+
+    enabled: bool = True  # SFT and RL jobs export their trained policy
+    # also save the model the adapter applies to (the pretrained model with the SFT stage merged in:
+    # it exists nowhere else); false: the adapter, tokenizer and card only
+    base: bool = True
+    merged: bool = False  # also save the policy with its adapter merged in (one plain transformers model)
+    samples: int = 4  # greedy answers to evaluation prompts, recorded to check a loaded export
+
+    def check(self) -> None:
+        _require(self.samples >= 0, "export.samples", "must be >= 0")
+
+
+@dataclass
 class OptimConfig:
     """One optimiser: AdamW with optional warm-up + cosine decay (``scheduler: cosine|constant``)."""
 
@@ -318,6 +334,7 @@ class RunConfig:
     logger: LoggerConfig
     eval: EvalConfig
     stages: StagesConfig
+    export: ExportConfig
     seed: int
     stage: str
     resume: bool
@@ -351,6 +368,7 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
         "logger": LoggerConfig,
         "eval": EvalConfig,
         "stages": StagesConfig,
+        "export": ExportConfig,
     }
     typed = {}
     for group, schema in groups.items():

@@ -64,6 +64,9 @@ class AlgorithmComponent:
     requires: ClassVar[tuple[str, ...]] = ()
     #: train every base weight instead of adapters (only the SFT stage on tiny models does this)
     full_finetune: bool = False
+    #: the LM role a job exports (``alignbench.training.export``): the one that answers users;
+    #: ``reference`` = the SFT model itself, None = nothing trained to export
+    export_role: ClassVar[str | None] = "policy"
 
     def __init__(self, cfg: Any, ctx: Any, stage_outputs: StageOutputs | None = None) -> None:
         self.cfg = cfg

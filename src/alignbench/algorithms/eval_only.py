@@ -26,6 +26,7 @@ class EvalOnlyConfig(AlgoConfig):
 class EvalOnly(AlgorithmComponent):
     config_class = EvalOnlyConfig
     requires = ()
+    export_role = None  # trains nothing
 
     @classmethod
     def required_stages(cls, cfg) -> tuple[str, ...]:

@@ -129,6 +129,7 @@ class Safeguard(AlgorithmComponent):
 
     config_class = SafeguardConfig
     requires = ("sft",)
+    export_role = None  # trains nothing: the SFT model behind a classifier
 
     def role_specs(self) -> list[RoleSpec]:
         return []

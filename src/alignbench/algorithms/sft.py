@@ -84,6 +84,7 @@ class SFTBaseline(AlgorithmComponent):
 
     config_class = SFTBaselineConfig
     requires = ("sft",)
+    export_role = "reference"  # the SFT model is the policy
 
     def role_specs(self) -> list[RoleSpec]:
         return []

@@ -227,6 +227,7 @@ class WaltzRL(AlgorithmComponent):
 
     config_class = WaltzRLConfig
     requires = ("sft",)
+    export_role = CONVERSATION  # the feedback agent's adapter stays in the checkpoint
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
