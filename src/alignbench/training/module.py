@@ -37,7 +37,7 @@ from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
 from alignbench.utils.distributed import (all_reduce_gradients_, full_tensor, gathered, is_rank_zero, is_sharded,
-                                          local_part, mean_metrics)
+                                          local_part, mean_metrics, rank, world_size)
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -240,8 +240,8 @@ class AlignmentModule(L.LightningModule):
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``.
 
-        Under FSDP weights and optimiser states are gathered whole (a collective: every rank calls
-        this, rank 0 writes), so a checkpoint does not depend on the number of ranks."""
+        Under FSDP weights and optimiser states are gathered whole and every rank's own component and
+        RNG states are kept (``ranks``): a collective, every rank calls this and rank 0 writes."""
         optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
         schedulers = getattr(self, "_schedulers_ref", None) or self._raw_schedulers()
         counters = getattr(self.component.ctx, "counters", None)
@@ -256,6 +256,8 @@ class AlignmentModule(L.LightningModule):
             "schedulers": [scheduler.state_dict() for scheduler in schedulers],
             "component": self.component.state_dict(),
             "rng": ckpt.capture_rng(),
+            # FSDP: every rank's own component state (e.g. its Lagrange cost window) and RNG states
+            "ranks": self._per_rank_states() if self.sharded else None,
             "data": {"seed": int(self.data_seed), "batch_size": int(self.component.batch_size),
                      "consumed_batches": self.iteration,
                      "consumed_items": self.iteration * int(self.component.batch_size)},
@@ -263,6 +265,13 @@ class AlignmentModule(L.LightningModule):
             "counters": dict(counters) if counters is not None else None,
             "nan": {"skipped": self.nan_skipped, "consecutive": self.nan_consecutive},
         }
+
+    def _per_rank_states(self) -> list[dict[str, Any]]:
+        """Every rank's component and RNG states, in rank order (a collective)."""
+        mine = {"component": self.component.state_dict(), "rng": ckpt.capture_rng()}
+        states: list[Any] = [None] * world_size()
+        torch.distributed.all_gather_object(states, mine)
+        return states
 
     def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None) -> None:
         """Restore a ``checkpoint_state``: weights, component, counters and sink now; optimisers and RNG
@@ -274,7 +283,8 @@ class AlignmentModule(L.LightningModule):
         self.iteration = int(state["iteration"])
         self.saved_iteration = self.iteration
         self.roles.load_trainable_state_dict(state["roles"])
-        self.component.load_state_dict(state["component"])
+        own = (state.get("ranks") or [])[rank():rank() + 1]  # this rank's states, when the checkpoint has them
+        self.component.load_state_dict(own[0]["component"] if own else state["component"])
         nan = state.get("nan") or {}
         self.nan_skipped = int(nan.get("skipped", 0))
         self.nan_consecutive = int(nan.get("consecutive", 0))
@@ -282,7 +292,7 @@ class AlignmentModule(L.LightningModule):
         if counters is not None and state.get("counters"):
             counters.update(state["counters"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
-        self._pending_rng = state["rng"]
+        self._pending_rng = own[0]["rng"] if own else state["rng"]
         if history_file is not None:
             self.restore_sink(state, history_file)
 
