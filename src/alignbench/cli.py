@@ -46,7 +46,9 @@ def _hydra_info() -> tuple[str, bool, list[str], str]:
 
 
 def _rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0)
+    from alignbench.utils.distributed import rank  # global: launcher env, SLURM tasks, process group
+
+    return rank()
 
 
 def _print_results(summary: dict[str, Any], output_dir: str) -> None:

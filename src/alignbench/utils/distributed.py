@@ -43,10 +43,17 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def _slurm_tasks() -> int:
+    """Tasks of this SLURM job step (srun / submitit start one process per rank): 0 outside SLURM."""
+    return int(os.environ.get("SLURM_NTASKS", "0") or 0) if "SLURM_PROCID" in os.environ else 0
+
+
 def world_size() -> int:
     if is_distributed():
         return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    return max(1, _slurm_tasks())
 
 
 def rank() -> int:
@@ -59,6 +66,8 @@ def rank() -> int:
         return torch.distributed.get_rank()
     if os.environ.get("RANK"):
         return int(os.environ["RANK"])
+    if _slurm_tasks() > 1:  # hydra/launcher=slurm with several tasks: each task is a rank
+        return int(os.environ["SLURM_PROCID"])
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     node = int(os.environ.get("NODE_RANK", "0") or 0)
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
