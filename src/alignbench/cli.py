@@ -200,13 +200,9 @@ def main(cfg: DictConfig) -> float | None:
 
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Command-line overrides with secret-looking values replaced: ``+hf_token=abc`` -> ``+hf_token=***``."""
-    from alignbench.training.sink import is_secret_key
+    from alignbench.secret_keys import redact
 
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"{key}=***" if sep and value and is_secret_key(key) else item)
-    return out
+    return redact(list(overrides))
 
 
 def _refuse_secrets(cfg: DictConfig, output_dir: str, multirun: bool, rank: int) -> None:

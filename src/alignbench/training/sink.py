@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignbench.config import LoggerConfig
-from alignbench.secret_keys import is_secret_key, redact  # noqa: F401 - is_secret_key: re-exported for callers
+from alignbench.secret_keys import redact
 from alignbench.summary import HISTORY_FILE
 
 class MetricsSink:
