@@ -39,12 +39,13 @@ def test_assets_are_found_in_the_fetched_folder_first(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_wheel_install_runs_alignbench_from_another_folder(tmp_path, stage_cache):
     # --system-site-packages: the venv reuses this environment's torch==2.13.0 and the other pinned
-    # dependencies instead of downloading them again; alignbench itself is a non-editable copy in the
-    # venv, which shadows any editable install of the checkout (asserted below)
+    # dependencies (and pip and setuptools: --without-pip keeps the venv's old bundled setuptools out)
+    # instead of downloading them again; alignbench itself is a non-editable copy in the venv, which
+    # shadows any editable install of the checkout (asserted below)
     source = tmp_path / "source"  # a copy, so building leaves nothing in the checkout
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "outputs", "__pycache__", "*.egg-info", "build"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python, command = venv / "bin" / "python", venv / "bin" / "alignbench"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
     install = subprocess.run([str(python), "-m", "pip", "install", "--no-build-isolation", "--no-input", str(source)],
