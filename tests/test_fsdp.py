@@ -151,6 +151,19 @@ def test_fsdp_refuses_decoders_that_need_whole_weights(composed, override, key):
                            ALGORITHMS.get("safe_rlhf").config_class).trainer.fsdp
 
 
+@pytest.mark.parametrize("algo", ["waltzrl", "triplay", "single_rl"])
+def test_algorithms_whose_ranks_may_diverge_are_refused_under_fsdp(algo):
+    from alignbench.config import TrainerConfig
+    from alignbench.training.strategy import check_strategy
+
+    with pytest.raises(ConfigError, match=f"algo={algo} does not run under trainer=fsdp") as error:
+        check_strategy(TrainerConfig(strategy="fsdp"), algo)
+    assert "use trainer=ddp" in str(error.value) and "safe_rlhf" in str(error.value)
+    check_strategy(TrainerConfig(strategy="ddp"), algo)
+    for ready in ("sft", "ppo", "safe_rlhf", "repo", "reward_shaping"):
+        check_strategy(TrainerConfig(strategy="fsdp"), ready)
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_fsdp_gives_the_single_process_trajectory_and_resumes(tmp_path):

@@ -130,6 +130,7 @@ class Safeguard(AlgorithmComponent):
     config_class = SafeguardConfig
     requires = ("sft",)
     export_role = None  # trains nothing: the SFT model behind a classifier
+    fsdp_ready = True  # (evaluation only, in one process)
 
     def role_specs(self) -> list[RoleSpec]:
         return []

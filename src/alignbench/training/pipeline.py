@@ -32,6 +32,7 @@ from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
+from alignbench.training.strategy import check_strategy, lightning_strategy
 from alignbench.utils.distributed import is_rank_zero, is_sharded
 
 
@@ -112,8 +113,6 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
 
 def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
     from lightning.pytorch.callbacks import RichProgressBar
-
-    from alignbench.training.strategy import lightning_strategy
 
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
@@ -304,8 +303,9 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     started = time.perf_counter()
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
-    ctx = build_context(rc, sink)
     cls = ALGORITHMS.get(rc.algo.name)
+    check_strategy(rc.trainer, rc.algo.name)
+    ctx = build_context(rc, sink)
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.required_stages(rc.algo)
     external_cost = getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=

@@ -16,6 +16,8 @@ from typing import Any
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from alignbench.config import TrainerConfig
+from alignbench.errors import ConfigError
+from alignbench.registry import ALGORITHMS
 
 
 class ShardedDataParallel(ModelParallelStrategy):
@@ -34,3 +36,13 @@ class ShardedDataParallel(ModelParallelStrategy):
 def lightning_strategy(cfg: TrainerConfig) -> Any:
     """What ``L.Trainer(strategy=...)`` gets for ``trainer.strategy``."""
     return ShardedDataParallel() if cfg.fsdp else cfg.strategy
+
+
+def check_strategy(cfg: TrainerConfig, algo: str) -> None:
+    """``trainer=fsdp`` only with algorithms whose ranks make the same model calls every iteration
+    (``AlgorithmComponent.fsdp_ready``): a rank that ran one forward more would wait for ever."""
+    if cfg.fsdp and not ALGORITHMS.get(algo).fsdp_ready:
+        ready = ", ".join(name for name in ALGORITHMS.names() if ALGORITHMS.get(name).fsdp_ready)
+        raise ConfigError(f"algo={algo} does not run under trainer=fsdp: its ranks may make different numbers of "
+                          f"model calls per iteration (every FSDP forward is a collective); use trainer=ddp, or "
+                          f"one of {ready}")
