@@ -129,7 +129,8 @@ def write_export(directory: str | Path, *, roles, role: str, base_model: nn.Modu
             written.append("merged")
     else:
         reference = base_model if base_model is not None else roles.models[role]
-        _plain_model(reference, state).save_pretrained(str(directory / "merged"))
+        # the SFT model may carry other roles' LoRA layers (e.g. the cost-model judge's): left out
+        _plain_model(reference, _base_state(state)).save_pretrained(str(directory / "merged"))
         _save_tokenizer(tokenizer, directory / "merged", chat_template)
         written.append("merged")
     facts = {**facts, "role": role, "folders": written, "prompt_format": prompt_template,
