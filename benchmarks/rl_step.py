@@ -243,6 +243,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     from alignbench.config import GenerationConfig, ModelConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
+    from alignbench.signals import TrainingSignals
     from alignbench.training.module import adamw
 
     model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True, lora=lora_settings(args))
@@ -265,6 +266,8 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     states = {name: roles.role_state_dict(name) for name in ("reward_model", "cost_model")}
     component = SafeRLHF(cfg, ctx, StageOutputs(states=states))
     component.attach(roles)
+    # R and C from the reward and cost model roles, as signals=learned gives them (no audit: no oracle here)
+    ctx.signals = TrainingSignals(source="learned", ctx=ctx, roles=roles, audit_per_iteration=0, label_model=False)
     optimizers = {name: (spec.params, adamw(spec.params, lr=spec.optim.lr))
                   for name, spec in component.optimizer_specs().items()}
 

@@ -47,7 +47,7 @@ CONFIG_CASES = [
     (["model.lora.r=0"], "config value 'model.lora.r' must be > 0"),
     (["data.on_bad_row=maybe"], "config value 'data.on_bad_row' must be 'error' or 'skip'"),
     (["seed=abc"], "config value 'seed' must be an integer, got 'abc'"),
-    (["stage=bogus"], "config value 'stage' must be one of all, sft, reward_model, cost_model, rl, got 'bogus'"),
+    (["stage=bogus"], "config value 'stage' must be one of all, sft, reward_model, cost_model, label_model, rl, got 'bogus'"),
     (["resume=maybe"], "config value 'resume' must be true or false, got 'maybe'"),
     (["max_nan_steps=-1"], "config value 'max_nan_steps' must be an integer >= 0, got -1"),
     (["data=prompts_jsonl", "algo=eval_only"], "config value 'data.path' is required"),

@@ -134,6 +134,8 @@ def main(cfg: DictConfig) -> float | None:
                 print(f"alignbench: {Path(output_dir) / 'summary.json'} says this job finished (status ok); "
                       f"nothing to resume", file=sys.stderr)
                 return objective(cfg, done["metrics"], failed=False)
+        if rc.signals.source == "oracle":  # an upper bound must never pass for a fair result, in W&B either
+            rc.logger.tags = [*rc.logger.tags, "upper-bound", "signals=oracle"]
         if rank == 0:
             experiment = str(cfg.get("experiment_name") or "default")
             sink = MetricsSink(rc.logger, output_dir, run_name=f"{identity['algo']}-s{identity['seed']}",
@@ -150,7 +152,7 @@ def main(cfg: DictConfig) -> float | None:
             result = run_job(rc, sink)
         if rank > 0:
             return None
-        extra_keys = ("per_kind", "per_category", "skipped_rows", "prompt_cost_histogram")
+        extra_keys = ("per_kind", "per_category", "skipped_rows", "prompt_cost_histogram", "training_signals")
         extra = {k: v for k, v in result.items() if k in extra_keys}
         summary = build_summary(status="ok", metrics=result["metrics"], perf=result["perf"],
                                 wandb_dir=sink.wandb_dir if sink else None, **identity, **extra)

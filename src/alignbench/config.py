@@ -253,6 +253,29 @@ class StageConfig:
 
 
 @dataclass
+class SignalsConfig:
+    """Where every algorithm's training rewards, costs and labels come from (``conf/signals/``, ``alignbench.signals``).
+
+    ``source``: ``learned`` (default): the reward, cost and label models learned from the annotator data
+    (training prompts only), the same for every algorithm; ``oracle``: the evaluation judge itself, a
+    labelled upper bound (``summary.json["training_signals"]["upper_bound"]``, report, W&B tags).
+    """
+
+    source: str = "learned"
+    #: the label model's rendering of a (prompt, response); ``{prompt}`` and ``{response}`` are filled in
+    label_template: str = "rate this reply . question : {prompt} reply : {response}"
+    #: signals per kind and iteration re-judged by the oracle after the iteration (``monitor`` scope, logged
+    #: as ``signals/<kind>/<measure>``, never used for training); 0 turns the during-training audit off
+    audit_per_iteration: int = 64
+
+    def check(self) -> None:
+        _require(self.source in ("learned", "oracle"), "signals.source", "must be learned or oracle")
+        _require("{prompt}" in self.label_template and "{response}" in self.label_template,
+                 "signals.label_template", "must contain '{prompt}' and '{response}'")
+        _require(self.audit_per_iteration >= 0, "signals.audit_per_iteration", "must be >= 0")
+
+
+@dataclass
 class StagesConfig:
     """Settings of the shared stages, cached under ``cache_dir`` keyed by their config and seed.
 
@@ -265,12 +288,15 @@ class StagesConfig:
     sft: StageConfig = field(default_factory=StageConfig)
     reward_model: StageConfig = field(default_factory=StageConfig)
     cost_model: StageConfig = field(default_factory=StageConfig)
+    #: the 3-way label model of ``signals=learned`` (trained on the pairs' rater labels)
+    label_model: StageConfig = field(default_factory=StageConfig)
     reuse: bool = True
 
     def check(self) -> None:
         self.sft.check("stages.sft")
         self.reward_model.check("stages.reward_model")
         self.cost_model.check("stages.cost_model")
+        self.label_model.check("stages.label_model")
 
 
 @dataclass
@@ -315,6 +341,7 @@ class RunConfig:
     logger: LoggerConfig
     eval: EvalConfig
     stages: StagesConfig
+    signals: SignalsConfig
     seed: int
     stage: str
     resume: bool
@@ -325,7 +352,7 @@ class RunConfig:
     raw: DictConfig = field(repr=False)
 
 
-STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "rl")
+STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl")
 
 
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
@@ -338,6 +365,7 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
         "logger": LoggerConfig,
         "eval": EvalConfig,
         "stages": StagesConfig,
+        "signals": SignalsConfig,
     }
     typed = {}
     for group, schema in groups.items():

@@ -26,6 +26,10 @@ class CheckpointError(UserError):
     """A checkpoint is missing, truncated or corrupted; the message names the file."""
 
 
+class OracleLeakError(RuntimeError):
+    """A training step consulted the evaluation oracle under ``signals=learned`` (``utils.oracle``)."""
+
+
 class NumericalFaultError(RuntimeError):
     """Too many NaN/inf steps in a row; the run keeps its last good checkpoint."""
 

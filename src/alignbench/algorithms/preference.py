@@ -1,4 +1,4 @@
-"""Reward and cost models from preference pairs (ALGORITHMS.md §0).
+"""Reward and cost models from preference pairs (docs/ALGORITHMS.md §0).
 
 Both are a LoRA adapter on the shared base plus a ``ScoreHead``; a sequence's score is the head at its
 last token (EOS). With r the reward score and c the cost score of the two responses of a pair:

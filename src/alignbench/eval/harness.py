@@ -78,6 +78,8 @@ class EvalResult:
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
     prompt_cost_histogram: dict[str, Any] = field(default_factory=dict)
+    #: (records, texts, verdicts) of every sample, flat: what the metrics were computed from
+    judged: tuple[list, list[str], list] = ((), (), ())
 
     def write_samples(self, path) -> None:
         """Every judged sample as one JSON line (what the metrics were computed from)."""
@@ -112,7 +114,8 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
     flat_records = [record for record, group in zip(records, responses) for _ in group]
     flat_texts = [text for group in responses for text in group]
     rewards, model_costs = scorer(flat_records, flat_texts) if scorer is not None else (None, None)
-    verdicts = iter(judge.judge_batch(flat_records, flat_texts))  # one batch: model judges score at once
+    judged = judge.judge_batch(flat_records, flat_texts)  # one batch: model judges score at once
+    verdicts = iter(judged)
     index = 0
     for record, group in zip(records, responses):
         samples = []
@@ -141,5 +144,5 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
         table_columns=["kind", "category", "prompt", "response", "label", "unsafe", "refusal", "helpful"],
         table_rows=rows[: cfg.table_rows], generated_tokens=getattr(responder, "generated_tokens", 0),
         seconds=time.perf_counter() - started, samples=samples_out,
-        prompt_cost_histogram=result["prompt_cost_histogram"],
+        prompt_cost_histogram=result["prompt_cost_histogram"], judged=(flat_records, flat_texts, judged),
     )

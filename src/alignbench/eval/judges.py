@@ -27,6 +27,7 @@ from alignbench.data.world import templates as world_templates
 from alignbench.data.world.judge import judge as world_truth
 from alignbench.errors import ConfigError
 from alignbench.registry import JUDGES, register_judge
+from alignbench.utils.oracle import consult
 
 
 @runtime_checkable
@@ -70,11 +71,13 @@ class WorldJudge(BaseJudge):
     """
 
     name = "world"
+    consults_itself = True  # every verdict goes through utils.oracle.consult (the evaluation oracle)
 
     def __init__(self, *, world=None) -> None:
         self.world = world
 
     def judge(self, record: PromptRecord, response: str) -> Verdict:
+        consult("the world judge")  # the evaluation oracle: refused in a training step (utils.oracle)
         return world_truth(record, response)
 
 

@@ -37,6 +37,7 @@ from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
 from alignbench.utils.distributed import all_reduce_gradients_, mean_metrics
+from alignbench.utils.oracle import oracle_scope
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -155,7 +156,10 @@ class AlignmentModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self._faults = []
-        metrics = self.component.training_step(batch, self)
+        with oracle_scope("train"):  # the evaluation oracle is refused here under signals=learned
+            metrics = self.component.training_step(batch, self)
+        with oracle_scope("monitor"):  # ground-truth diagnostics of what the iteration trained on, logged only
+            metrics.update(self.component.monitor())
         metrics = mean_metrics(metrics)  # DDP: means over ranks (token counts summed); as is in one process
         self._step_schedulers()
         self.iteration += 1
@@ -187,6 +191,9 @@ class AlignmentModule(L.LightningModule):
                 f"max_nan_steps={self.max_nan_steps}, last good checkpoint: {self.last_checkpoint or 'none'}")
 
     # ----------------------------------------------------------------- resume
+    def _signals(self):
+        return getattr(getattr(self.component, "ctx", None), "signals", None) if self.stage == "rl" else None
+
     def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
         return list(self.trainer.optimizers)
 
@@ -235,6 +242,7 @@ class AlignmentModule(L.LightningModule):
             "sink": ({"step": int(self.sink.step), "last": dict(self.sink.last)} if self.sink is not None else None),
             "counters": dict(counters) if counters is not None else None,
             "nan": {"skipped": self.nan_skipped, "consecutive": self.nan_consecutive},
+            "signals": self._signals().state_dict() if self._signals() is not None else None,
         }
 
     def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None) -> None:
@@ -254,6 +262,8 @@ class AlignmentModule(L.LightningModule):
         counters = getattr(self.component.ctx, "counters", None)
         if counters is not None and state.get("counters"):
             counters.update(state["counters"])
+        if self._signals() is not None and state.get("signals"):  # the signal audit's running counts
+            self._signals().load_state_dict(state["signals"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
         self._pending_rng = state["rng"]
         if history_file is not None:

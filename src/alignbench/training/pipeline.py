@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
+from alignbench.algorithms.label_model import LabelModelStage
 from alignbench.algorithms.preference import PreferenceStage
 from alignbench.algorithms.sft import SFTStage
 from alignbench.config import RunConfig
@@ -33,6 +34,10 @@ from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
 from alignbench.utils.distributed import is_rank_zero
+from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
+from alignbench.utils.oracle import (
+    GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
+)
 
 
 @dataclass
@@ -49,6 +54,8 @@ class RunContext:
     max_seq_len: int = 256
     max_prompt_len: int = 192
     counters: dict[str, float] = field(default_factory=lambda: {"gen_tokens": 0, "train_tokens": 0})
+    #: where training rewards, costs and labels come from (``alignbench.signals``); set before the RL fit
+    signals: Any = None
 
     @property
     def model_cfg(self):
@@ -106,7 +113,8 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
     data = build_data(rc.data, cache_dir=rc.cache_dir)
     base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
     device = resolve_device(rc)
-    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=build_judge(rc, data),
+    # the evaluation judge behind the fairness guard: a training step that consults it fails (utils.oracle)
+    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=GuardedJudge(build_judge(rc, data)),
                       device=device, sink=sink)
 
 
@@ -186,6 +194,8 @@ def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torc
     settings = ctx.rc.stages.sft if stage == "sft" else getattr(ctx.rc.stages, stage)
     if stage == "sft":
         component = SFTStage(settings, ctx)
+    elif stage == "label_model":
+        component = LabelModelStage(settings, ctx, template=ctx.rc.signals.label_template)
     else:
         component = PreferenceStage(settings, ctx, kind=stage)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -239,7 +249,11 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
     prior: list[str] = []
     fingerprint = ctx.data.fingerprint()
     for stage in needed:
-        key = stage_key(stage, ctx.rc.raw, prior, fingerprint)
+        settings = None
+        if stage == "label_model":  # its template decides what it learns as much as its own settings
+            settings = {**OmegaConf.to_container(ctx.rc.raw.stages.label_model, resolve=True),
+                        "template": ctx.rc.signals.label_template}
+        key = stage_key(stage, ctx.rc.raw, prior, fingerprint, settings=settings)
         weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key,
                                                 lambda s=stage: _train_stage(s, ctx, ctx.rc.stages.seed),
                                                 reuse=ctx.rc.stages.reuse)
@@ -288,6 +302,88 @@ def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str
     return {**metrics, f"stages/{warmup.name}/cached": float(cached)}
 
 
+def _external_cost(rc: RunConfig):
+    return getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=
+
+
+def signal_models_for(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
+    """The stages the algorithm's training signals are learned from (none under ``signals=oracle``)."""
+    return tuple(s for s in signal_stages(cls.signal_kinds(rc.algo), rc.signals.source,
+                                          rater_labels=has_rater_labels(data.preference_train))
+                 if s not in cls.external_stages(rc.algo))
+
+
+def stages_for_job(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
+    """Every stage a whole job needs: the algorithm's, its training signals' and the judge's."""
+    required = cls.required_stages(rc.algo)
+    if rc.eval.enabled and rc.eval.judge == "cost_model" and not _external_cost(rc):
+        required += ("sft", "cost_model")  # the judge needs the cost model
+    signal_models = signal_models_for(rc, cls, data)
+    if signal_models:
+        required += ("sft",) + signal_models
+    return tuple(dict.fromkeys(required))
+
+
+def prepare_component(ctx: RunContext, cls, outputs: StageOutputs) -> tuple[AlgorithmComponent, RoleSet, dict]:
+    """The component on its roles, ready to fit: warm-up stage run, signal models and judge bound.
+
+    Sets ``ctx.signals``. Returns ``(component, roles, warm-up metrics)``.
+    """
+    rc = ctx.rc
+    signal_models = signal_models_for(rc, cls, ctx.data)
+    component = cls(rc.algo, ctx, outputs)
+    # signal models are adapters of the SFT base: a warm-up that changes the base gives them their own
+    signal_specs, own_signal_roles = attach_signal_roles(signal_models, component.role_specs(), ctx.base, rc.model,
+                                                         own_base=component.warmup_stage() is not None)
+    warmup_metrics = run_warmup_stage(ctx, component)
+    # seed before the adapters are initialised: a job's result must not depend on what ran before
+    # it in the same process (multirun jobs share one process)
+    L.seed_everything(rc.seed, workers=True, verbose=False)
+    specs = component.role_specs() + signal_specs
+    judge_role = (rc.eval.enabled and rc.eval.judge == "cost_model" and not _external_cost(rc)
+                  and "cost_model" not in {r.name for r in specs})
+    if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
+        specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
+    roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
+    roles.to(ctx.device)
+    component.attach(roles)
+    if judge_role:
+        roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
+    ctx.signals = build_training_signals(ctx, component, roles, outputs, signal_specs, own_signal_roles,
+                                         signal_models)
+    if hasattr(ctx.judge, "bind"):
+        from alignbench.rl.experience import score_texts
+
+        ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
+            ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist()))
+    return component, roles, warmup_metrics
+
+
+def build_training_signals(ctx: RunContext, component: AlgorithmComponent, roles: RoleSet, outputs: StageOutputs,
+                           signal_specs: list[RoleSpec], own_signal_roles, signal_models: tuple[str, ...]
+                           ) -> TrainingSignals:
+    """``ctx.signals``: the signal models loaded onto the job's roles (or their own), see ``alignbench.signals``."""
+    rc = ctx.rc
+    signal_roles = roles
+    if own_signal_roles is not None:
+        signal_roles = own_signal_roles()
+        signal_roles.to(ctx.device)
+        signal_roles.eval()
+        for stage in signal_models:
+            signal_roles.load_role_state_dict(stage, outputs.states[stage])
+    for spec in signal_specs:  # frozen signal roles added beside the component's own
+        roles.load_role_state_dict(spec.name, outputs.states[spec.name])
+    signals = TrainingSignals(source=rc.signals.source, ctx=ctx, roles=signal_roles, oracle=ctx.judge,
+                              template=rc.signals.label_template,
+                              audit_per_iteration=rc.signals.audit_per_iteration,
+                              label_model="label_model" in signal_models)
+    for role in ("reward_model", "cost_model"):  # algo.<role>.path: the component's external models
+        scorer = component.external_scorer(role)
+        if scorer is not None:
+            signals.external[role] = scorer
+    return signals
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -297,44 +393,29 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     started = time.perf_counter()
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
+    reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
     ctx = build_context(rc, sink)
     cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
-    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.required_stages(rc.algo)
-    external_cost = getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=
-    if until is None and rc.eval.enabled and rc.eval.judge == "cost_model" and not external_cost:
-        required = tuple(dict.fromkeys(required + ("sft", "cost_model")))  # the judge needs the cost model
+    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else stages_for_job(rc, cls, ctx.data)
     outputs = run_stages(ctx, required, until)
     result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
     if until is None:
-        component = cls(rc.algo, ctx, outputs)
-        result["metrics"].update(run_warmup_stage(ctx, component))
-        # seed before the adapters are initialised: a job's result must not depend on what ran before
-        # it in the same process (multirun jobs share one process)
-        L.seed_everything(rc.seed, workers=True, verbose=False)
-        specs = component.role_specs()
-        judge_role = (rc.eval.enabled and rc.eval.judge == "cost_model" and not external_cost
-                      and "cost_model" not in {r.name for r in specs})
-        if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
-            specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
-        roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
-        roles.to(ctx.device)
-        component.attach(roles)
-        if judge_role:
-            roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
-        if hasattr(ctx.judge, "bind"):
-            from alignbench.rl.experience import score_texts
-
-            ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
-                ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist()))
-        fit_component(component, roles, ctx, "rl", rc.seed)
+        component, roles, warmup_metrics = prepare_component(ctx, cls, outputs)
+        result["metrics"].update(warmup_metrics)
+        with oracle_allowed_in_training(rc.signals.source == "oracle"):
+            fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
-            result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
+            result["metrics"].update({k: v for k, v in sink.last.items()
+                                      if k.startswith(("train/", "losses/", "signals/"))})
+        held_out: dict[str, Any] = {}
         if rc.eval.enabled and is_rank_zero():  # DDP: rank 0 evaluates, the other ranks are done
             roles.eval()
-            evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
-                                  seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
-                                  extra_metrics=getattr(component, "eval_extra_metrics", None))
+            with oracle_scope("eval"):
+                evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
+                                      seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
+                                      extra_metrics=getattr(component, "eval_extra_metrics", None))
+            held_out = ctx.signals.held_out_agreement(*evaluation.judged)
             result["metrics"].update(evaluation.metrics)
             evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.eval_extras())
@@ -347,6 +428,10 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                 sink.log(evaluation.metrics, stage="eval", iteration=0)
                 sink.log_table("eval/samples", evaluation.table_columns, evaluation.table_rows)
                 sink.summary_update(evaluation.metrics)
+        result["training_signals"] = {**ctx.signals.summary(held_out), "oracle_calls": oracle_calls()}
+        if sink is not None:
+            sink.summary_update({"training_signals/source": rc.signals.source,
+                                 "training_signals/upper_bound": float(rc.signals.source == "oracle")})
     result["perf"] = {"wall_s": time.perf_counter() - started, "gen_tokens": int(ctx.counters["gen_tokens"]),
                       "train_tokens": int(ctx.counters["train_tokens"]), "peak_rss_mb": peak_rss_mb()}
     return result

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from alignbench.errors import CheckpointError
 
-STAGE_ORDER = ("sft", "reward_model", "cost_model")
+STAGE_ORDER = ("sft", "reward_model", "cost_model", "label_model")
 CACHE_VERSION = 1
 
 
