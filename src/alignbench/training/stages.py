@@ -1,7 +1,8 @@
 """Shared pipeline stages (SFT, reward model, cost model), trained once and cached by config.
 
 A stage's cache key hashes everything that determines its weights: the model and data configs, the
-stage's own settings, ``stages.seed`` and the keys of the stages it builds on. A sweep over RL settings
+stage's own settings, ``stages.seed``, the numeric precision it trains in (``trainer.precision``:
+a bf16-mixed stage is not an fp32 one) and the keys of the stages it builds on. A sweep over RL settings
 (or RL seeds) therefore trains the SFT, reward and cost models once and every job loads them. Entries
 are written to a temporary directory and renamed into place, so a job killed mid-save never leaves a
 half-written entry, and concurrent jobs use a file lock.
@@ -44,6 +45,7 @@ def stage_key(stage: str, raw_cfg, prior: list[str], data_fingerprint: str = "",
         "data": OmegaConf.to_container(raw_cfg.data, resolve=True),
         "settings": OmegaConf.to_container(raw_cfg.stages[stage], resolve=True) if settings is None else settings,
         "seed": int(raw_cfg.stages.seed),
+        "precision": str(raw_cfg.trainer.precision),
         "prior": prior,
         "data_fingerprint": data_fingerprint,
     }
