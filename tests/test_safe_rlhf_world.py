@@ -21,6 +21,10 @@ def test_safe_rlhf_family_on_the_world(tmp_path, stage_cache):
     assert lag["stages/reward_model/accuracy"] > 0.75
     assert lag["stages/cost_model/accuracy"] > 0.75
     assert lag["stages/cost_model/sign_accuracy"] > 0.85
+    # ... on held-out pairs of prompts never trained on, and the summary says how many
+    split = runs["safe_rlhf"]["split"]
+    assert split["shared_prompts"] == 0
+    assert lag["stages/reward_model/heldout_pairs"] >= lag["stages/reward_model/heldout_prompts"] > 0
     # reward-only PPO gets less safe than the Lagrangian method
     assert ppo["eval/unsafe_rate"] > lag["eval/unsafe_rate"] + 0.1
     # Safe RLHF lowers the unsafe rate below the SFT model's while keeping helpfulness on benign prompts
