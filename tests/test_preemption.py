@@ -76,10 +76,13 @@ def test_slurm_sigusr2_exits_75_for_requeue_and_the_same_command_continues(tmp_p
 
 def test_a_signal_outside_training_stops_at_once_and_handlers_are_restored():
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
-    with PREEMPTION.installed():
-        with pytest.raises(Preempted, match="outside training"):
-            os.kill(os.getpid(), signal.SIGUSR1)
-            time.sleep(1)  # the handler runs here
+    for sig, kind, code in ((signal.SIGUSR1, Preempted, 75), (signal.SIGUSR2, Preempted, 75),
+                            (signal.SIGINT, Interrupted, 130)):  # Ctrl-C while loading or evaluating
+        with PREEMPTION.installed():
+            with pytest.raises(kind, match="outside training") as info:
+                os.kill(os.getpid(), sig)
+                time.sleep(1)  # the handler runs here
+        assert type(info.value) is kind and info.value.exit_code == code
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 

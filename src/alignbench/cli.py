@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from alignbench.errors import NumericalFaultError, Preempted, RunDirBusyError, UserError
+from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, RunDirError, UserError
 from alignbench.summary import HISTORY_FILE, build_summary, write_summary
 from alignbench.utils.files import is_storage_error, write_failure
 
@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> float | None:
             raise UserError(str(exc.args[0])) from None
         rc = validate_config(cfg, cls.config_class)
         if rc.resume and rank == 0:
-            done = _completed_summary(output_dir)
+            done = _completed_summary(output_dir, rc)
             if done is not None:  # a requeued sweep re-runs finished jobs: nothing to do for them
                 print(f"alignbench: {Path(output_dir) / 'summary.json'} says this job finished (status ok); "
                       f"nothing to resume", file=sys.stderr)
@@ -170,7 +170,7 @@ def main(cfg: DictConfig) -> float | None:
             sink.finish(0)
         _print_results(summary, output_dir)
         return objective(cfg, summary["metrics"], failed=False)
-    except RunDirBusyError as exc:  # the directory belongs to a live job: write nothing into it
+    except RunDirError as exc:  # the directory belongs to another job (live, or finished): write nothing into it
         print(f"alignbench: error: {exc}", file=sys.stderr)
         if multirun:
             return objective(cfg, {}, failed=True)
@@ -262,12 +262,23 @@ def redact_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
-def _completed_summary(output_dir: str) -> dict[str, Any] | None:
-    """The job's summary when it already finished successfully (``resume=true`` then does nothing)."""
+def _completed_summary(output_dir: str, rc) -> dict[str, Any] | None:
+    """The job's summary when it already finished successfully (``resume=auto`` then does nothing), after
+    checking that its checkpoints belong to this config and this data (``CheckpointError`` otherwise)."""
     from alignbench.summary import SummaryError, read_summary
 
     try:
         summary = read_summary(output_dir)
     except SummaryError:
         return None
-    return summary if summary.get("status") == "ok" else None
+    if summary.get("status") != "ok":
+        return None
+    from alignbench.data.datamodule import build_data
+    from alignbench.training.checkpoint import config_fingerprint, preflight_resume
+
+    try:
+        preflight_resume(output_dir, resume=True, fingerprint=config_fingerprint(rc.raw),
+                         data_fingerprint=build_data(rc.data, cache_dir=rc.cache_dir).fingerprint())
+    except CheckpointError as exc:  # its results stay as they are
+        raise RunDirError(f"{exc} (this directory holds a finished run)") from None
+    return summary

@@ -30,7 +30,11 @@ class StorageError(UserError):
     """A file could not be written (read-only directory, full disk, quota); the message names the path."""
 
 
-class RunDirBusyError(UserError):
+class RunDirError(UserError):
+    """The run directory belongs to another job; the job stops without writing anything into it."""
+
+
+class RunDirBusyError(RunDirError):
     """Another live alignbench process holds the run directory's lock; the message names its pid."""
 
 

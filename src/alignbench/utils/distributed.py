@@ -19,6 +19,11 @@ DDP design in alignbench (see also ``benchmarks/README.md``):
   optimisers with disjoint parameters under manual optimisation), the Lagrange multiplier averages
   J_C across ranks (``all_reduce_mean``), logged metrics are rank means (token counts: sums), and
   only rank 0 logs, evaluates and writes the summary.
+* Stopping: at every iteration end the ranks take the largest signal number any of them received
+  (``max_over_ranks``), so a preemption or Ctrl-C stops all of them at the same boundary; a checkpoint
+  gathers each rank's own state to rank 0 (``gather_objects``). Rank 0 then stops Lightning's
+  child-process observer (``release_workers``: it would SIGKILL rank 0 within 5 s of a worker exiting
+  75) and reports the workers' exit codes (``wait_for_workers``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -50,8 +51,12 @@ def _free_space(path: Path) -> str:
 def write_failure(path: str | os.PathLike, exc: BaseException, what: str = "file") -> StorageError:
     """A one-line ``StorageError`` for a failed write of ``path`` (to raise ``from None``)."""
     path = Path(path)
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
-        str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif re.search(r"unexpected pos|failed writing|write failed", str(exc)):  # torch's zip writer, cut short
+        reason = "the write stopped before the end of the file"
+    else:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
     return StorageError(f"cannot write {what} {path}: {reason} ({_free_space(path.parent)}); free some space or "
                         f"choose a writable place (hydra.run.dir=..., ALIGNBENCH_CACHE=...)")
 
