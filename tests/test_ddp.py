@@ -7,10 +7,7 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ from alignbench.summary import read_summary
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.stages import cached_stage
 from alignbench.utils.distributed import job_argv
-from conftest import ROOT, run_cli
+from conftest import run_cli, stop_during_training
 from test_resume import assert_same
 
 # Near-greedy rollouts (temperature 1e-6) take sampling noise out of the comparison: with sampling, one
@@ -99,28 +96,18 @@ def test_ddp_sigterm_to_both_ranks_exits_75_and_the_resume_is_exact(tmp_path, st
     done = run_cli([*PREEMPTIBLE, f"hydra.run.dir={straight}"], timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *PREEMPTIBLE, f"hydra.run.dir={preempted}"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 900
-        while not (preempted / "history.jsonl").exists() or '"stage": "rl"' not in (
-                preempted / "history.jsonl").read_text():
-            assert process.poll() is None and time.time() < deadline, "the run ended before it could be preempted"
-            time.sleep(0.05)
-        workers = _children(process.pid)
+    workers = []
+
+    def sigterm_to_every_process(process) -> None:  # what SLURM and Kubernetes do
+        workers.extend(_children(process.pid))
         assert len(workers) == 1  # rank 1, launched by Lightning
-        for pid in (process.pid, *workers):  # what SLURM and Kubernetes do: every process of the job
+        for pid in (process.pid, *workers):
             os.kill(pid, signal.SIGTERM)
-        signalled = time.time()
-        _, stderr = process.communicate(timeout=600)
-        seconds = time.time() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 75 and seconds < 60, (process.returncode, seconds, stderr[-3000:])
-    print(f"DDP SIGTERM -> exit {process.returncode} after {seconds:.1f} s")
+
+    code, stderr, seconds = stop_during_training([*PREEMPTIBLE, f"hydra.run.dir={preempted}"], preempted,
+                                                 sigterm_to_every_process)
+    assert code == 75 and seconds < 60, (code, seconds, stderr[-3000:])
+    print(f"DDP SIGTERM -> exit {code} after {seconds:.1f} s")
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     lines = [line for line in stderr.splitlines() if line.startswith("alignbench:")]
     assert len(lines) == 1 and lines[0].startswith("alignbench: preempted: received SIGTERM during training; "

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from alignbench.errors import EXIT_INTERRUPTED, StorageError
 from alignbench.summary import read_history, read_summary
 from alignbench.training import checkpoint as ckpt
 from alignbench.utils.files import HeldLock
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, stop_during_training
 
 COMMAND = ["algo=safe_rlhf", "experiment=smoke", "algo.steps=10", "algo.batch_size=8", "logger=none",
            "eval.enabled=false", "trainer.num_threads=1", "trainer.checkpoint_every=1"]
@@ -37,28 +36,18 @@ def _alignbench_lines(stderr: str) -> list[str]:
 
 
 def test_a_second_job_on_a_live_run_dir_is_refused_and_ctrl_c_leaves_an_interrupted_summary(tmp_path, stage_cache):
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *COMMAND, f"hydra.run.dir={tmp_path}"],
-                               cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 600
-        while not any(row["stage"] == "rl" for row in read_history(tmp_path)):
-            assert process.poll() is None and time.time() < deadline, "the run ended before the test could start"
-            time.sleep(0.1)
+    def second_job_then_ctrl_c(process) -> None:
         second = run_cli([*COMMAND, f"hydra.run.dir={tmp_path}"])  # e.g. a requeue while the first still runs
         assert second.returncode == 2
         (line,) = _alignbench_lines(second.stderr)
         assert f"{tmp_path} is in use by another alignbench job, pid {process.pid} on " in line
         assert not (tmp_path / "summary.json").exists()  # the refused job wrote nothing into the live one's dir
         assert process.poll() is None  # and the first job goes on
-
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        pressed = time.time()
-        _, stderr = process.communicate(timeout=300)
-        seconds = time.time() - pressed
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == EXIT_INTERRUPTED and seconds < 60, (process.returncode, stderr[-3000:])
+
+    code, stderr, seconds = stop_during_training([*COMMAND, f"hydra.run.dir={tmp_path}"], tmp_path,
+                                                 second_job_then_ctrl_c)
+    assert code == EXIT_INTERRUPTED and seconds < 60, (code, stderr[-3000:])
     assert "Traceback" not in stderr
     lines = _alignbench_lines(stderr)
     assert lines[0].startswith("alignbench: interrupted: stopping at the end of this iteration with a checkpoint")

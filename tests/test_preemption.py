@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from alignbench.errors import EXIT_PREEMPTED, Interrupted, Preempted
 from alignbench.summary import build_summary, read_history, read_summary, write_summary
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import PREEMPTION
-from conftest import ROOT, compose, run_cli
+from conftest import compose, run_cli, stop_during_training
 
 STEPS = 10
 COMMAND = ["algo=safe_rlhf", "experiment=smoke", f"algo.steps={STEPS}", "algo.batch_size=8", "logger=none",
@@ -32,23 +30,9 @@ def _rl_rows(out: Path) -> list[dict]:
 
 def test_slurm_sigusr2_exits_75_for_requeue_and_the_same_command_continues(tmp_path, stage_cache):
     # submitit (hydra/launcher=slurm) signals preemption with SIGUSR2, then requeues the same command
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    args = [sys.executable, str(ROOT / "run.py"), *COMMAND, f"hydra.run.dir={tmp_path}"]
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    try:
-        while not _rl_rows(tmp_path) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert process.poll() is None, "the run ended before it could be preempted"
-        process.send_signal(signal.SIGUSR2)
-        signalled = time.time()
-        _, stderr = process.communicate(timeout=300)
-        seconds_to_exit = time.time() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    code, stderr, seconds_to_exit = stop_during_training(
+        [*COMMAND, f"hydra.run.dir={tmp_path}"], tmp_path, lambda process: process.send_signal(signal.SIGUSR2))
+    assert code == EXIT_PREEMPTED, stderr[-3000:]
     assert seconds_to_exit < 60, seconds_to_exit  # at the end of the current iteration (about a second here)
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("alignbench:")]

@@ -288,6 +288,10 @@ def test_resume_refuses_another_config_and_fresh_runs_refuse_to_overwrite(tmp_pa
         ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"}, num_iterations=10,
                                data_fingerprint="0123456789abcdef")
     assert "\n" not in str(info.value) and "data.path" in str(info.value)
+    two_ranks = {**_state(3), "world_size": 2, "ranks": [{"component": {}, "rng": {}}]}
+    with pytest.raises(CheckpointError, match="written by 2 DDP rank\\(s\\), this run has 1"):
+        ckpt.check_world_size(two_ranks, tmp_path / "last.ckpt", 1)
+    ckpt.check_world_size({**two_ranks, "iteration": 10}, tmp_path / "last.ckpt", 1)  # finished: weights only
     state, path = ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"},
                                          num_iterations=10)
     assert state["iteration"] == 3 and path == tmp_path / "last.ckpt"

@@ -237,7 +237,10 @@ def _stopped(exc: Preempted, rank: int, output_dir: str, identity: dict[str, Any
     from alignbench.utils.signals import PREEMPTION
 
     distributed = sys.modules.get("alignbench.utils.distributed")  # never imported just for this
-    codes = distributed.wait_for_workers() if distributed is not None and rank == 0 else []
+    codes = []
+    if distributed is not None and rank == 0:  # the workers stop too: let them, and say how they ended
+        distributed.release_workers()
+        codes = distributed.wait_for_workers()
     if rank == 0:
         extra = {"worker_exit_codes": codes} if codes else {}
         _write_summary_quietly(output_dir, build_summary(status=exc.status, error=str(exc), metrics={},

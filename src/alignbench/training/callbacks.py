@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 
 from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, StorageError
+from alignbench.training import checkpoint as ckpt
 from alignbench.training.checkpoint import CheckpointManager, non_finite_entries
 from alignbench.utils import distributed
 from alignbench.utils.signals import PREEMPTION, PREEMPTION_SIGNALS, PreemptionGuard  # noqa: F401 - re-exported
@@ -88,7 +89,7 @@ class CheckpointCallback(L.Callback):
                 f"stage '{module.stage}' iteration {module.iteration}: non-finite values in "
                 f"{', '.join(bad) or 'the state of another rank'}; not checkpointed, last good checkpoint: "
                 f"{self.manager.last_saved or 'none'}")
-        gathered = distributed.gather_objects(local)
+        gathered = distributed.gather_objects(ckpt.on_cpu(local) if distributed.world_size() > 1 else local)
         outcome: tuple[str | None, str | None, str] = (None, None, "")
         if state is not None:
             state.update(self.extra)
@@ -112,12 +113,7 @@ class CheckpointCallback(L.Callback):
         total = module.component.num_iterations
         due = self.pending or (self.every > 0 and module.iteration % self.every == 0) or (
             self.final and module.iteration >= total)
-        signum = distributed.max_over_ranks(self.guard.received or 0)  # every rank agrees, every iteration
-        if signum:
-            self.guard.record(signum)
-            if distributed.is_rank_zero():
-                distributed.release_workers()  # the workers are about to exit 75: not a crash
-            distributed.barrier()
+        signum = self.agree_on_stop()  # every rank, every iteration
         if due or signum:
             if module.last_iteration_faulty:  # the same on every rank (metrics are rank means)
                 self.pending = due
@@ -125,6 +121,17 @@ class CheckpointCallback(L.Callback):
                 self.save(module)
         if signum:
             raise self.preempted(module)
+
+    def agree_on_stop(self) -> int:
+        """The signal any rank received (0: none), the same on every rank; a collective under DDP. When
+        there is one, rank 0 lets its workers exit non-zero before anyone does."""
+        signum = distributed.max_over_ranks(self.guard.received or 0)
+        if signum:
+            self.guard.record(signum)
+            if distributed.is_rank_zero():
+                distributed.release_workers()  # the workers are about to exit 75: not a crash
+            distributed.barrier()
+        return signum
 
     def preempted(self, module) -> Preempted:
         saved = module.last_checkpoint

@@ -131,6 +131,18 @@ def iter_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tens
             yield from iter_tensors(item, f"{prefix}[{index}]")
 
 
+def on_cpu(value: Any) -> Any:
+    """``value`` with every nested tensor moved to the CPU (what one rank sends another through a pickle:
+    a CUDA tensor would unpickle onto the sender's device index)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 def non_finite_entries(value: Any, limit: int = 3) -> list[str]:
     """Key paths of floating-point tensors (and floats) holding NaN or inf, at most ``limit``."""
     bad: list[str] = []

@@ -173,7 +173,7 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     manager.last_saved = path
     with PREEMPTION.deferred():
         trainer.fit(module, datamodule=ComponentDataModule(component, seed, start_iteration=module.iteration))
-        if PREEMPTION.requested:  # the signal came after the last iteration (its checkpoint is written)
+        if callback.agree_on_stop():  # a signal after the last iteration (its checkpoint is written)
             raise callback.preempted(module)
     roles.to(ctx.device)
 
