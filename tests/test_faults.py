@@ -73,7 +73,8 @@ def test_resuming_on_changed_data_is_refused_before_anything_trains(tmp_path, st
     data = tmp_path / "pairs.jsonl"
     data.write_text(_pairs(flip=False))
     command = ["algo=ppo", "experiment=smoke", "data=preference_jsonl", f"data.path={data}", "eval.judge=keyword",
-               "eval.enabled=false", "logger=none", "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}"]
+               "eval.enabled=false", "logger=none", "trainer.num_threads=1", "stages.sft.steps=4",
+               "stages.reward_model.steps=2", "algo.steps=1", f"hydra.run.dir={tmp_path / 'run'}"]
     first = run_cli(command)
     assert first.returncode == 0, first.stderr[-3000:]
     entries = sorted(p.name for p in (stage_cache / "stages").iterdir())

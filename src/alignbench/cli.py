@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, RunDirError, UserError
 from alignbench.summary import HISTORY_FILE, build_summary, write_summary
-from alignbench.utils.files import is_storage_error, write_failure
+from alignbench.utils.files import is_storage_error, lock_run_dir, write_failure
 
 
 def _hydra_info() -> tuple[str, bool, list[str], str]:
@@ -125,8 +125,6 @@ def main(cfg: DictConfig) -> float | None:
         # first, before anything slow: from here on a signal or Ctrl-C ends in a summary, not a traceback
         held.enter_context(PREEMPTION.installed())
         if not is_worker_process():  # one live job per run dir (DDP workers share their rank 0's)
-            from alignbench.utils.files import lock_run_dir
-
             held.callback(lock_run_dir(output_dir).release)
         from alignbench.config import validate_config
         from alignbench.registry import ALGORITHMS
@@ -267,7 +265,8 @@ def redact_overrides(overrides: list[str]) -> list[str]:
 
 def _completed_summary(output_dir: str, rc) -> dict[str, Any] | None:
     """The job's summary when it already finished successfully (``resume=auto`` then does nothing), after
-    checking that its checkpoints belong to this config and this data (``CheckpointError`` otherwise)."""
+    checking that its checkpoints belong to this config and this data (``RunDirError`` otherwise: the
+    finished run's files are left as they are)."""
     from alignbench.summary import SummaryError, read_summary
 
     try:

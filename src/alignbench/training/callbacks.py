@@ -79,11 +79,9 @@ class CheckpointCallback(L.Callback):
 
     def save(self, module) -> str:
         """Write a checkpoint; a collective under DDP (every rank calls it at the same iteration)."""
-        local = module.rank_state()
-        bad = non_finite_entries(local["component"])
-        state = module.checkpoint_state() if distributed.is_rank_zero() else None
-        if state is not None:
-            bad += non_finite_entries(state["roles"])
+        state = module.checkpoint_state() if distributed.is_rank_zero() else None  # rank 0 writes the file
+        local = module.rank_state() if state is None else {key: state[key] for key in ("component", "rng")}
+        bad = non_finite_entries(local["component"]) + (non_finite_entries(state["roles"]) if state else [])
         if distributed.max_over_ranks(int(bool(bad))):
             raise NumericalFaultError(
                 f"stage '{module.stage}' iteration {module.iteration}: non-finite values in "

@@ -45,7 +45,8 @@ from typing import Any, Iterator
 import torch
 from omegaconf import OmegaConf
 
-from alignbench.errors import CheckpointError, StorageError
+from alignbench.errors import CheckpointError
+from alignbench.utils.distributed import is_rank_zero
 
 FORMAT = "alignbench-checkpoint"
 VERSION = 1
@@ -448,7 +449,7 @@ def find_resume_state(directory: Path, *, resume: bool, stage: str, fingerprint:
         except CorruptCheckpointError as exc:
             corrupt.append(exc)
             continue
-        if corrupt:
+        if corrupt and is_rank_zero():  # every DDP rank falls back alike; rank 0 says so
             print(f"alignbench: {corrupt[0]}; resuming from the newest intact checkpoint, {path} (iteration "
                   f"{state.get('iteration')})", flush=True)
         check_compatible(state, path, stage=stage, fingerprint=fingerprint, num_iterations=num_iterations,
