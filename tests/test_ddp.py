@@ -72,7 +72,8 @@ def test_ddp_gives_the_single_process_trajectory(tmp_path):
 
 # sampling at temperature 1 with the threshold d = 0: each rank's generator, RNG and cost window differ
 PREEMPTIBLE = ["algo=safe_rlhf", "experiment=smoke", "algo.steps=4", "algo.batch_size=8", "algo.lagrange.threshold=0.0",
-               "algo.lagrange.window=16", "logger=none", "trainer=ddp", "eval.enabled=false", "trainer.checkpoint_every=1"]
+               "algo.lagrange.window=16", "logger=none", "trainer=ddp", "eval.enabled=false",
+               "trainer.checkpoint_every=1"]
 VOLATILE = ("timing/", "perf/tokens_per_s")
 
 

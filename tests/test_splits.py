@@ -63,7 +63,8 @@ def test_preference_file_with_tripled_rows_leaks_no_prompt_and_counts_duplicates
     assert _keys(bundle.sft_examples).isdisjoint(held_keys)
     split = bundle.split
     assert split["method"] == "prompt_hash" and split["duplicate_rows"] == 2 * len(rows)
-    assert split["heldout_prompts"] == len(held_keys) and split["train_prompts"] == len(train_keys) == 60 - len(held_keys)
+    assert split["heldout_prompts"] == len(held_keys)
+    assert split["train_prompts"] == len(train_keys) == 60 - len(held_keys)
     assert split["heldout_rows"] == len(bundle.preference_eval) == 2 * len(held_keys) and split["shared_prompts"] == 0
 
 

@@ -119,7 +119,7 @@ def main(cfg: DictConfig) -> float | None:
     }
     sink = None
     held = ExitStack()  # the signal handlers and the run directory's lock, for the job's lifetime
-    from alignbench.utils.signals import PREEMPTION, is_worker_process
+    from alignbench.utils.preemption import PREEMPTION, is_worker_process
 
     try:
         # first, before anything slow: from here on a signal or Ctrl-C ends in a summary, not a traceback
@@ -232,7 +232,7 @@ def _write_summary_quietly(output_dir: str, summary: dict[str, Any]) -> None:
 def _stopped(exc: Preempted, rank: int, output_dir: str, identity: dict[str, Any], started: float, sink) -> None:
     """Preempted or interrupted: summary (rank 0), one line, hand the signal on, exit 75 / 130 (also
     inside a multirun: the whole sweep is being stopped)."""
-    from alignbench.utils.signals import PREEMPTION
+    from alignbench.utils.preemption import PREEMPTION
 
     distributed = sys.modules.get("alignbench.utils.distributed")  # never imported just for this
     codes = []

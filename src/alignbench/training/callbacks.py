@@ -1,6 +1,6 @@
 """Lightning callbacks and process-level guards around a fit: checkpoints, preemption, NaN detection.
 
-* ``PREEMPTION`` (``alignbench.utils.signals``) turns SIGTERM, SIGUSR1, SIGUSR2 and Ctrl-C into a clean
+* ``PREEMPTION`` (``alignbench.utils.preemption``) turns SIGTERM, SIGUSR1, SIGUSR2 and Ctrl-C into a clean
   stop. While a fit trains, a signal only sets a flag; at the end of every iteration
   ``CheckpointCallback`` asks all ranks for one (a single all-reduce), so every rank stops at the same
   boundary: rank 0 writes the checkpoint and all raise ``Preempted`` (exit 75, status ``preempted``)
@@ -26,7 +26,7 @@ from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, S
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.checkpoint import CheckpointManager, non_finite_entries
 from alignbench.utils import distributed
-from alignbench.utils.signals import PREEMPTION, PREEMPTION_SIGNALS, PreemptionGuard  # noqa: F401 - re-exported
+from alignbench.utils.preemption import PREEMPTION, PREEMPTION_SIGNALS, PreemptionGuard  # noqa: F401 - re-exported
 
 # ----------------------------------------------------------------------------- numerical faults
 #: metric leaves (the part after the last '/') that must be finite: losses, rewards, costs, lambda
