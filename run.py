@@ -1,5 +1,7 @@
 """alignbench entry point: ``python run.py algo=repo model=alpaca7b`` (see README.md)."""
 
+import sys
+
 from alignbench.utils.env import set_defaults
 
 set_defaults()
@@ -16,4 +18,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C in Hydra's start-up, before the job's own handlers (alignbench.cli)
+        print("alignbench: interrupted: stopped before the job started (no summary)", file=sys.stderr)
+        sys.exit(130)

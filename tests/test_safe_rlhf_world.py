@@ -51,6 +51,9 @@ def test_preference_models_learned_their_signal(family):
     metrics = family["safe_rlhf"][0][0]["metrics"]
     assert metrics["stages/reward_model/accuracy"] > 0.75 and metrics["stages/cost_model/accuracy"] > 0.75
     assert metrics["stages/cost_model/sign_accuracy"] > 0.85
+    # ... on held-out pairs of prompts never trained on, and the summary says how many
+    assert family["safe_rlhf"][0][0]["split"]["shared_prompts"] == 0
+    assert metrics["stages/reward_model/heldout_pairs"] >= metrics["stages/reward_model/heldout_prompts"] > 0
     for summary, _ in family["safe_rlhf"]:  # the learned cost model agrees with the oracle on the policy's answers
         assert summary["training_signals"]["agreement_with_oracle"]["held_out"]["cost"]["sign_accuracy"] > 0.85
 

@@ -115,11 +115,15 @@ class DataConfig:
     max_prompt_chars: int = 20000
     world: dict[str, Any] = field(default_factory=dict)
     eval_prompts: int = 0  # 0 = all evaluation prompts
+    # share of prompts held out when one file holds both splits (preference_jsonl, a pku_saferlhf jsonl):
+    # a stable hash of each prompt decides, so every row of a prompt is on one side (alignbench.data.splits)
+    eval_fraction: float = 0.1
     prompt_set: Optional[str] = None
 
     def check(self) -> None:
         _require(self.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
         _require(self.eval_prompts >= 0, "data.eval_prompts", "must be >= 0")
+        _require(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1 (exclusive)")
         if self.source in ("preference_jsonl", "prompts_jsonl"):
             _require(bool(self.path), "data.path", f"is required for data={self.name} (a .jsonl file)")
 
@@ -344,7 +348,7 @@ class RunConfig:
     signals: SignalsConfig
     seed: int
     stage: str
-    resume: bool
+    resume: bool  # the resume setting: auto / true -> True (continue when possible), false -> False
     output_dir: str
     cache_dir: str
     experiment: str
@@ -353,6 +357,10 @@ class RunConfig:
 
 
 STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl")
+#: resume=auto (the default): continue from the run dir's checkpoint when it holds one of this config,
+#: start fresh when it holds none, stop with one line when it holds one of another config or data;
+#: true is the same (older command lines); false: start fresh, refusing a dir that holds checkpoints
+RESUME_CHOICES = ("auto", True, False)
 
 
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
@@ -387,16 +395,16 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     stage = cfg.get("stage", "all")
     if stage not in STAGE_CHOICES:
         raise ConfigError(f"config value 'stage' must be one of {', '.join(STAGE_CHOICES)}, got {stage!r}")
-    resume = cfg.get("resume", False)
-    if not isinstance(resume, bool):
-        raise ConfigError(f"config value 'resume' must be true or false, got {resume!r}")
+    resume = cfg.get("resume")
+    if resume not in RESUME_CHOICES:
+        raise ConfigError(f"config value 'resume' must be auto, true or false, got {resume!r}")
     max_nan = cfg.get("max_nan_steps", 3)
     if not isinstance(max_nan, int) or max_nan < 0:
         raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")
     return RunConfig(
         seed=seed,
         stage=stage,
-        resume=resume,
+        resume=resume is not False,
         output_dir=str(cfg.output_dir),
         cache_dir=str(cfg.cache_dir),
         experiment=str(cfg.get("experiment_name") or "default"),

@@ -315,7 +315,7 @@ class PPO(AlgorithmComponent):
         metrics = {
             "train/reward": float(rewards.mean()), "train/episode_cost": float(costs.mean()),
             "train/violation_rate": float(violating.mean()),
-            "train/cost_p95": float(np.quantile(costs.cpu().numpy(), 0.95)),
+            "train/cost_p95": float(np.quantile(costs.float().cpu().numpy(), 0.95)),
             "train/kl": float(masked_mean(kl, exp.mask)),
             "train/response_length": float(exp.mask.sum(1).float().mean()),
         }

@@ -12,7 +12,10 @@ component's own state (counters, Lagrange multiplier, pools, generators), the da
 RNG states — never the frozen base or frozen roles. ``load_resume_state`` puts one back: weights,
 component and counters at once, optimiser/scheduler states when Lightning has built them
 (``on_train_start``) and the RNG states just before the first resumed iteration (after the data
-loader's iterator has drawn its seed), so a resumed run continues bit for bit.
+loader's iterator has drawn its seed), so a resumed run continues bit for bit. Under DDP the weights
+and optimiser states are the same on every rank (gradients are all-reduced), but each rank's own
+state (``rank_state``: the component's cost window, generators, pools, and the RNG states) differs:
+rank 0's file holds every rank's, and each rank resumes from its own.
 
 Numerical faults: ``optimize`` never steps an optimiser on a non-finite loss or gradient; an iteration
 with such a skip, or with a NaN/inf loss, reward, cost or lambda among its metrics, is counted
@@ -36,7 +39,7 @@ from alignbench.models.roles import RoleSet
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
-from alignbench.utils.distributed import all_reduce_gradients_, mean_metrics
+from alignbench.utils.distributed import all_reduce_gradients_, is_rank_zero, mean_metrics, release_workers
 from alignbench.utils.oracle import oracle_scope
 
 
@@ -185,6 +188,8 @@ class AlignmentModule(L.LightningModule):
         for key, value in list(shown.items())[:3]:
             self.log(key, value, prog_bar=True, logger=False, on_step=True, batch_size=1)
         if faults and self.max_nan_steps is not None and self.nan_consecutive >= max(1, self.max_nan_steps):
+            if is_rank_zero():
+                release_workers()  # every rank stops here (the metrics are rank means): not a worker crash
             raise NumericalFaultError(
                 f"{self.nan_consecutive} consecutive iterations of stage '{self.stage}' had non-finite values "
                 f"(iteration {self.iteration}: {', '.join(sorted(set(faults))[:4])}); stopped after "
@@ -220,6 +225,10 @@ class AlignmentModule(L.LightningModule):
             ckpt.restore_rng(self._pending_rng)
             self._pending_rng = None
 
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's own part of a checkpoint: the component's state and the RNG states."""
+        return {"component": self.component.state_dict(), "rng": ckpt.capture_rng()}
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``."""
         optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
@@ -234,8 +243,7 @@ class AlignmentModule(L.LightningModule):
             "roles": self.roles.trainable_state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in zip(self._optimizer_names, optimizers)},
             "schedulers": [scheduler.state_dict() for scheduler in schedulers],
-            "component": self.component.state_dict(),
-            "rng": ckpt.capture_rng(),
+            **self.rank_state(),
             "data": {"seed": int(self.data_seed), "batch_size": int(self.component.batch_size),
                      "consumed_batches": self.iteration,
                      "consumed_items": self.iteration * int(self.component.batch_size)},
@@ -245,9 +253,11 @@ class AlignmentModule(L.LightningModule):
             "signals": self._signals().state_dict() if self._signals() is not None else None,
         }
 
-    def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None) -> None:
+    def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None, rank: int = 0) -> None:
         """Restore a ``checkpoint_state``: weights, component, counters and sink now; optimisers and RNG
-        when training starts (see module docstring)."""
+        when training starts (see module docstring). ``rank`` > 0 takes its own ``rank_state``."""
+        ranks = state.get("ranks") or []
+        own = ranks[rank - 1] if 0 < rank <= len(ranks) else state  # a finished checkpoint: rank 0's will do
         data = state.get("data") or {}
         if data and (int(data["batch_size"]) != int(self.component.batch_size) or int(data["seed"]) != self.data_seed):
             raise CheckpointError(f"checkpoint data position (seed {data['seed']}, batch size "
@@ -255,7 +265,7 @@ class AlignmentModule(L.LightningModule):
         self.iteration = int(state["iteration"])
         self.saved_iteration = self.iteration
         self.roles.load_trainable_state_dict(state["roles"])
-        self.component.load_state_dict(state["component"])
+        self.component.load_state_dict(own["component"])
         nan = state.get("nan") or {}
         self.nan_skipped = int(nan.get("skipped", 0))
         self.nan_consecutive = int(nan.get("consecutive", 0))
@@ -265,7 +275,7 @@ class AlignmentModule(L.LightningModule):
         if self._signals() is not None and state.get("signals"):  # the signal audit's running counts
             self._signals().load_state_dict(state["signals"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
-        self._pending_rng = state["rng"]
+        self._pending_rng = own["rng"]
         if history_file is not None:
             self.restore_sink(state, history_file)
 

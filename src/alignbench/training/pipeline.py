@@ -33,7 +33,7 @@ from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
-from alignbench.utils.distributed import is_rank_zero
+from alignbench.utils.distributed import is_rank_zero, rank
 from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
 from alignbench.utils.oracle import (
     GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
@@ -136,12 +136,11 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     """Run ``component.num_iterations`` iterations of ``component`` under Lightning.
 
     Checkpoints go to ``training.checkpoint.checkpoint_dir(output_dir, stage)``: every
-    ``trainer.checkpoint_every`` iterations, at the end of the RL fit, and on SIGTERM/SIGUSR1 (then
-    ``Preempted`` is raised). With ``resume=true`` the fit continues from the newest checkpoint there
-    (a finished one just restores the weights), starting the data at the first unconsumed batch.
+    ``trainer.checkpoint_every`` iterations, at the end of the RL fit, and on a preemption signal or
+    Ctrl-C (then ``Preempted`` / ``Interrupted`` is raised on every rank). With ``resume=auto`` the fit
+    continues from the newest intact checkpoint there (a finished one just restores the weights),
+    starting the data at the first unconsumed batch; each DDP rank takes its own part of the state.
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from alignbench.training import checkpoint as ckpt
     from alignbench.training.callbacks import PREEMPTION, CheckpointCallback
     from alignbench.training.module import AlignmentModule
@@ -153,39 +152,36 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     L.seed_everything(seed, workers=True, verbose=False)
     directory = ckpt.checkpoint_dir(rc.output_dir, stage)
     fingerprint = ckpt.config_fingerprint(rc.raw)
+    data = getattr(ctx, "data", None)
+    data_fingerprint = data.fingerprint() if data is not None else None
+    manager = ckpt.CheckpointManager(directory)
+    callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
+                                  extra={"fingerprint": fingerprint, "data_fingerprint": data_fingerprint})
+    trainer = _trainer(rc, Path(rc.output_dir), total, callbacks=[callback])
     state, path = ckpt.find_resume_state(directory, resume=rc.resume, stage=stage, fingerprint=fingerprint,
-                                         num_iterations=None)
+                                         num_iterations=None, data_fingerprint=data_fingerprint)
     module = AlignmentModule(component, roles, ctx.sink, stage, max_nan_steps=rc.max_nan_steps, data_seed=seed)
     if state is not None:
-        module.load_resume_state(state)
+        ckpt.check_world_size(state, path, trainer.world_size)
+        module.load_resume_state(state, rank=rank())  # before the fit: the launcher's environment says
         # after the component's own state is back: its schedule length may depend on it
         ckpt.check_compatible(state, path, stage=stage, fingerprint=fingerprint,
                               num_iterations=component.num_iterations)
         module.restore_sink(state, str(Path(rc.output_dir) / "history.jsonl"))
         total = component.num_iterations
         module.last_checkpoint = str(path)
-        print(f"alignbench: resuming stage '{stage}' from {path} (iteration {module.iteration}/{total})", flush=True)
+        if is_rank_zero():
+            print(f"alignbench: resuming stage '{stage}' from {path} (iteration {module.iteration}/{total})",
+                  flush=True)
         if module.iteration >= total:
             roles.to(ctx.device)
             return
     elif rc.resume and ctx.sink is not None:  # nothing to resume from: drop rows an earlier attempt logged
         ckpt.rewind_history(Path(rc.output_dir) / "history.jsonl", stage, -1)
-    manager = ckpt.CheckpointManager(directory)
     manager.last_saved = path
-    callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
-                                  extra={"fingerprint": fingerprint})
-    trainer = _trainer(rc, Path(rc.output_dir), total, callbacks=[callback])
     with PREEMPTION.deferred():
-        try:
-            trainer.fit(module, datamodule=ComponentDataModule(component, seed, start_iteration=module.iteration))
-        except SIGTERMException:
-            # Lightning saw the signal at an iteration end after our callback had run: save here
-            if not PREEMPTION.requested:
-                raise
-            if trainer.is_global_zero and not module.last_iteration_faulty and module.iteration > module.saved_iteration:
-                callback.save(module)
-            raise callback.preempted(module) from None
-        if PREEMPTION.requested:  # the signal came after the last iteration (its checkpoint is written)
+        trainer.fit(module, datamodule=ComponentDataModule(component, seed, start_iteration=module.iteration))
+        if callback.agree_on_stop():  # a signal after the last iteration (its checkpoint is written)
             raise callback.preempted(module)
     roles.to(ctx.device)
 
@@ -395,11 +391,16 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         torch.set_num_threads(rc.trainer.num_threads)
     reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
     ctx = build_context(rc, sink)
+    from alignbench.training.checkpoint import config_fingerprint, preflight_resume
+
+    preflight_resume(rc.output_dir, resume=rc.resume, fingerprint=config_fingerprint(rc.raw),
+                     data_fingerprint=ctx.data.fingerprint())  # refuse a wrong resume before stages train
     cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else stages_for_job(rc, cls, ctx.data)
     outputs = run_stages(ctx, required, until)
-    result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
+    result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped,
+                              "split": ctx.data.split}
     if until is None:
         component, roles, warmup_metrics = prepare_component(ctx, cls, outputs)
         result["metrics"].update(warmup_metrics)
