@@ -305,7 +305,7 @@ class PPO(AlgorithmComponent):
         examples = self.ctx.data.sft_examples
         index = torch.randint(len(examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
         batch = encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg, [examples[i]["prompt"] for i in index],
-                                       [examples[i]["response"] for i in index], max_len=self.ctx.max_seq_len)
+                                       [examples[i]["response"] for i in index], limits=self.ctx.limits)
         batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
         logits = self.roles.lm_logits("policy", batch["input_ids"], batch["attention_mask"])
         return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])

@@ -234,7 +234,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         the label words (their first token), so it is a 3-way categorical policy that GRPO samples from.
         """
         ctx = self.ctx
-        ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, max_len=ctx.max_prompt_len)
+        ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, limits=ctx.limits)
         logits = self.roles.lm_logits(role, ids.to(ctx.device), mask.to(ctx.device))[:, -1]
         return logits[:, self.label_ids].float()
 
@@ -336,7 +336,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         if role == "evaluator":
             wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
             return F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
-        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
+        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, limits=ctx.limits)
         if request_only:
             batch["response_mask"] = self._request_mask(batch["response_mask"], [examples[i] for i in index])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}

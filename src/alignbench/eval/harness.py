@@ -36,7 +36,7 @@ def sample_responses(ctx, roles, role: str, prompts: list[str], generation: Gene
     with torch.inference_mode(), roles.generation_model(role) as model:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, max_len=ctx.max_prompt_len)
+            ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, limits=ctx.limits)
             rollout = generate_rollout(
                 model, ids.to(ctx.device), mask.to(ctx.device), max_new_tokens=generation.max_new_tokens,
                 eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,

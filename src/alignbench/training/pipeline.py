@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
 from alignbench.algorithms.preference import PreferenceStage
 from alignbench.algorithms.sft import SFTStage
+from alignbench.algorithms.text import TextLimits
 from alignbench.config import RunConfig
 from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
 from alignbench.eval.harness import evaluate
@@ -46,8 +47,7 @@ class RunContext:
     judge: Any
     device: torch.device
     sink: MetricsSink | None
-    max_seq_len: int = 256
-    max_prompt_len: int = 192
+    limits: TextLimits = field(default_factory=TextLimits)  # model.max_prompt_length / max_length, cuts counted
     counters: dict[str, float] = field(default_factory=lambda: {"gen_tokens": 0, "train_tokens": 0})
 
     @property
@@ -107,7 +107,7 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
     base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
     device = resolve_device(rc)
     return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=build_judge(rc, data),
-                      device=device, sink=sink)
+                      device=device, sink=sink, limits=TextLimits.for_model(rc.model, base))
 
 
 def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
@@ -347,6 +347,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                 sink.log(evaluation.metrics, stage="eval", iteration=0)
                 sink.log_table("eval/samples", evaluation.table_columns, evaluation.table_rows)
                 sink.summary_update(evaluation.metrics)
+    ctx.limits.warn_totals()
+    result["truncations"] = ctx.limits.report()
     result["perf"] = {"wall_s": time.perf_counter() - started, "gen_tokens": int(ctx.counters["gen_tokens"]),
                       "train_tokens": int(ctx.counters["train_tokens"]), "peak_rss_mb": peak_rss_mb()}
     return result
