@@ -488,6 +488,16 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         metrics.update({"train/triplay_phase": float(PHASE_CODES[phase]), "train/triplay_iteration": float(iteration)})
         return metrics
 
+    def progress_label(self) -> str:
+        """Where the plan is, for the progress bar: ``round 1/2 · red 3/5`` (or ``warmup 12/400``)."""
+        if not self.plan:
+            return ""
+        index = min(self.step, len(self.plan) - 1)
+        iteration, phase = self.plan[index]
+        block = [i for i, entry in enumerate(self.plan) if entry == (iteration, phase)]
+        where = f"{phase} {index - block[0] + 1}/{len(block)}"
+        return where if phase == "warmup" else f"round {iteration}/{self.cfg.iterations} · {where}"
+
     # ----------------------------------------------------------------- state and evaluation
     def state_dict(self) -> dict[str, Any]:
         iteration, phase = self.plan[min(self.step, len(self.plan) - 1)] if self.plan else (0, "warmup")

@@ -9,6 +9,9 @@
   end of the RL fit, never from an iteration that had a numerical fault, never with non-finite weights.
 * ``metric_faults`` says which of an iteration's metrics make it a numerical fault (NaN/inf loss,
   reward, cost or lambda); diagnostics such as ``losses/explained_variance`` may be NaN legitimately.
+* ``StageProgressBar``: Lightning's rich bar (count, elapsed, ETA) named after the running stage (``sft``,
+  ``reward_model``, ``waltzrl_warmup``, ``rl``) and the component's ``progress_label()`` when it has one
+  (TriPlay: its round and phase); quiet off a terminal (``alignbench.utils.progress``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 from alignbench.errors import NumericalFaultError, Preempted
 from alignbench.training.checkpoint import CheckpointManager, non_finite_entries
@@ -165,3 +169,25 @@ class CheckpointCallback(L.Callback):
                  f"stage '{module.stage}')" if saved else "no checkpoint yet (the run restarts from the beginning)")
         return Preempted(f"received {self.guard.signal_name} during training; {where}; rerun the same command "
                          f"with resume=true to continue", signal_name=self.guard.signal_name, checkpoint=saved)
+
+
+# ----------------------------------------------------------------------------- progress
+class StageProgressBar(RichProgressBar):
+    """Lightning's rich bar labelled with the stage and the component's phase (module docstring)."""
+
+    def __init__(self) -> None:
+        from alignbench.utils.progress import progress_enabled
+
+        super().__init__(leave=False)
+        if not progress_enabled():
+            self.disable()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        module = self.trainer.lightning_module
+        label = getattr(module.component, "progress_label", None)
+        return f"{module.stage} · {label()}" if callable(label) else str(module.stage)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None and self.is_enabled:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(0))
