@@ -39,10 +39,11 @@ def test_a_300_token_prompt_keeps_the_alpaca_template_and_is_counted(alpaca_setu
     assert int(mask[0].sum()) == 192
     # template start and end survive; the user's text keeps its last 192 - 5 template tokens = 187 words
     assert text == f"{START} " + " ".join(f"w{i}" for i in range(113, 300)) + " ASSISTANT:"
-    assert ctx.limits.report() == {"prompts": 1, "responses": 0, "prompt_cuts": 1, "response_cuts": 0,
-                                   "max_prompt_length": 192, "max_length": 256}
+    assert ctx.limits.report() == {"prompts": 1, "responses": 0, "scored_texts": 0, "prompts_cuts": 1,
+                                   "responses_cuts": 0, "scored_texts_cuts": 0, "max_prompt_length": 192,
+                                   "max_length": 256}
     encode_prompts(ctx.tokenizer, ctx.model_cfg, [prompt], ctx.limits)  # the same prompt again
-    assert ctx.limits.report()["prompts"] == 1 and ctx.limits.report()["prompt_cuts"] == 2
+    assert ctx.limits.report()["prompts"] == 1 and ctx.limits.report()["prompts_cuts"] == 2
 
 
 def test_reward_scoring_sees_the_fitted_prompt_and_the_whole_response(alpaca_setup, monkeypatch):
@@ -101,7 +102,7 @@ def test_summary_counts_truncated_prompts(tmp_path, stage_cache):
                       f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr
     truncations = read_json(tmp_path / "summary.json")["truncations"]
-    assert 1 <= truncations["prompts"] <= 6 and truncations["prompt_cuts"] == truncations["prompts"]
+    assert 1 <= truncations["prompts"] <= 6 and truncations["prompts_cuts"] == truncations["prompts"]
     assert truncations["max_prompt_length"] == 8
     log = result.stdout + result.stderr
-    assert "lost the start of their user text to fit model.max_prompt_length=8" in log
+    assert "prompts lost the start of the user's text, to fit model.max_prompt_length" in log

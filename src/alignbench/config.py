@@ -204,7 +204,10 @@ class ClassifierConfig:
     threshold: float = 0.5  # P(unsafe) above which a response is unsafe (sequence classification)
     batch_size: int = 16
     max_length: int = 512
-    template: Optional[str] = None  # guard prompt when the tokenizer has no chat template
+    # guard_lm prompt with {prompt} and {response}; when set it replaces the tokenizer's chat template
+    # (HarmBench's classifier is prompted with its own template, Llama Guard with its chat template)
+    template: Optional[str] = None
+    unsafe_answer: str = "unsafe"  # guard_lm: the answer that means unsafe (Llama Guard: unsafe; HarmBench: yes)
     dtype: str = "float32"
 
     def check(self) -> None:

@@ -162,7 +162,7 @@ class PPO(AlgorithmComponent):
         source = getattr(self.cfg, role)
         dtype = DTYPES[self.ctx.model_cfg.dtype if source.dtype == "auto" else source.dtype]
         model = ExternalScoreModel(source.path, key=f"algo.{role}.path", template=source.template, dtype=dtype,
-                                   max_length=source.max_length, batch_size=source.batch_size)
+                                   max_length=source.max_length, batch_size=source.batch_size, limits=self.ctx.limits)
         return model.to(self.ctx.device)
 
     def role_specs(self) -> list[RoleSpec]:

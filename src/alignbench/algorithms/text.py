@@ -46,20 +46,30 @@ def _digest(*texts: str) -> bytes:
     return hashlib.blake2b("\x1f".join(texts).encode("utf-8", "surrogatepass"), digest_size=12).digest()
 
 
+#: what each kind of cut counts: distinct texts (summary key) and cut events (``<key>`` -> ``<kind>_cuts``)
+CUT_KINDS = {
+    "prompts": "the start of the user's text, to fit model.max_prompt_length",
+    "responses": "the end of the response, to fit model.max_length",
+    "scored_texts": "the start of the text, to fit the max_length of a scorer with its own tokenizer "
+                    "(algo.<reward_model|cost_model>.max_length, eval.classifier.max_length)",
+}
+
+
 @dataclass
 class TextLimits:
     """Token budgets of one run and a count of every cut made to fit them.
 
     ``max_prompt``: tokens of a formatted prompt (``model.max_prompt_length``); ``max_length``: tokens of
-    prompt + response (``model.max_length``); 0 = no limit (unit tests, benchmarks). Counts: distinct
-    texts cut (``prompts``: prompts; ``responses``: prompt/response pairs) and how often a cut was made
-    (``prompt_cuts``, ``response_cuts``: the same prompt is encoded at every rollout and scoring).
+    prompt + response (``model.max_length``); 0 = no limit (unit tests, benchmarks). Counts per kind of
+    cut (``CUT_KINDS``): distinct texts cut (``prompts``, ``responses``: prompt/response pairs,
+    ``scored_texts``: texts an external scorer truncated) and how often a cut was made (``<kind>_cuts``:
+    the same prompt is encoded at every rollout and scoring).
     """
 
     max_prompt: int = 0
     max_length: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"prompt_cuts": 0, "response_cuts": 0})
-    _seen: dict[str, set] = field(default_factory=lambda: {"prompts": set(), "responses": set()}, repr=False)
+    counts: dict[str, int] = field(default_factory=lambda: {f"{kind}_cuts": 0 for kind in CUT_KINDS})
+    _seen: dict[str, set] = field(default_factory=lambda: {kind: set() for kind in CUT_KINDS}, repr=False)
 
     @classmethod
     def for_model(cls, model_cfg: ModelConfig, model: Any = None) -> "TextLimits":
@@ -70,9 +80,9 @@ class TextLimits:
                               f"window of model '{model_cfg.name}' ({window} positions)")
         return cls(max_prompt=model_cfg.max_prompt_length, max_length=model_cfg.max_length)
 
-    def record_cut(self, kind: str, key: bytes, message: str) -> None:
-        """Count one cut of ``kind`` (``prompts`` | ``responses``); warn at the first of its kind."""
-        self.counts[f"{kind[:-1]}_cuts"] += 1
+    def record_cut(self, kind: str, key: Any, message: str) -> None:
+        """Count one cut of ``kind`` (a ``CUT_KINDS`` key) of the text ``key`` identifies; warn at the first."""
+        self.counts[f"{kind}_cuts"] += 1
         seen = self._seen[kind]
         if not seen:
             logger.warning("%s (every cut is counted; the totals go into summary.json 'truncations')", message)
@@ -80,17 +90,15 @@ class TextLimits:
 
     def report(self) -> dict[str, Any]:
         """What ``summary.json`` stores under ``truncations``."""
-        return {"prompts": len(self._seen["prompts"]), "responses": len(self._seen["responses"]), **self.counts,
+        return {**{kind: len(seen) for kind, seen in self._seen.items()}, **self.counts,
                 "max_prompt_length": self.max_prompt, "max_length": self.max_length}
 
     def warn_totals(self) -> None:
         """One warning with the totals of the run, when anything was cut."""
-        if self._seen["prompts"] or self._seen["responses"]:
-            logger.warning(
-                "%d distinct prompts lost the start of their user text to fit model.max_prompt_length=%d "
-                "(%d cuts), %d prompt/response pairs lost the end of the response to fit model.max_length=%d "
-                "(%d cuts)", len(self._seen["prompts"]), self.max_prompt, self.counts["prompt_cuts"],
-                len(self._seen["responses"]), self.max_length, self.counts["response_cuts"])
+        cut = [f"{len(self._seen[kind])} {kind.replace('_', ' ')} lost {what} ({self.counts[f'{kind}_cuts']} cuts)"
+               for kind, what in CUT_KINDS.items() if self._seen[kind]]
+        if cut:
+            logger.warning("truncated: %s", "; ".join(cut))
 
 
 def fit_prompt(tokenizer, model_cfg: ModelConfig, prompt: str, limits: TextLimits | None) -> list[int]:

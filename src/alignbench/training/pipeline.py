@@ -73,7 +73,7 @@ def resolve_device(rc: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def build_judge(rc: RunConfig, data: DataBundle):
+def build_judge(rc: RunConfig, data: DataBundle, limits: TextLimits | None = None):
     """The ``eval.judge`` backend; the world judge needs the world, others take keyword args."""
     try:
         cls = JUDGES.get(rc.eval.judge)
@@ -86,7 +86,7 @@ def build_judge(rc: RunConfig, data: DataBundle):
             from alignbench.errors import ConfigError
 
             raise ConfigError(f"eval.judge=world needs data=world (data is '{data.name}'); "
-                              f"use eval.judge=keyword for other data")
+                              f"use eval.judge=refusal (or auto) for other data")
         return cls(world=data.world)
     if rc.eval.judge == "classifier":
         from dataclasses import asdict
@@ -95,7 +95,7 @@ def build_judge(rc: RunConfig, data: DataBundle):
 
         if not rc.eval.classifier.path:
             raise ConfigError("eval.judge=classifier needs eval.classifier.path=<model id or folder>")
-        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc))
+        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc), limits=limits)
     return cls()
 
 
@@ -106,18 +106,19 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
     data = build_data(rc.data, cache_dir=rc.cache_dir)
     base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
     device = resolve_device(rc)
-    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=build_judge(rc, data),
-                      device=device, sink=sink, limits=TextLimits.for_model(rc.model, base))
+    limits = TextLimits.for_model(rc.model, base)
+    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=build_judge(rc, data, limits),
+                      device=device, sink=sink, limits=limits)
 
 
 def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar
+    from alignbench.training.callbacks import StageProgressBar
 
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
         strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(root), callbacks=[RichProgressBar(leave=False), *(callbacks or [])],
+        default_root_dir=str(root), callbacks=[StageProgressBar(), *(callbacks or [])],
         deterministic=rc.trainer.deterministic, log_every_n_steps=1,
         # ComponentDataModule splits each global batch across DDP ranks itself (same prompts as one process)
         use_distributed_sampler=False,
