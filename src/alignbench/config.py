@@ -228,7 +228,8 @@ class EvalConfig:
     # (see alignbench.eval.refusal_judge); or a registered judge: world | refusal | keyword | noisy |
     # cost_model | classifier
     judge: str = "auto"
-    samples_per_prompt: int = 4  # with greedy generation (do_sample false) one answer is generated per prompt
+    # a policy decoding greedily (generation.do_sample false) answers once per prompt; the answer counts k times
+    samples_per_prompt: int = 4
     batch_size: int = 64
     threshold: float = 0.0  # d: a prompt violates when its mean cost over the samples exceeds it
     generation: GenerationConfig = field(default_factory=GenerationConfig)

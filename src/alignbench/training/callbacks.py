@@ -184,8 +184,9 @@ class StageProgressBar(RichProgressBar):
 
     def _get_train_description(self, current_epoch: int) -> str:
         module = self.trainer.lightning_module
-        label = getattr(module.component, "progress_label", None)
-        return f"{module.stage} · {label()}" if callable(label) else str(module.stage)
+        stage = str(getattr(module, "stage", "training"))
+        label = getattr(getattr(module, "component", None), "progress_label", None)
+        return f"{stage} · {label()}" if callable(label) else stage
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
