@@ -201,13 +201,14 @@ def test_sft_loss_decreases_on_a_fixed_batch():
     from types import SimpleNamespace
 
     from alignbench.algorithms.sft import SFTStage
+    from alignbench.algorithms.text import TextLimits
     from alignbench.config import OptimConfig, StageConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
 
     cfg, base, tokenizer = _tiny_base()
     world = SafetyWorld()
-    ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=cfg, max_seq_len=128,
+    ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=cfg, limits=TextLimits(max_prompt=96, max_length=128),
                           data=SimpleNamespace(sft_examples=world.sft_examples("train")))
     stage = SFTStage(StageConfig(steps=40, batch_size=16, optim=OptimConfig(lr=3e-3), full_finetune=True), ctx)
     roles = RoleSet(base, stage.role_specs(), cfg, full_finetune=True)

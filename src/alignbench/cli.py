@@ -161,8 +161,8 @@ def main(cfg: DictConfig) -> float | None:
             result = run_job(rc, sink)
         if rank > 0:
             return None
-        extra_keys = ("per_kind", "per_category", "skipped_rows", "prompt_cost_histogram", "training_signals",
-                      "split")
+        extra_keys = ("per_kind", "per_category", "skipped_rows", "truncations", "prompt_cost_histogram",
+                      "training_signals", "split")
         extra = {k: v for k, v in result.items() if k in extra_keys}
         summary = build_summary(status="ok", metrics=result["metrics"], perf=result["perf"],
                                 wandb_dir=sink.wandb_dir if sink else None, **identity, **extra)

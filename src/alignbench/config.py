@@ -27,12 +27,22 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings shared by rollouts and evaluation."""
+    """Sampling settings shared by rollouts and evaluation.
 
-    max_new_tokens: int = 24
+    A rollout's policy is the distribution it samples from, softmax(z / ``temperature``): old,
+    reference and current log-probs, ratios and KL are all computed at that temperature
+    (``rl.experience``). ``top_k`` / ``top_p`` truncate the sampling only, as in TRL (GRPOTrainer
+    scores logits / temperature) and verl (``logits.div_(temperature)`` in its actor), so with them the
+    samples are slightly off-policy w.r.t. the log-probs; keep the defaults for RL.
+    """
+
+    max_new_tokens: int = 24  # the response budget; model.max_prompt_length + this must fit model.max_length
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # false: greedy decoding (temperature, top_k, top_p unused), as published safety evaluations decode;
+    # RL rollouts must sample
+    do_sample: bool = True
     # decoder of alignbench.rl.rollout: auto (fused for Llama-family models on CPU, else lean) | fused
     # (alignbench.rl.fused_llama) | lean (KV-cache loop over the model's forward) | hf (transformers
     # generate) | vllm (GPU only)
@@ -89,6 +99,12 @@ class ModelConfig:
     trust_remote_code: bool = False
     prompt_template: str = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
     use_chat_template: bool = False
+    # token budgets (alignbench.algorithms.text): a formatted prompt has at most max_prompt_length tokens
+    # (longer ones lose the start of the user's text, never the template) and prompt + response at most
+    # max_length (SFT, reward/cost scoring and PTX cut the response's end); every cut is counted in
+    # summary.json 'truncations'. Generation budgets (max_new_tokens) must fit max_length - max_prompt_length.
+    max_prompt_length: int = 192
+    max_length: int = 256
     arch: TinyArchConfig = field(default_factory=TinyArchConfig)
     sft_full_finetune: bool = False  # train every weight in the SFT stage (random-init tiny models)
     download_hint: Optional[str] = None
@@ -99,6 +115,11 @@ class ModelConfig:
                  "must be float32, bfloat16 or float16")
         _require("{prompt}" in self.prompt_template, "model.prompt_template", "must contain '{prompt}'")
         _require(self.lora.r > 0, "model.lora.r", "must be > 0")
+        _require(0 < self.max_prompt_length < self.max_length, "model.max_prompt_length",
+                 f"must be > 0 and below model.max_length ({self.max_length}), got {self.max_prompt_length}")
+        if self.source == "tiny":
+            _require(self.max_length <= self.arch.max_position_embeddings, "model.max_length",
+                     f"must be <= model.arch.max_position_embeddings ({self.arch.max_position_embeddings})")
         if self.source == "hf":
             _require(bool(self.id or self.path), "model.id", "or model.path must be set for source=hf")
 
@@ -187,7 +208,10 @@ class ClassifierConfig:
     threshold: float = 0.5  # P(unsafe) above which a response is unsafe (sequence classification)
     batch_size: int = 16
     max_length: int = 512
-    template: Optional[str] = None  # guard prompt when the tokenizer has no chat template
+    # guard_lm prompt with {prompt} and {response}; when set it replaces the tokenizer's chat template
+    # (HarmBench's classifier is prompted with its own template, Llama Guard with its chat template)
+    template: Optional[str] = None
+    unsafe_answer: str = "unsafe"  # guard_lm: the answer that means unsafe (Llama Guard: unsafe; HarmBench: yes)
     dtype: str = "float32"
 
     def check(self) -> None:
@@ -204,7 +228,11 @@ class ClassifierConfig:
 class EvalConfig:
     """The one evaluation harness every algorithm goes through."""
 
-    judge: str = "world"
+    # auto: the world's ground truth (world) on data=world, refusal matching (refusal) on every other data
+    # (see alignbench.eval.refusal_judge); or a registered judge: world | refusal | keyword | noisy |
+    # cost_model | classifier
+    judge: str = "auto"
+    # a policy decoding greedily (generation.do_sample false) answers once per prompt; the answer counts k times
     samples_per_prompt: int = 4
     batch_size: int = 64
     threshold: float = 0.0  # d: a prompt violates when its mean cost over the samples exceeds it
@@ -356,6 +384,18 @@ class RunConfig:
     raw: DictConfig = field(repr=False)
 
 
+def _check_generation_budgets(typed: dict[str, Any]) -> None:
+    """Every generation budget (``eval.generation``, ``algo.*``) fits beside the longest prompt."""
+    model = typed["model"]
+    budgets = [("eval.generation", typed["eval"].generation)]
+    budgets += [(f"algo.{f.name}", getattr(typed["algo"], f.name)) for f in dataclasses.fields(typed["algo"])
+                if isinstance(getattr(typed["algo"], f.name), GenerationConfig)]
+    for key, generation in budgets:
+        _require(model.max_prompt_length + generation.max_new_tokens <= model.max_length, f"{key}.max_new_tokens",
+                 f"({generation.max_new_tokens}) + model.max_prompt_length ({model.max_prompt_length}) must fit "
+                 f"model.max_length ({model.max_length}): lower one of them or raise model.max_length")
+
+
 STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl")
 #: resume=auto (the default): continue from the run dir's checkpoint when it holds one of this config,
 #: start fresh when it holds none, stop with one line when it holds one of another config or data;
@@ -389,6 +429,9 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
         node.pop("_target_", None)
         typed[group] = _merge(schema, node, group)
         typed[group].check()
+    _check_generation_budgets(typed)
+    if typed["eval"].judge == "auto":  # the evaluation judge follows the data (EvalConfig.judge)
+        typed["eval"].judge = "world" if typed["data"].source == "world" else "refusal"
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"config value 'seed' must be an integer, got {seed!r}")

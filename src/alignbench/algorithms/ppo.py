@@ -179,7 +179,7 @@ class PPO(AlgorithmComponent):
         source = getattr(self.cfg, role)
         dtype = DTYPES[self.ctx.model_cfg.dtype if source.dtype == "auto" else source.dtype]
         model = ExternalScoreModel(source.path, key=f"algo.{role}.path", template=source.template, dtype=dtype,
-                                   max_length=source.max_length, batch_size=source.batch_size)
+                                   max_length=source.max_length, batch_size=source.batch_size, limits=self.ctx.limits)
         return model.to(self.ctx.device)
 
     def role_specs(self) -> list[RoleSpec]:
@@ -333,7 +333,7 @@ class PPO(AlgorithmComponent):
         examples = self.ctx.data.sft_examples
         index = torch.randint(len(examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
         batch = encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg, [examples[i]["prompt"] for i in index],
-                                       [examples[i]["response"] for i in index], max_len=self.ctx.max_seq_len)
+                                       [examples[i]["response"] for i in index], limits=self.ctx.limits)
         batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
         logits = self.roles.lm_logits("policy", batch["input_ids"], batch["attention_mask"])
         return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])

@@ -64,7 +64,7 @@ class PreferenceStage(AlgorithmComponent):
         prompts = [row["prompt"] for row in items]
         batch = encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg, prompts + prompts,
                                        [row["response_0"] for row in items] + [row["response_1"] for row in items],
-                                       max_len=self.ctx.max_seq_len)
+                                       limits=self.ctx.limits)
         batch["better_id"] = torch.tensor([int(row["better_response_id"]) for row in items])
         batch["safer_id"] = torch.tensor([int(row["safer_response_id"]) for row in items])
         batch["safe"] = torch.tensor([[bool(row["is_response_0_safe"]), bool(row["is_response_1_safe"])]

@@ -347,7 +347,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         if role == "evaluator":
             wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
             return F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
-        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
+        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, limits=ctx.limits)
         if request_only:
             batch["response_mask"] = self._request_mask(batch["response_mask"], [examples[i] for i in index])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
@@ -511,6 +511,16 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
                 metrics.update(self.phase_metrics(phase))
         self._measure = []
         return metrics
+
+    def progress_label(self) -> str:
+        """Where the plan is, for the progress bar: ``round 1/2 · red 3/5`` (or ``warmup 12/400``)."""
+        if not self.plan:
+            return ""
+        index = min(self.step, len(self.plan) - 1)
+        iteration, phase = self.plan[index]
+        block = [i for i, entry in enumerate(self.plan) if entry == (iteration, phase)]
+        where = f"{phase} {index - block[0] + 1}/{len(block)}"
+        return where if phase == "warmup" else f"round {iteration}/{self.cfg.iterations} · {where}"
 
     # ----------------------------------------------------------------- state and evaluation
     def state_dict(self) -> dict[str, Any]:

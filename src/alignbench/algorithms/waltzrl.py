@@ -277,6 +277,10 @@ class WaltzRL(AlgorithmComponent):
     def stage(self) -> int:
         return 1 if self.iteration < self.stage1 else 2
 
+    def progress_label(self) -> str:
+        """For the progress bar: which of the two stages runs (stage 1 trains the feedback agent only)."""
+        return "stage 1/2 · feedback agent" if self.stage == 1 else "stage 2/2 · both agents"
+
     def coefficients(self, stage: int | None = None) -> Coefficients:
         stage = self.stage if stage is None else stage
         return Coefficients(self.cfg.alpha, self.cfg.lam if stage == 1 else 0.0, self.cfg.gamma)

@@ -4,6 +4,8 @@ Every backend is registered by name (``eval.judge: world``) and built with keywo
 Backends here need no model:
 
 * ``world``: the safety world's exact ground truth (marker words and answer keys).
+* ``refusal``: refusal matching by the field's conventions (GCG refusal strings for attack success,
+  XSTest's refusal prefixes for over-refusal); the default off the world (``alignbench.eval.refusal_judge``).
 * ``keyword``: refusal and harm detection by phrase lists; works on real English text and on world
   text, knows nothing it is not told (text with no listed keyword is neither unsafe nor a refusal).
 * ``noisy``: wraps another judge and flips its 3-way label with probability ``flip_prob``,
@@ -239,3 +241,4 @@ def model_decides_safety(text_verdict: Verdict, *, unsafe: bool, cost: float) ->
 
 
 from alignbench.eval import classifier_judge  # noqa: E402,F401 - registers ``classifier``
+from alignbench.eval import refusal_judge  # noqa: E402,F401 - registers ``refusal``

@@ -34,7 +34,7 @@ def label_logits(ctx, roles, role: str, texts: list[str], label_ids: list[int]) 
     """``[N, 3]`` float32 logits of the label words (``LABELS`` order) after each rendered text."""
     from alignbench.algorithms.text import encode_prompts
 
-    ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, max_len=ctx.max_prompt_len)
+    ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, limits=ctx.limits)
     logits = roles.lm_logits(role, ids.to(ctx.device), mask.to(ctx.device))[:, -1]
     return logits[:, label_ids].float()
 

@@ -13,6 +13,9 @@
   cost window, generators and pools, the RNG states), gathered into rank 0's file.
 * ``metric_faults`` says which of an iteration's metrics make it a numerical fault (NaN/inf loss,
   reward, cost or lambda); diagnostics such as ``losses/explained_variance`` may be NaN legitimately.
+* ``StageProgressBar``: Lightning's rich bar (count, elapsed, ETA) named after the running stage (``sft``,
+  ``reward_model``, ``waltzrl_warmup``, ``rl``) and the component's ``progress_label()`` when it has one
+  (TriPlay: its round and phase); quiet off a terminal (``alignbench.utils.progress``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, StorageError
 from alignbench.training import checkpoint as ckpt
@@ -136,3 +140,26 @@ class CheckpointCallback(L.Callback):
         where = (f"checkpoint {saved} (iteration {module.saved_iteration}/{module.component.num_iterations} of "
                  f"stage '{module.stage}')" if saved else "no checkpoint yet (the run restarts from the beginning)")
         return self.guard.stop(f"during training; {where}", checkpoint=saved)
+
+
+# ----------------------------------------------------------------------------- progress
+class StageProgressBar(RichProgressBar):
+    """Lightning's rich bar labelled with the stage and the component's phase (module docstring)."""
+
+    def __init__(self) -> None:
+        from alignbench.utils.progress import progress_enabled
+
+        super().__init__(leave=False)
+        if not progress_enabled():
+            self.disable()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        module = self.trainer.lightning_module
+        stage = str(getattr(module, "stage", "training"))
+        label = getattr(getattr(module, "component", None), "progress_label", None)
+        return f"{stage} · {label()}" if callable(label) else stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None and self.is_enabled:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(0))

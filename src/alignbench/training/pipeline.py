@@ -25,6 +25,7 @@ from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
 from alignbench.algorithms.label_model import LabelModelStage
 from alignbench.algorithms.preference import PreferenceStage
 from alignbench.algorithms.sft import SFTStage
+from alignbench.algorithms.text import TextLimits
 from alignbench.config import RunConfig
 from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
 from alignbench.eval.harness import evaluate
@@ -51,8 +52,7 @@ class RunContext:
     judge: Any
     device: torch.device
     sink: MetricsSink | None
-    max_seq_len: int = 256
-    max_prompt_len: int = 192
+    limits: TextLimits = field(default_factory=TextLimits)  # model.max_prompt_length / max_length, cuts counted
     counters: dict[str, float] = field(default_factory=lambda: {"gen_tokens": 0, "train_tokens": 0})
     #: where training rewards, costs and labels come from (``alignbench.signals``); set before the RL fit
     signals: Any = None
@@ -80,7 +80,7 @@ def resolve_device(rc: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def build_judge(rc: RunConfig, data: DataBundle):
+def build_judge(rc: RunConfig, data: DataBundle, limits: TextLimits | None = None):
     """The ``eval.judge`` backend; the world judge needs the world, others take keyword args."""
     try:
         cls = JUDGES.get(rc.eval.judge)
@@ -93,7 +93,7 @@ def build_judge(rc: RunConfig, data: DataBundle):
             from alignbench.errors import ConfigError
 
             raise ConfigError(f"eval.judge=world needs data=world (data is '{data.name}'); "
-                              f"use eval.judge=keyword for other data")
+                              f"use eval.judge=refusal (or auto) for other data")
         return cls(world=data.world)
     if rc.eval.judge == "classifier":
         from dataclasses import asdict
@@ -102,7 +102,7 @@ def build_judge(rc: RunConfig, data: DataBundle):
 
         if not rc.eval.classifier.path:
             raise ConfigError("eval.judge=classifier needs eval.classifier.path=<model id or folder>")
-        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc))
+        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc), limits=limits)
     return cls()
 
 
@@ -113,19 +113,20 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
     data = build_data(rc.data, cache_dir=rc.cache_dir)
     base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
     device = resolve_device(rc)
+    limits = TextLimits.for_model(rc.model, base)
     # the evaluation judge behind the fairness guard: a training step that consults it fails (utils.oracle)
-    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=GuardedJudge(build_judge(rc, data)),
-                      device=device, sink=sink)
+    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data,
+                      judge=GuardedJudge(build_judge(rc, data, limits)), device=device, sink=sink, limits=limits)
 
 
 def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar
+    from alignbench.training.callbacks import StageProgressBar
 
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
         strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(root), callbacks=[RichProgressBar(leave=False), *(callbacks or [])],
+        default_root_dir=str(root), callbacks=[StageProgressBar(), *(callbacks or [])],
         deterministic=rc.trainer.deterministic, log_every_n_steps=1,
         # ComponentDataModule splits each global batch across DDP ranks itself (same prompts as one process)
         use_distributed_sampler=False,
@@ -433,6 +434,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
         if sink is not None:
             sink.summary_update({"training_signals/source": rc.signals.source,
                                  "training_signals/upper_bound": float(rc.signals.source == "oracle")})
+    ctx.limits.warn_totals()
+    result["truncations"] = ctx.limits.report()
     result["perf"] = {"wall_s": time.perf_counter() - started, "gen_tokens": int(ctx.counters["gen_tokens"]),
                       "train_tokens": int(ctx.counters["train_tokens"]), "peak_rss_mb": peak_rss_mb()}
     return result
