@@ -47,8 +47,8 @@ CONFIG_CASES = [
     (["model.lora.r=0"], "config value 'model.lora.r' must be > 0"),
     (["data.on_bad_row=maybe"], "config value 'data.on_bad_row' must be 'error' or 'skip'"),
     (["seed=abc"], "config value 'seed' must be an integer, got 'abc'"),
-    (["stage=bogus"], "config value 'stage' must be one of all, sft, reward_model, cost_model, rl, got 'bogus'"),
-    (["resume=maybe"], "config value 'resume' must be true or false, got 'maybe'"),
+    (["stage=bogus"], "config value 'stage' must be one of all, sft, reward_model, cost_model, label_model, rl, got 'bogus'"),
+    (["resume=maybe"], "config value 'resume' must be auto, true or false, got 'maybe'"),
     (["max_nan_steps=-1"], "config value 'max_nan_steps' must be an integer >= 0, got -1"),
     (["data=prompts_jsonl", "algo=eval_only"], "config value 'data.path' is required"),
 ]
@@ -96,6 +96,11 @@ DATA_CASES = [
      "field 'is_response_0_safe' must be true or false, got str"),
     ("preference_jsonl", json.dumps({**GOOD_PAIR, "response_0": "   "}).encode(), "empty_text",
      "field 'response_0' is empty"),
+    # a JSON escape of a lone surrogate parses, but is no text a tokenizer can take (it crashed one before)
+    ("prompts_jsonl", b'{"prompt": "\\ud800 how do i"}', "not_encodable",
+     "field 'prompt' holds a lone surrogate \\ud800 at character 1"),
+    ("preference_jsonl", json.dumps({**GOOD_PAIR, "response_1": "ok \udfff"}).encode(), "not_encodable",
+     "field 'response_1' holds a lone surrogate \\udfff at character 4"),
 ]
 
 

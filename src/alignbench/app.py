@@ -5,7 +5,8 @@
 The Hydra configs are the package's ``alignbench/conf`` in an installed copy (pyproject maps the
 repository's top-level ``conf/`` there) and the checkout's ``conf/`` otherwise (``config_dir``).
 Process defaults (offline hub, offline W&B) are set and secrets on the command line refused
-(``alignbench.secret_keys``) before Hydra reads the arguments or writes anything.
+(``alignbench.secret_keys``) before Hydra reads the arguments or writes anything. Ctrl-C during
+Hydra's start-up, before the job's own handlers (``alignbench.cli``), exits 130 with one line.
 """
 
 from __future__ import annotations
@@ -39,4 +40,8 @@ def main() -> None:
 
     from alignbench import cli
 
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(cli.main)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(cli.main)()
+    except KeyboardInterrupt:  # Ctrl-C in Hydra's start-up, before the job's own handlers (alignbench.cli)
+        print("alignbench: interrupted: stopped before the job started (no summary)", file=sys.stderr)
+        sys.exit(130)

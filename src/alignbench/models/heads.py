@@ -12,7 +12,9 @@ from torch import nn
 
 
 class ScoreHead(nn.Module):
-    """``score = w . h + b`` with ``b`` zero-initialised; computed in fp32 whatever the model dtype."""
+    """``score = w . h + b`` with ``b`` zero-initialised; computed in fp32 whatever the model dtype or
+    autocast (``trainer.precision=bf16-mixed``): rewards, costs and values feed statistics, GAE and
+    the Lagrange multiplier, which bf16's 8-bit mantissa would round (and numpy cannot read)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
@@ -21,8 +23,7 @@ class ScoreHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        # fp32 under autocast too (trainer.precision=bf16-mixed would otherwise run the product in bf16)
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             return self.linear(hidden.float()).squeeze(-1)
 
 

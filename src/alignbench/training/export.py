@@ -28,7 +28,7 @@ def greedy_answers(ctx, roles, role: str, prompts: list[str]) -> list[dict[str, 
     if not prompts:
         return []
     settings = ctx.rc.eval.generation
-    ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, prompts, max_len=ctx.max_prompt_len)
+    ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, prompts, limits=ctx.limits)
     with torch.inference_mode(), roles.generation_model(role) as model:
         rollout = generate_rollout(model, ids.to(ctx.device), mask.to(ctx.device), max_new_tokens=settings.max_new_tokens,
                                    eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,

@@ -12,7 +12,13 @@ component's own state (counters, Lagrange multiplier, pools, generators), the da
 RNG states — never the frozen base or frozen roles. ``load_resume_state`` puts one back: weights,
 component and counters at once, optimiser/scheduler states when Lightning has built them
 (``on_train_start``) and the RNG states just before the first resumed iteration (after the data
-loader's iterator has drawn its seed), so a resumed run continues bit for bit.
+loader's iterator has drawn its seed), so a resumed run continues bit for bit. Under DDP the weights
+and optimiser states are the same on every rank (gradients are all-reduced), but each rank's own
+state (``rank_state``: the component's cost window, generators, pools, the training-signal audit's
+counts of its own rows, and the RNG states) differs: rank 0's file holds every rank's, and each rank
+resumes from its own. Under FSDP (``configure_model`` shards the roles) the weights and optimiser
+states are gathered whole into that file (every rank takes part in the save) and a resumed run lays
+them out as shards again (``_shard_optimizer_state``).
 
 Numerical faults: ``optimize`` never steps an optimiser on a non-finite loss or gradient; an iteration
 with such a skip, or with a NaN/inf loss, reward, cost or lambda among its metrics, is counted
@@ -37,7 +43,8 @@ from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
 from alignbench.utils.distributed import (all_reduce_gradients_, full_tensor, gathered, is_rank_zero, is_sharded,
-                                          local_part, mean_metrics, rank, world_size)
+                                          local_part, mean_metrics, release_workers)
+from alignbench.utils.oracle import oracle_scope
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
@@ -178,7 +185,10 @@ class AlignmentModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self._faults = []
-        metrics = self.component.training_step(batch, self)
+        with oracle_scope("train"):  # the evaluation oracle is refused here under signals=learned
+            metrics = self.component.training_step(batch, self)
+        with oracle_scope("monitor"):  # ground-truth diagnostics of what the iteration trained on, logged only
+            metrics.update(self.component.monitor())
         metrics = mean_metrics(metrics)  # DDP: means over ranks (token counts summed); as is in one process
         self._step_schedulers()
         self.iteration += 1
@@ -204,12 +214,17 @@ class AlignmentModule(L.LightningModule):
         for key, value in list(shown.items())[:3]:
             self.log(key, value, prog_bar=True, logger=False, on_step=True, batch_size=1)
         if faults and self.max_nan_steps is not None and self.nan_consecutive >= max(1, self.max_nan_steps):
+            if is_rank_zero():
+                release_workers()  # every rank stops here (the metrics are rank means): not a worker crash
             raise NumericalFaultError(
                 f"{self.nan_consecutive} consecutive iterations of stage '{self.stage}' had non-finite values "
                 f"(iteration {self.iteration}: {', '.join(sorted(set(faults))[:4])}); stopped after "
                 f"max_nan_steps={self.max_nan_steps}, last good checkpoint: {self.last_checkpoint or 'none'}")
 
     # ----------------------------------------------------------------- resume
+    def _signals(self):
+        return getattr(getattr(self.component, "ctx", None), "signals", None) if self.stage == "rl" else None
+
     def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
         return list(self.trainer.optimizers)
 
@@ -237,11 +252,22 @@ class AlignmentModule(L.LightningModule):
             ckpt.restore_rng(self._pending_rng)
             self._pending_rng = None
 
+    #: the keys of ``rank_state`` (also top-level keys of ``checkpoint_state``: rank 0's own)
+    RANK_STATE_KEYS = ("component", "rng", "signals")
+
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's own part of a checkpoint: the component's state, the RNG states and the running
+        counts of the training-signal audit (each rank audits the rows it trained on)."""
+        signals = self._signals()
+        return {"component": self.component.state_dict(), "rng": ckpt.capture_rng(),
+                "signals": signals.state_dict() if signals is not None else None}
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``.
 
-        Under FSDP weights and optimiser states are gathered whole and every rank's own component and
-        RNG states are kept (``ranks``): a collective, every rank calls this and rank 0 writes."""
+        Under FSDP weights and optimiser states are gathered whole: a collective, every rank calls this
+        (``CheckpointCallback.save``) and rank 0 writes; each rank's own ``rank_state`` is gathered there
+        as under DDP."""
         optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
         schedulers = getattr(self, "_schedulers_ref", None) or self._raw_schedulers()
         counters = getattr(self.component.ctx, "counters", None)
@@ -254,10 +280,7 @@ class AlignmentModule(L.LightningModule):
             "roles": self.roles.trainable_state_dict(),
             "optimizers": {name: gathered(opt.state_dict()) for name, opt in zip(self._optimizer_names, optimizers)},
             "schedulers": [scheduler.state_dict() for scheduler in schedulers],
-            "component": self.component.state_dict(),
-            "rng": ckpt.capture_rng(),
-            # FSDP: every rank's own component state (e.g. its Lagrange cost window) and RNG states
-            "ranks": self._per_rank_states() if self.sharded else None,
+            **self.rank_state(),
             "data": {"seed": int(self.data_seed), "batch_size": int(self.component.batch_size),
                      "consumed_batches": self.iteration,
                      "consumed_items": self.iteration * int(self.component.batch_size)},
@@ -266,16 +289,11 @@ class AlignmentModule(L.LightningModule):
             "nan": {"skipped": self.nan_skipped, "consecutive": self.nan_consecutive},
         }
 
-    def _per_rank_states(self) -> list[dict[str, Any]]:
-        """Every rank's component and RNG states, in rank order (a collective)."""
-        mine = {"component": self.component.state_dict(), "rng": ckpt.capture_rng()}
-        states: list[Any] = [None] * world_size()
-        torch.distributed.all_gather_object(states, mine)
-        return states
-
-    def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None) -> None:
+    def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None, rank: int = 0) -> None:
         """Restore a ``checkpoint_state``: weights, component, counters and sink now; optimisers and RNG
-        when training starts (see module docstring)."""
+        when training starts (see module docstring). ``rank`` > 0 takes its own ``rank_state``."""
+        ranks = state.get("ranks") or []
+        own = ranks[rank - 1] if 0 < rank <= len(ranks) else state  # a finished checkpoint: rank 0's will do
         data = state.get("data") or {}
         if data and (int(data["batch_size"]) != int(self.component.batch_size) or int(data["seed"]) != self.data_seed):
             raise CheckpointError(f"checkpoint data position (seed {data['seed']}, batch size "
@@ -283,16 +301,17 @@ class AlignmentModule(L.LightningModule):
         self.iteration = int(state["iteration"])
         self.saved_iteration = self.iteration
         self.roles.load_trainable_state_dict(state["roles"])
-        own = (state.get("ranks") or [])[rank():rank() + 1]  # this rank's states, when the checkpoint has them
-        self.component.load_state_dict(own[0]["component"] if own else state["component"])
+        self.component.load_state_dict(own["component"])
         nan = state.get("nan") or {}
         self.nan_skipped = int(nan.get("skipped", 0))
         self.nan_consecutive = int(nan.get("consecutive", 0))
         counters = getattr(self.component.ctx, "counters", None)
         if counters is not None and state.get("counters"):
             counters.update(state["counters"])
+        if self._signals() is not None and own.get("signals"):  # this rank's signal audit's running counts
+            self._signals().load_state_dict(own["signals"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
-        self._pending_rng = own[0]["rng"] if own else state["rng"]
+        self._pending_rng = own["rng"]
         if history_file is not None:
             self.restore_sink(state, history_file)
 

@@ -19,6 +19,11 @@ DDP design in alignbench (see also ``benchmarks/README.md``):
   optimisers with disjoint parameters under manual optimisation), the Lagrange multiplier averages
   J_C across ranks (``all_reduce_mean``), logged metrics are rank means (token counts: sums), and
   only rank 0 logs, evaluates and writes the summary.
+* Stopping: at every iteration end the ranks take the largest signal number any of them received
+  (``max_over_ranks``), so a preemption or Ctrl-C stops all of them at the same boundary; a checkpoint
+  gathers each rank's own state to rank 0 (``gather_objects``). Rank 0 then stops Lightning's
+  child-process observer (``release_workers``: it would SIGKILL rank 0 within 5 s of a worker exiting
+  75) and reports the workers' exit codes (``wait_for_workers``).
 
 FSDP (``trainer=fsdp``, ``alignbench.models.sharding``) keeps the same data split, but the weights are
 DTensor shards: every forward all-gathers them, so all ranks run the same sequence of forwards
@@ -159,11 +164,7 @@ def broadcast_tensors_(tensors: list[torch.Tensor], src: int = 0) -> None:
 
 def any_rank(flag: bool) -> bool:
     """``flag`` or'ed over ranks (as is in one process): every rank takes the same branch."""
-    if not is_distributed() or world_size() == 1:
-        return bool(flag)
-    tensor = torch.tensor([1.0 if flag else 0.0], device=_device_for_collectives())
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
+    return max_over_ranks(int(bool(flag))) > 0
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
@@ -200,6 +201,70 @@ def local_part(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` any rank holds (as is in one process): how the ranks agree on a stop."""
+    if not is_distributed() or world_size() == 1:
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=_device_for_collectives())
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0, None on the others (``[obj]`` in one process)."""
+    if not is_distributed() or world_size() == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed() and world_size() > 1:
+        torch.distributed.barrier()
+
+
+# ----------------------------------------------------------------------------- workers launched by Lightning
+#: the ``subprocess.Popen`` list of the worker ranks this process launched (Lightning's launcher's own
+#: list, which its child-process observer thread watches); empty in a worker or in one process
+_WORKERS: list[Any] = []
+
+
+def track_workers(trainer: Any) -> None:
+    """Remember the worker processes Lightning's subprocess launcher started (rank 0, first fit)."""
+    global _WORKERS
+    procs = getattr(getattr(getattr(trainer, "strategy", None), "launcher", None), "procs", None)
+    if procs:
+        _WORKERS = procs
+
+
+def release_workers() -> None:
+    """Rank 0, before an agreed stop: let the workers exit non-zero (75, 130, 1) without Lightning's
+    child-process observer killing this process (it SIGKILLs the launcher within 5 s of a worker's
+    non-zero exit, which could fall before the checkpoint and summary are written)."""
+    if not _WORKERS:
+        return
+    import threading
+
+    for thread in threading.enumerate():
+        if getattr(thread, "_child_processes", None) is _WORKERS:
+            thread._child_processes = []  # its next poll sees no child and ends the thread
+
+
+def wait_for_workers(timeout: float = 60.0) -> list[int | None]:
+    """Exit codes of the workers this process launched, waiting up to ``timeout`` s for each
+    (None: still running after it). Empty when there are none."""
+    import subprocess
+
+    codes: list[int | None] = []
+    for proc in _WORKERS:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    return codes
+
+
 # ----------------------------------------------------------------------------- one job per launch
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
                       "--experimental-rerun"}
@@ -233,10 +298,12 @@ def job_launch_scope(job_overrides: list[str], output_dir: str, multirun: bool) 
     own workers. A process started by an external launcher (``torchrun``: ``LOCAL_RANK`` already set)
     or a worker is left alone.
     """
+    global _WORKERS
     launcher_owned = "LOCAL_RANK" not in os.environ
     if not launcher_owned:
         yield
         return
+    _WORKERS = []  # this job's workers, once its first fit launches them
     saved_argv = list(sys.argv)
     saved_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
     restore_run_dir = None
