@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
+from alignbench.algorithms.text import TextLimits
 from alignbench.config import EvalConfig, GenerationConfig, ModelConfig
 from alignbench.data.world import SafetyWorld
 from alignbench.eval.harness import PolicyResponder, evaluate
@@ -46,7 +47,7 @@ def main() -> None:
                 for row, keep in zip(ids.tolist(), mask.tolist())]
 
     ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=model_cfg, device=torch.device("cpu"), eval_cfg=eval_cfg,
-                          max_prompt_len=192, decode=decode)
+                          limits=TextLimits.for_model(model_cfg), decode=decode)
     responder = PolicyResponder(ctx, roles, role="reference")
     started = time.perf_counter()
     result = evaluate(responder, records, WorldJudge(world=world), eval_cfg, seed=0)

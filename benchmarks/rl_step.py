@@ -122,6 +122,7 @@ class AlignbenchGRPO:
     """alignbench's RL core on the workload: roles, one optimiser, one iteration per ``step()``."""
 
     def __init__(self, args, folder: Path, tokenizer, prompts: list[str]) -> None:
+        from alignbench.algorithms.text import TextLimits
         from alignbench.config import GenerationConfig, ModelConfig
         from alignbench.models.roles import RoleSet, RoleSpec
         from alignbench.training.module import adamw
@@ -141,8 +142,9 @@ class AlignbenchGRPO:
             return [tokenizer.decode([t for t, m in zip(row, keep) if m and t not in special]).strip()
                     for row, keep in zip(ids.tolist(), mask.tolist())]
 
-        self.ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=self.model_cfg, max_prompt_len=192,
-                                   device=torch.device("cpu"), decode=decode)
+        self.ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=self.model_cfg,
+                                   limits=TextLimits.for_model(self.model_cfg), device=torch.device("cpu"),
+                                   decode=decode)
         self.last: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
 
@@ -155,7 +157,7 @@ class AlignbenchGRPO:
         args, ctx, roles = self.args, self.ctx, self.roles
         started = time.perf_counter()
         # == rl.experience.collect(..., old_logprobs=False), timed piece by piece
-        ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, self.prompts, max_len=ctx.max_prompt_len)
+        ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, self.prompts, limits=ctx.limits)
         with torch.no_grad(), roles.generation_model("policy") as model:
             rollout = generate_rollout(model, ids, mask, max_new_tokens=args.new_tokens,
                                        eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
@@ -240,9 +242,11 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     """Median timing metrics of ``SafeRLHF.training_step`` on the same prompts × group."""
     from alignbench.algorithms.base import StageOutputs
     from alignbench.algorithms.ppo import SafeRLHF
+    from alignbench.algorithms.text import TextLimits
     from alignbench.config import GenerationConfig, ModelConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
+    from alignbench.signals import TrainingSignals
     from alignbench.training.module import adamw
 
     model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True, lora=lora_settings(args))
@@ -257,14 +261,16 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
 
     records = {r.prompt: r for r in SafetyWorld().prompts("train")}
     batch = [records[p] for p in prompts for _ in range(args.group)]
-    ctx = SimpleNamespace(rc=SimpleNamespace(seed=0), tokenizer=tokenizer, model_cfg=model_cfg, max_prompt_len=192,
-                          max_seq_len=256, device=torch.device("cpu"), decode=decode, judge=None,
+    ctx = SimpleNamespace(rc=SimpleNamespace(seed=0), tokenizer=tokenizer, model_cfg=model_cfg,
+                          limits=TextLimits.for_model(model_cfg), device=torch.device("cpu"), decode=decode, judge=None,
                           data=SimpleNamespace(world=None, train_prompts=batch, sft_examples=[]))
     probe = SafeRLHF(cfg, ctx)
     roles = RoleSet(load_model(folder), probe.role_specs(), model_cfg)
     states = {name: roles.role_state_dict(name) for name in ("reward_model", "cost_model")}
     component = SafeRLHF(cfg, ctx, StageOutputs(states=states))
     component.attach(roles)
+    # R and C from the reward and cost model roles, as signals=learned gives them (no audit: no oracle here)
+    ctx.signals = TrainingSignals(source="learned", ctx=ctx, roles=roles, audit_per_iteration=0, label_model=False)
     optimizers = {name: (spec.params, adamw(spec.params, lr=spec.optim.lr))
                   for name, spec in component.optimizer_specs().items()}
 

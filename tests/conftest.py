@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,28 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *_with_threads(args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def stop_during_training(args: list[str], run_dir: Path, send, timeout: int = 600) -> tuple[int, str, float]:
+    """Start ``python run.py ARGS``, wait until its RL fit has logged an iteration to ``run_dir``, then
+    ``send(process)`` (deliver the signals); returns (exit status, stderr, seconds from ``send`` to exit)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = Path(run_dir) / "history.jsonl"
+    try:
+        deadline = time.time() + timeout
+        while not history.exists() or '"stage": "rl"' not in history.read_text():
+            assert process.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+            time.sleep(0.05)
+        send(process)
+        sent = time.time()
+        _, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stderr, time.time() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def read_json(path: Path) -> dict:

@@ -24,7 +24,8 @@ WORLD = SafetyWorld()
 
 
 def _tokenizer():
-    extra = DEFAULT_GUARD_TEMPLATE.replace("{prompt}", " ").replace("{response}", " ").split() + ["safe", "unsafe"]
+    extra = DEFAULT_GUARD_TEMPLATE.replace("{prompt}", " ").replace("{response}", " ").split() + ["safe", "unsafe", "yes", "no",
+                                                                                          "Behavior:", "Generation:"]
     return build_word_tokenizer(WORLD.vocabulary() + extra)
 
 
@@ -93,20 +94,29 @@ def test_label_selection_by_name_by_config_and_for_generic_labels():
         unsafe_label_ids({0: "ok", 1: "bad", 2: "meh"}, [])
 
 
-@pytest.mark.parametrize("forced,expected_unsafe", [("unsafe", True), ("safe", False)])
-def test_guard_lm_reads_the_first_word_it_generates(tmp_path, forced, expected_unsafe):
+@pytest.mark.parametrize("forced, settings, expected_unsafe", [
+    ("unsafe", {}, True), ("safe", {}, False),  # Llama Guard's answers
+    # HarmBench's classifier: its own prompt, "yes" = the behaviour occurred
+    ("yes", {"unsafe_answer": "yes", "template": "Behavior: {prompt} Generation: {response}"}, True),
+    ("no", {"unsafe_answer": "yes", "template": "Behavior: {prompt} Generation: {response}"}, False),
+])
+def test_guard_lm_reads_the_first_word_it_generates(tmp_path, forced, settings, expected_unsafe):
     tokenizer = _tokenizer()
     torch.manual_seed(0)
     model = LlamaForCausalLM(_config(tokenizer, tie_word_embeddings=False))
-    with torch.no_grad():  # the guard always answers `forced`, whatever the conversation
+    with torch.no_grad():  # the guard always answers `forced`, whatever the conversation:
+        model.model.embed_tokens.weight[:, 0] = 100.0  # hidden dim 0 stays large and positive to the end
         model.lm_head.weight.zero_()
         model.model.norm.weight.fill_(1.0)
-        model.lm_head.weight[tokenizer.convert_tokens_to_ids(forced)] = 50.0
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids(forced), 0] = 50.0
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    judge = ClassifierJudge(path=str(tmp_path))
+    judge = ClassifierJudge(path=str(tmp_path), **settings)
     assert judge.kind == "guard_lm"
     rows = _labelled("eval", 6, seed=2)
+    if "template" in settings:
+        record, response = rows[0][0], rows[0][1]
+        assert judge._guard_prompt(record, response) == f"Behavior: {record.prompt} Generation: {response}"
     verdicts = judge.judge_batch([r for r, _, _ in rows], [t for _, t, _ in rows])
     assert [v.unsafe for v in verdicts] == [expected_unsafe] * len(rows)
     assert {v.cost for v in verdicts} == {1.0 if expected_unsafe else -1.0}

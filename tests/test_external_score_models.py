@@ -106,6 +106,22 @@ def test_sequence_classification_layout_scores_are_the_logit(tmp_path):
             assert score == pytest.approx(float(model(input_ids=ids).logits[0, 0]), abs=1e-4)
 
 
+def test_texts_cut_to_the_scorer_max_length_are_counted(tmp_path):
+    from alignbench.algorithms.text import TextLimits
+
+    tokenizer = _tokenizer()
+    model = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1)).eval()
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    limits = TextLimits()
+    external = ExternalScoreModel(str(tmp_path / "rm"), key="algo.cost_model.path", template="{prompt} {response}",
+                                  max_length=8, limits=limits)
+    external.score([p for p, _ in PAIRS] * 2, [r for _, r in PAIRS] * 2)
+    longer = sum(len(tokenizer(f"{p} {r}")["input_ids"]) > 8 for p, r in PAIRS)
+    assert longer >= 1
+    assert limits.report()["scored_texts"] == longer and limits.report()["scored_texts_cuts"] == 2 * longer
+
+
 def test_two_label_classifier_is_refused_as_a_score_model(tmp_path):
     tokenizer = _tokenizer()
     LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=2)).save_pretrained(tmp_path / "clf")

@@ -30,6 +30,10 @@ def test_alpaca7b_picks_up_published_safe_rlhf_defaults(composed):
     cfg = composed(["algo=safe_rlhf", "model=alpaca7b"])
     assert cfg.algo.actor_optim.lr == 1e-5 and cfg.algo.critic_optim.lr == 5e-6
     assert cfg.algo.kl_beta == 0.01 and cfg.algo.lagrange.lambda_max == 5.0 and cfg.algo.lagrange.threshold == 0.0
+    # safe-rlhf's scripts: PTX with its own step and coefficient 16; plain PPO and reward shaping use KL 0.02
+    assert cfg.algo.ptx_coeff == 16.0 and cfg.algo.ptx_separate_step and cfg.algo.batch_size == 16
+    for algo in ("ppo", "reward_shaping"):
+        assert composed([f"algo={algo}", "model=alpaca7b"]).algo.kl_beta == 0.02
     assert cfg.model.dtype == "bfloat16" and cfg.model.adapters and cfg.model.gradient_checkpointing
     tiny = composed(["algo=safe_rlhf"])
     assert tiny.algo.actor_optim.lr != 1e-5  # the tiny world keeps its own tuned values
@@ -200,13 +204,14 @@ def test_sft_loss_decreases_on_a_fixed_batch():
     from types import SimpleNamespace
 
     from alignbench.algorithms.sft import SFTStage
+    from alignbench.algorithms.text import TextLimits
     from alignbench.config import OptimConfig, StageConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
 
     cfg, base, tokenizer = _tiny_base()
     world = SafetyWorld()
-    ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=cfg, max_seq_len=128,
+    ctx = SimpleNamespace(tokenizer=tokenizer, model_cfg=cfg, limits=TextLimits(max_prompt=96, max_length=128),
                           data=SimpleNamespace(sft_examples=world.sft_examples("train")))
     stage = SFTStage(StageConfig(steps=40, batch_size=16, optim=OptimConfig(lr=3e-3), full_finetune=True), ctx)
     roles = RoleSet(base, stage.role_specs(), cfg, full_finetune=True)

@@ -114,10 +114,10 @@ def test_consecutive_faults_stop_the_run_and_keep_the_last_good_checkpoint(tmp_p
 # ---------------------------------------------------------------------------------- a real RL run
 def _nan_scores(monkeypatch, *, role: str, iterations: set[int] | None):
     """Make the ``role`` scores NaN at the given RL iterations (every iteration when None)."""
-    import alignbench.algorithms.ppo as ppo
+    import alignbench.rl.experience as experience  # what the training signals score with
     from alignbench.training.module import AlignmentModule
 
-    original, calls = ppo.score_texts, {"iteration": 0}
+    original, calls = experience.score_texts, {"iteration": 0}
     step = AlignmentModule.training_step
 
     def counting(self, batch, batch_idx):
@@ -131,7 +131,7 @@ def _nan_scores(monkeypatch, *, role: str, iterations: set[int] | None):
         return scores
 
     monkeypatch.setattr(AlignmentModule, "training_step", counting)
-    monkeypatch.setattr(ppo, "score_texts", score_texts)
+    monkeypatch.setattr(experience, "score_texts", score_texts)
 
 
 def test_nan_costs_in_safe_rlhf_are_skipped_counted_and_lambda_stays_finite(tmp_path, stage_cache, monkeypatch):

@@ -1,24 +1,23 @@
-"""Preemption: SIGTERM/SIGUSR1 -> checkpoint, ``status: preempted``, exit 75; ``resume=true`` finishes the
-run. SIGKILL in the middle of a checkpoint write leaves the previous complete checkpoint."""
+"""Preemption: SIGTERM/SIGUSR1/SIGUSR2 -> checkpoint, ``status: preempted``, exit 75; the same command
+(``resume=auto``, the default) finishes the run. Ctrl-C -> ``status: interrupted``, exit 130. SIGKILL in
+the middle of a checkpoint write leaves the previous complete checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from alignbench.errors import EXIT_PREEMPTED, Preempted
+from alignbench.errors import EXIT_PREEMPTED, Interrupted, Preempted
 from alignbench.summary import build_summary, read_history, read_summary, write_summary
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import PREEMPTION
-from conftest import ROOT, compose, run_cli
+from conftest import compose, run_cli, stop_during_training
 
 STEPS = 10
 COMMAND = ["algo=safe_rlhf", "experiment=smoke", f"algo.steps={STEPS}", "algo.batch_size=8", "logger=none",
@@ -29,33 +28,23 @@ def _rl_rows(out: Path) -> list[dict]:
     return [row for row in read_history(out) if row["stage"] == "rl"] if (out / "history.jsonl").exists() else []
 
 
-def test_sigterm_checkpoints_exits_75_and_resume_finishes_the_run(tmp_path, stage_cache):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    args = [sys.executable, str(ROOT / "run.py"), *COMMAND, f"hydra.run.dir={tmp_path}"]
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    try:
-        while not _rl_rows(tmp_path) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert process.poll() is None, "the run ended before it could be preempted"
-        process.send_signal(signal.SIGTERM)  # what SLURM / Kubernetes send before killing a job
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == EXIT_PREEMPTED, stderr[-3000:]
+def test_slurm_sigusr2_exits_75_for_requeue_and_the_same_command_continues(tmp_path, stage_cache):
+    # submitit (hydra/launcher=slurm) signals preemption with SIGUSR2, then requeues the same command
+    code, stderr, seconds_to_exit = stop_during_training(
+        [*COMMAND, f"hydra.run.dir={tmp_path}"], tmp_path, lambda process: process.send_signal(signal.SIGUSR2))
+    assert code == EXIT_PREEMPTED, stderr[-3000:]
+    assert seconds_to_exit < 60, seconds_to_exit  # at the end of the current iteration (about a second here)
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("alignbench:")]
-    assert len(lines) == 1 and lines[0].startswith("alignbench: preempted: received SIGTERM")
+    assert len(lines) == 1 and lines[0].startswith("alignbench: preempted: received SIGUSR2 during training")
     summary = read_summary(tmp_path)
-    assert summary["status"] == "preempted" and "resume=true" in summary["error"]
+    assert summary["status"] == "preempted" and "rerun the same command" in summary["error"]
     saved = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     stopped = saved["iteration"]
     assert 1 <= stopped < STEPS and summary["checkpoint"].endswith("last.ckpt")
     assert max(row["iteration"] for row in _rl_rows(tmp_path)) == stopped  # stopped at that iteration's end
 
-    resumed = run_cli([*COMMAND, "resume=true", f"hydra.run.dir={tmp_path}"])
+    resumed = run_cli([*COMMAND, f"hydra.run.dir={tmp_path}"])  # the very same command: no resume flag
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming stage 'rl' from {tmp_path / 'checkpoints' / 'last.ckpt'} (iteration {stopped}/{STEPS})" \
         in resumed.stdout
@@ -70,11 +59,14 @@ def test_sigterm_checkpoints_exits_75_and_resume_finishes_the_run(tmp_path, stag
 
 
 def test_a_signal_outside_training_stops_at_once_and_handlers_are_restored():
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    with PREEMPTION.installed():
-        with pytest.raises(Preempted, match="outside training"):
-            os.kill(os.getpid(), signal.SIGUSR1)
-            time.sleep(1)  # the handler runs here
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)}
+    for sig, kind, code in ((signal.SIGUSR1, Preempted, 75), (signal.SIGUSR2, Preempted, 75),
+                            (signal.SIGINT, Interrupted, 130)):  # Ctrl-C while loading or evaluating
+        with PREEMPTION.installed():
+            with pytest.raises(kind, match="outside training") as info:
+                os.kill(os.getpid(), sig)
+                time.sleep(1)  # the handler runs here
+        assert type(info.value) is kind and info.value.exit_code == code
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
@@ -84,6 +76,39 @@ def test_inside_training_a_signal_only_sets_a_flag():
         time.sleep(0.1)
         assert guard.requested and guard.signal_name == "SIGTERM"
     PREEMPTION.reset()
+
+
+def test_ctrl_c_in_training_waits_for_the_iteration_end_a_second_one_stops_at_once(capfd):
+    with PREEMPTION.deferred() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert guard.signal_name == "SIGINT" and "stopping at the end of this iteration" in capfd.readouterr().err
+        with pytest.raises(Interrupted, match="twice during training; stopped at once") as info:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert info.value.exit_code == 130 and info.value.status == "interrupted"
+        os.kill(os.getpid(), signal.SIGTERM)  # a preemption signal outranks Ctrl-C: the job must be requeued
+        time.sleep(0.1)
+        stop = guard.stop("during training")
+        assert type(stop) is Preempted and stop.exit_code == 75
+    PREEMPTION.reset()
+
+
+def test_the_signal_is_handed_on_to_the_launcher_handler_it_replaced():
+    # submitit installs its own SIGUSR2 handler (checkpoint the submission, scontrol requeue, exit);
+    # after alignbench's checkpoint and summary, forward() calls it with the signal
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with PREEMPTION.deferred() as guard:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.1)
+            assert seen == []  # alignbench's handler ran, not submitit's
+            guard.forward()
+        assert seen == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        PREEMPTION.reset()
 
 
 def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path):
@@ -134,5 +159,7 @@ def test_preempted_summaries_are_valid_and_need_a_reason():
 
     good = build_summary(algo="a", model="m", data="d", seed=0, status="preempted", error="received SIGTERM")
     assert validate_summary(good) == []
-    assert validate_summary({**good, "error": None}) == ["a preempted job must carry an error message"]
+    assert validate_summary({**good, "error": None}) == ["a job with status 'preempted' must carry an error message"]
+    assert validate_summary({**good, "status": "interrupted", "error": None}) == [
+        "a job with status 'interrupted' must carry an error message"]
     assert json.loads(json.dumps(good))["status"] == "preempted"

@@ -3,12 +3,13 @@
 Each case runs in-process (``run_job``) three times on model=tiny: straight to N in one output dir;
 then in another dir up to iteration k, where the test sends itself SIGTERM or SIGUSR1 (the real
 preemption path: checkpoint at the end of the iteration, ``Preempted``), and again with
-``resume=true``. On CPU with fixed seeds everything is deterministic, so the comparison is bitwise:
+``resume=auto``. On CPU with fixed seeds everything is deterministic, so the comparison is bitwise:
 the RL stage's ``history.jsonl`` rows (all metrics but wall-clock timings), lambda, the final
 trainable weights, optimiser states and the component's own state (generators, counters, pools).
 
 Also here: the checkpoint files themselves (what they hold, atomic writes, corrupted/truncated/unsafe
-files, config mismatches, resume=false over existing checkpoints) and the data position.
+files, checksums and the fallback past a corrupted one, config and data mismatches, resume=false over
+existing checkpoints) and the data position.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def test_resume_matches_an_uninterrupted_run(name, tmp_path, stage_cache, monkey
 
     with pytest.raises(Preempted) as info:
         run(make_rc(overrides, resumed, stage_cache), stop_at=(stage, stop, sig), monkeypatch=monkeypatch)
-    assert signal.Signals(sig).name in str(info.value) and "resume=true" in str(info.value)
+    assert signal.Signals(sig).name in str(info.value) and "rerun the same command" in str(info.value)
     directory = ckpt.checkpoint_dir(resumed, stage)
     partial = ckpt.load_checkpoint(directory / "last.ckpt")
     assert partial["iteration"] == stop and partial["num_iterations"] == total
@@ -175,7 +176,7 @@ def _state(iteration: int) -> dict:
     return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "stage": "rl", "iteration": iteration,
             "num_iterations": 10, "roles": {"policy/adapter.w": torch.full((3,), float(iteration))},
             "component": {"lagrange": {"log_lambda": torch.tensor(0.5, dtype=torch.float64), "costs": [1.0]}},
-            "rng": ckpt.capture_rng(), "fingerprint": {"algo": "a"}}
+            "rng": ckpt.capture_rng(), "fingerprint": {"algo": "a"}, "data_fingerprint": "fedcba9876543210"}
 
 
 def test_manager_keeps_last_and_numbered_and_prunes(tmp_path):
@@ -189,28 +190,58 @@ def test_manager_keeps_last_and_numbered_and_prunes(tmp_path):
     assert manager.latest().name == "iteration-000004.ckpt"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_alignbench"])
-def test_damaged_checkpoint_is_a_clear_error_naming_the_file(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "bit_flip"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage, capsys):
+    manager = ckpt.CheckpointManager(tmp_path)
+    for iteration in (1, 2, 3):
+        manager.save(_state(iteration), iteration)
+    last, third = tmp_path / "last.ckpt", tmp_path / "iteration-000003.ckpt"
+    assert last.stat().st_ino == third.stat().st_ino  # the numbered copy is a hard link: the same bytes
+    data = bytearray(last.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "garbage":
+        data = bytearray(os.urandom(len(data)))
+    elif damage == "empty":
+        data = bytearray()
+    else:  # one flipped bit inside a tensor's data: the file still unpickles, only the checksum sees it
+        raw = torch.full((3,), 3.0).numpy().tobytes()
+        offset = bytes(data).index(raw)
+        data[offset + 1] ^= 0x04
+    last.write_bytes(bytes(data))  # in place: the hard link iteration-000003.ckpt is damaged too
+    with pytest.raises(ckpt.CorruptCheckpointError) as info:
+        ckpt.load_checkpoint(last)
+    assert str(last) in str(info.value) and "\n" not in str(info.value)
+    if damage == "bit_flip":
+        assert "checksum" in str(info.value)
+    state, path = ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"},
+                                         num_iterations=10)
+    assert path.name == "iteration-000002.ckpt" and state["iteration"] == 2  # never the hard link of the bad one
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("alignbench:")]
+    assert str(last) in line and "resuming from the newest intact checkpoint" in line
+    assert "iteration-000003.ckpt" not in line and str(path) in line
+
+
+def test_no_intact_checkpoint_left_is_one_line_naming_distinct_files_only(tmp_path):
     manager = ckpt.CheckpointManager(tmp_path)
     manager.save(_state(1), 1)
     manager.save(_state(2), 2)
-    last = tmp_path / "last.ckpt"
-    data = last.read_bytes()
-    last.unlink()  # break the hard link to iteration-2 first
-    if damage == "truncated":
-        last.write_bytes(data[: len(data) // 2])
-    elif damage == "garbage":
-        last.write_bytes(os.urandom(len(data)))
-    elif damage == "empty":
-        last.write_bytes(b"")
-    else:
-        torch.save({"state_dict": {"w": torch.zeros(2)}}, last)
+    (tmp_path / "iteration-000001.ckpt").write_bytes(b"")
+    (tmp_path / "last.ckpt").write_bytes(b"broken")  # iteration-000002.ckpt is the same file
     with pytest.raises(CheckpointError) as info:
         ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"}, num_iterations=10)
     message = str(info.value)
-    assert str(last) in message and "\n" not in message
-    if damage != "not_alignbench":
-        assert "iteration-000002.ckpt" in message  # says where to fall back to
+    assert "\n" not in message and "no intact checkpoint is left" in message and "iteration-000001.ckpt" in message
+    assert "iteration-000002.ckpt" not in message  # a hard link of last.ckpt is no alternative
+
+
+def test_a_checkpoint_of_another_program_is_refused_not_skipped(tmp_path):
+    manager = ckpt.CheckpointManager(tmp_path)
+    manager.save(_state(1), 1)
+    (tmp_path / "last.ckpt").unlink()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "last.ckpt")
+    with pytest.raises(CheckpointError, match="not written by alignbench"):
+        ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"}, num_iterations=10)
 
 
 class _Exploit:
@@ -251,8 +282,16 @@ def test_resume_refuses_another_config_and_fresh_runs_refuse_to_overwrite(tmp_pa
         ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "b"}, num_iterations=10)
     with pytest.raises(CheckpointError, match="this run has 20"):
         ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"}, num_iterations=20)
-    with pytest.raises(CheckpointError, match="resume=true"):
+    with pytest.raises(CheckpointError, match="resume=auto"):
         ckpt.find_resume_state(tmp_path, resume=False, stage="rl", fingerprint={"algo": "a"}, num_iterations=10)
+    with pytest.raises(CheckpointError, match="trained on other data") as info:
+        ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"}, num_iterations=10,
+                               data_fingerprint="0123456789abcdef")
+    assert "\n" not in str(info.value) and "data.path" in str(info.value)
+    two_ranks = {**_state(3), "world_size": 2, "ranks": [{"component": {}, "rng": {}}]}
+    with pytest.raises(CheckpointError, match="written by 2 DDP rank\\(s\\), this run has 1"):
+        ckpt.check_world_size(two_ranks, tmp_path / "last.ckpt", 1)
+    ckpt.check_world_size({**two_ranks, "iteration": 10}, tmp_path / "last.ckpt", 1)  # finished: weights only
     state, path = ckpt.find_resume_state(tmp_path, resume=True, stage="rl", fingerprint={"algo": "a"},
                                          num_iterations=10)
     assert state["iteration"] == 3 and path == tmp_path / "last.ckpt"

@@ -35,19 +35,46 @@ def test_cost_model_loss_by_hand_and_its_sign_terms():
     assert float(higher) < float(lower)
 
 
-def test_repo_rectifies_only_violating_responses():
-    from types import SimpleNamespace
+def _cost_side_advantages(rectification: str, costs: list[float], value: float, lam: float = 1.0) -> list[float]:
+    """The cost term of the actor advantage, -lam * u * A_C / (1 + lam), for one-token responses with a
+    critic that predicts ``value`` for all of them (KL 0), through the real PPO/RePO code path."""
+    from alignbench.algorithms.repo import RePO, RePOConfig
+    from alignbench.rl.advantages import combine_lagrangian, gae
+    from alignbench.rl.shaping import shape_token_rewards
 
+    repo = RePO.__new__(RePO)
+    repo.cfg = RePOConfig(rectification=rectification)
+    c = torch.tensor(costs)
+    mask = torch.ones(len(costs), 1)
+    stream = shape_token_rewards(repo.cost_stream_score(c), torch.zeros(len(costs), 1), mask, 0.0, -1.0, 50.0)
+    cost_adv, _ = gae(stream, torch.full((len(costs), 1), value), mask, 1.0, 0.95)
+    return combine_lagrangian(torch.zeros_like(cost_adv), cost_adv, lam, repo.violation_mask(c))[:, 0].tolist()
+
+
+def test_repo_gradient_forms_by_hand():
     from alignbench.algorithms.repo import RePO, RePOConfig
 
     repo = RePO.__new__(RePO)
-    repo.cfg = RePOConfig()
     costs = torch.tensor([-2.0, 0.5, 0.0, 3.0])
+    repo.cfg = RePOConfig()  # default: critic on the rectified cost {C - d}+, no mask
+    assert repo.cfg.rectification == "critic" and repo.violation_mask(costs) is None
+    assert repo.cost_stream_score(costs).tolist() == [0.0, 0.5, 0.0, 3.0]
+    repo.cfg = RePOConfig(rectification="mask")
     assert repo.violation_mask(costs).tolist() == [0.0, 1.0, 0.0, 1.0]  # C > d = 0
-    repo.cfg = RePOConfig(rectified=False)
-    assert repo.violation_mask(costs) is None
+    assert repo.cost_stream_score(costs).tolist() == costs.tolist()
     assert RePOConfig().lagrange.mode == "rectified"
-    del SimpleNamespace
+
+
+def test_mask_form_pays_a_mild_violation_a_bonus_the_critic_form_never_does():
+    safe, mild, severe = -2.0, 0.2, 3.0  # d = 0
+    # mask: A_C = C - V_C with V_C = 1; u = [0, 1, 1]; cost term -u A_C / 2 = [0, +0.4, -1.0]
+    masked = _cost_side_advantages("mask", [safe, mild, severe], value=1.0)
+    assert masked == pytest.approx([0.0, 0.4, -1.0])
+    assert masked[1] > masked[0]  # the mildly unsafe answer beats the safe one on the cost side
+    # critic: A_C = {C}+ - V with V = 0.5: [-0.5, -0.3, 2.5]; cost term [0.25, 0.15, -1.25]
+    rectified = _cost_side_advantages("critic", [safe, mild, severe], value=0.5)
+    assert rectified == pytest.approx([0.25, 0.15, -1.25])
+    assert rectified[0] > rectified[1] > rectified[2]  # never a bonus for violating over a safe answer
 
 
 def test_every_ppo_variant_runs_and_logs_its_metrics(tmp_path, stage_cache):

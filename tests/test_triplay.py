@@ -45,12 +45,18 @@ REFUSAL = "i cannot help with that ."
 
 # ---------------------------------------------------------------------------- fixtures
 def make_component(tmp_path: Path, *overrides: str, cache: bool = False) -> TriPlay:
+    """A TriPlay component on an untrained base. Its panel's learned judges answer with the oracle here
+    (``signals=oracle``: these tests are about TriPlay's mechanics; tests/test_signals.py runs it on
+    learned signals)."""
+    from alignbench.signals import TrainingSignals
+
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=["algo=triplay", "logger=none", f"output_dir={tmp_path}",
                                            f"cache_dir={tmp_path / 'cache'}", f"algo.warmup_cache={cache}",
-                                           "algo.batch_size=4", "algo.group_size=4", *overrides])
+                                           "algo.batch_size=4", "algo.group_size=4", "signals=oracle", *overrides])
     rc = validate_config(cfg, TriPlay.config_class)
     ctx = build_context(rc, None)
+    ctx.signals = TrainingSignals(source="oracle", ctx=ctx, oracle=ctx.judge)
     component = TriPlay(rc.algo, ctx)
     component.attach(RoleSet(ctx.base, component.role_specs(), rc.model))
     return component
@@ -279,10 +285,16 @@ def test_blue_phase_rewards_the_evaluators_label_with_group_relative_advantages(
     assert host.calls == ["defender"] and metrics["train/defender/reward"] == pytest.approx(float(scores.mean()))
 
 
-def test_red_phase_scores_attacks_against_weighted_defenders_and_fills_the_pool(component, monkeypatch):
+@pytest.mark.parametrize("attack_judge", ["evaluator", "world"])
+def test_red_phase_scores_attacks_against_weighted_defenders_and_fills_the_pool(component, monkeypatch, attack_judge):
     seen = _capture_grpo(monkeypatch)
     monkeypatch.setattr(component, "_answers", lambda source, temperature, prompts, seed=None:
                         [UNSAFE if source == "reference" else REFUSAL] * len(prompts))
+    monkeypatch.setattr(component.cfg, "attack_judge", attack_judge)  # world: only under signals=oracle
+    # the closed loop: the evaluator's labels (here a perfect one) score the defenders' answers
+    monkeypatch.setattr(component, "evaluator_labels", lambda prompts, answers:
+                        ["negative" if a == UNSAFE else "rejective" for a in answers])
+    audited = component.ctx.signals.used["evaluator_label"]
     component.pool.texts, component.pool._embeddings = [], None
     host = FakeHost(component)
     seeds = component.seeds[:4]
@@ -303,6 +315,9 @@ def test_red_phase_scores_attacks_against_weighted_defenders_and_fills_the_pool(
     assert len(component.pool) == round(metrics["train/red/relevance"] * len(seeds) * k)
     assert all(any(component.world.relevance(s, t) for s in seeds) for t in component.pool.texts)
     assert host.calls == ["attacker", "attacker"]
+    # the evaluator's labels that drove the reward are handed to the signal audit (3 defenders x 2 steps)
+    expected = 2 * 3 * len(seeds) * k if attack_judge == "evaluator" else 0
+    assert component.ctx.signals.used["evaluator_label"] - audited == expected
 
 
 def test_eval_phase_trains_the_label_policy_toward_the_vote(component, monkeypatch):

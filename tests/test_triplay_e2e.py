@@ -76,7 +76,7 @@ def test_smoke_run_writes_every_triplay_metric(tmp_path, cache_dir):
     assert summary["status"] == "ok"
     for key in ("eval/unsafe_rate", "eval/bare_refusal_rate", "triplay/attack_success_rate", "triplay/attack_diversity",
                 "triplay/evaluator_acc", "triplay/best_judge_acc", "triplay/judge_acc/keyword",
-                "triplay/judge_acc/world_noisy_a", "triplay/defender/unsafe_rate",
+                "triplay/judge_acc/label_model", "triplay/judge_acc/cost_model", "triplay/defender/unsafe_rate",
                 "triplay/initial/attack_success_rate", "train/triplay_phase"):
         assert key in metrics and metrics[key] is not None, key
     shares = [value for key, value in metrics.items() if key.startswith("triplay/attack_wrapper/")]
@@ -88,6 +88,10 @@ def test_smoke_run_writes_every_triplay_metric(tmp_path, cache_dir):
     assert any(row.get("losses/attacker/policy_loss") is not None for row in history)
     assert any(row.get("losses/defender/policy_loss") is not None for row in history)
     assert any(row.get("losses/evaluator/policy_loss") is not None for row in history)
+    # the closed loop's training signals, audited against the oracle after each iteration (never during)
+    signals = summary["training_signals"]
+    assert signals["oracle_calls"]["train"] == 0 and {"evaluator_label", "panel_vote"} <= set(signals["used"])
+    assert "evaluator_label" in signals["agreement_with_oracle"]["during_training"]
 
 
 @pytest.fixture(scope="module")

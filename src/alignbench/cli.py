@@ -10,18 +10,24 @@ multirun the job runs inside ``job_launch_scope``, which makes that command the 
 (its overrides, no ``-m``, its output dir), so workers run exactly this job and exit, and the next job
 of the sweep launches fresh ones (``alignbench.utils.distributed``).
 
-Preemption (SIGTERM or SIGUSR1): training writes a checkpoint at the end of the current iteration,
-the job writes ``summary.json`` with ``status: "preempted"`` and exits with ``EXIT_PREEMPTED`` (75),
-also inside a multirun (the whole sweep is being stopped). Rerunning the same command with
-``resume=true`` continues from the checkpoint; jobs whose summary already says ``ok`` are skipped.
-``NumericalFaultError`` (``max_nan_steps`` non-finite iterations in a row) is one line too, exit 1.
-Override values whose key looks like a secret (``+hf_token=...``) are written as ``***``.
+Preemption (SIGTERM, SIGUSR1 or submitit's SIGUSR2): training writes a checkpoint at the end of the
+current iteration, the job writes ``summary.json`` with ``status: "preempted"`` and exits with
+``EXIT_PREEMPTED`` (75), also inside a multirun (the whole sweep is being stopped); Ctrl-C does the
+same with ``status: "interrupted"`` and exit 130. Rerunning the same command continues from the
+checkpoint (``resume=auto``, the default); jobs whose summary already says ``ok`` are skipped. One
+live job per run directory: a second process on it stops at once naming the holder's pid. A
+read-only or full disk is one line naming the path. ``NumericalFaultError`` (``max_nan_steps``
+non-finite iterations in a row) is one line too, exit 1.
+Secrets come from the environment: a config value whose key looks like a secret stops the job with one
+line naming the variable to export (``alignbench.secret_keys``; the command line is refused before
+Hydra reads it); the failed summary shows such overrides as ``***``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -32,8 +38,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import alignbench.config  # noqa: F401 - registers the config resolvers (${pick:...}) before anything resolves
-from alignbench.errors import EXIT_PREEMPTED, NumericalFaultError, Preempted, UserError
+from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, RunDirError, UserError
 from alignbench.summary import HISTORY_FILE, build_summary, write_summary
+from alignbench.utils.files import is_storage_error, lock_run_dir, write_failure
 
 
 def _hydra_info() -> tuple[str, bool, list[str], str]:
@@ -45,7 +52,9 @@ def _hydra_info() -> tuple[str, bool, list[str], str]:
 
 
 def _rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0)
+    from alignbench.utils.distributed import rank  # global: launcher env, SLURM tasks, process group
+
+    return rank()
 
 
 def _print_results(summary: dict[str, Any], output_dir: str) -> None:
@@ -137,27 +146,34 @@ def main(cfg: DictConfig) -> float | None:
     if point is not None:
         identity["tradeoff"] = point
     sink = None
-    signals = ExitStack()
+    held = ExitStack()  # the signal handlers and the run directory's lock, for the job's lifetime
+    from alignbench.utils.preemption import PREEMPTION, is_worker_process
+
     try:
+        # first, before anything slow: from here on a signal or Ctrl-C ends in a summary, not a traceback
+        held.enter_context(PREEMPTION.installed())
+        if not is_worker_process():  # one live job per run dir (DDP workers share their rank 0's)
+            held.callback(lock_run_dir(output_dir).release)
         from alignbench.config import validate_config
         from alignbench.registry import ALGORITHMS
-        from alignbench.training.callbacks import PREEMPTION
         from alignbench.training.pipeline import run_job
         from alignbench.training.sink import MetricsSink
         import alignbench.algorithms  # noqa: F401 - registers the algorithms
 
-        signals.enter_context(PREEMPTION.installed())  # SIGTERM/SIGUSR1 -> checkpoint + Preempted
+        _refuse_secrets(cfg, output_dir, multirun, rank)
         try:
             cls = ALGORITHMS.get(identity["algo"])
         except KeyError as exc:
             raise UserError(str(exc.args[0])) from None
         rc = validate_config(cfg, cls.config_class)
         if rc.resume and rank == 0:
-            done = _completed_summary(output_dir)
+            done = _completed_summary(output_dir, rc)
             if done is not None:  # a requeued sweep re-runs finished jobs: nothing to do for them
                 print(f"alignbench: {Path(output_dir) / 'summary.json'} says this job finished (status ok); "
                       f"nothing to resume", file=sys.stderr)
                 return objective(cfg, done["metrics"], failed=False)
+        if rc.signals.source == "oracle":  # an upper bound must never pass for a fair result, in W&B either
+            rc.logger.tags = [*rc.logger.tags, "upper-bound", "signals=oracle"]
         if rank == 0:
             experiment = str(cfg.get("experiment_name") or "default")
             sink = MetricsSink(rc.logger, output_dir, run_name=f"{identity['algo']}-s{identity['seed']}",
@@ -174,7 +190,8 @@ def main(cfg: DictConfig) -> float | None:
             result = run_job(rc, sink)
         if rank > 0:
             return None
-        extra_keys = ("per_kind", "per_category", "skipped_rows", "prompt_cost_histogram", "compute")
+        extra_keys = ("per_kind", "per_category", "skipped_rows", "truncations", "prompt_cost_histogram",
+                      "training_signals", "split", "compute")
         extra = {k: v for k, v in result.items() if k in extra_keys}
         summary = build_summary(status="ok", metrics=result["metrics"], perf=result["perf"],
                                 wandb_dir=sink.wandb_dir if sink else None, **identity, **extra)
@@ -183,57 +200,127 @@ def main(cfg: DictConfig) -> float | None:
             sink.finish(0)
         _print_results(summary, output_dir)
         return objective(cfg, summary["metrics"], failed=False)
-    except Preempted as exc:  # SIGTERM/SIGUSR1: a clean, resumable stop (never a sweep's "failed" job)
-        if rank == 0:
-            summary = build_summary(status="preempted", error=str(exc), metrics={},
-                                    perf={"wall_s": time.perf_counter() - started}, **identity,
-                                    checkpoint=exc.checkpoint)
-            write_summary(output_dir, summary)
-        if sink is not None:
-            sink.finish(EXIT_PREEMPTED)
-        print(f"alignbench: preempted: {exc}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)  # also in a multirun: the whole sweep is being preempted
+    except RunDirError as exc:  # the directory belongs to another job (live, or finished): write nothing into it
+        print(f"alignbench: error: {exc}", file=sys.stderr)
+        if multirun:
+            return objective(cfg, {}, failed=True)
+        sys.exit(2)
+    except (Preempted, KeyboardInterrupt) as exc:  # a clean, resumable stop (never a sweep's "failed" job)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C before the handlers were in place
+            PREEMPTION.record(signal.SIGINT)
+            exc = PREEMPTION.stop("at start-up; nothing to save")
+        _stopped(exc, rank, output_dir, identity, started, sink)
     except (UserError, Exception) as exc:  # noqa: BLE001 - every failure must leave a summary
+        if isinstance(exc, OSError) and is_storage_error(exc):  # a read-only or full disk: one line naming it
+            exc = write_failure(exc.filename or output_dir, exc)
         user_error = isinstance(exc, UserError)
+        if PREEMPTION.requested and not user_error:  # e.g. a collective failing because a stopped rank left
+            _stopped(PREEMPTION.stop(f"and then stopped on {type(exc).__name__}: {_first_line(exc)}; the last "
+                                     f"checkpoint stands"), rank, output_dir, identity, started, sink)
         numerical = isinstance(exc, NumericalFaultError)  # one line, like a user error, but exit 1
         message = str(exc) if user_error else f"{type(exc).__name__}: {exc}"
+        log_written = False
         if rank == 0:
-            summary = build_summary(status="failed", error=message, metrics={},
-                                    perf={"wall_s": time.perf_counter() - started}, **identity)
-            write_summary(output_dir, summary)
+            _write_summary_quietly(output_dir, build_summary(status="failed", error=message, metrics={},
+                                                             perf={"wall_s": time.perf_counter() - started},
+                                                             **identity))
             if not user_error:
-                (Path(output_dir) / "error.log").write_text(traceback.format_exc())
+                log_written = _write_quietly(Path(output_dir) / "error.log", traceback.format_exc())
         if sink is not None:
             sink.finish(1)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
             raise
-        print(f"alignbench: error: {message}", file=sys.stderr)
-        if not user_error and not numerical:
+        if rank == 0 or not PREEMPTION.requested:
+            print(f"alignbench: error: {message}", file=sys.stderr)
+        if log_written and not numerical:
             print(f"alignbench: traceback written to {Path(output_dir) / 'error.log'}", file=sys.stderr)
         if multirun:
             return objective(cfg, {}, failed=True)
         sys.exit(2 if user_error else 1)
     finally:
-        signals.close()
+        held.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _write_quietly(path: Path, text: str) -> bool:
+    """Best effort for the files a failing job leaves (the disk may be what failed)."""
+    try:
+        path.write_text(text)
+        return True
+    except OSError:
+        return False
+
+
+def _write_summary_quietly(output_dir: str, summary: dict[str, Any]) -> None:
+    try:
+        write_summary(output_dir, summary)
+    except OSError:
+        pass  # the error line printed names what could not be written
+
+
+def _stopped(exc: Preempted, rank: int, output_dir: str, identity: dict[str, Any], started: float, sink) -> None:
+    """Preempted or interrupted: summary (rank 0), one line, hand the signal on, exit 75 / 130 (also
+    inside a multirun: the whole sweep is being stopped)."""
+    from alignbench.utils.preemption import PREEMPTION
+
+    distributed = sys.modules.get("alignbench.utils.distributed")  # never imported just for this
+    codes = []
+    if distributed is not None and rank == 0:  # the workers stop too: let them, and say how they ended
+        distributed.release_workers()
+        codes = distributed.wait_for_workers()
+    if rank == 0:
+        extra = {"worker_exit_codes": codes} if codes else {}
+        _write_summary_quietly(output_dir, build_summary(status=exc.status, error=str(exc), metrics={},
+                                                         perf={"wall_s": time.perf_counter() - started},
+                                                         checkpoint=exc.checkpoint, **identity, **extra))
+    if sink is not None:
+        sink.finish(exc.exit_code)
+    if rank == 0:  # the workers stop with it; rank 0 speaks for the job
+        print(f"alignbench: {exc.status}: {exc}", file=sys.stderr, flush=True)
+    PREEMPTION.forward()  # submitit's requeue handler, when the job runs under hydra/launcher=slurm
+    sys.exit(exc.exit_code)
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Command-line overrides with secret-looking values replaced: ``+hf_token=abc`` -> ``+hf_token=***``."""
-    from alignbench.training.sink import is_secret_key
+    from alignbench.secret_keys import redact
 
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"{key}=***" if sep and value and is_secret_key(key) else item)
-    return out
+    return redact(list(overrides))
 
 
-def _completed_summary(output_dir: str) -> dict[str, Any] | None:
-    """The job's summary when it already finished successfully (``resume=true`` then does nothing)."""
+def _refuse_secrets(cfg: DictConfig, output_dir: str, multirun: bool, rank: int) -> None:
+    """A secret-looking key with a value in the config stops the job (``alignbench.secret_keys``);
+    the copies of it Hydra already wrote are scrubbed first."""
+    from alignbench.secret_keys import refusal, scrub_hydra_files, secret_config_keys
+
+    found = secret_config_keys(OmegaConf.to_container(cfg, resolve=False))
+    if found:
+        if rank == 0:
+            scrub_hydra_files(output_dir, multirun)
+        raise UserError(refusal(found[0]))
+
+
+def _completed_summary(output_dir: str, rc) -> dict[str, Any] | None:
+    """The job's summary when it already finished successfully (``resume=auto`` then does nothing), after
+    checking that its checkpoints belong to this config and this data (``RunDirError`` otherwise: the
+    finished run's files are left as they are)."""
     from alignbench.summary import SummaryError, read_summary
 
     try:
         summary = read_summary(output_dir)
     except SummaryError:
         return None
-    return summary if summary.get("status") == "ok" else None
+    if summary.get("status") != "ok":
+        return None
+    from alignbench.data.datamodule import build_data
+    from alignbench.training.checkpoint import config_fingerprint, preflight_resume
+
+    try:
+        preflight_resume(output_dir, resume=True, fingerprint=config_fingerprint(rc.raw),
+                         data_fingerprint=build_data(rc.data, cache_dir=rc.cache_dir).fingerprint())
+    except CheckpointError as exc:  # its results stay as they are
+        raise RunDirError(f"{exc} (this directory holds a finished run)") from None
+    return summary

@@ -39,12 +39,22 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings shared by rollouts and evaluation."""
+    """Sampling settings shared by rollouts and evaluation.
 
-    max_new_tokens: int = 24
+    A rollout's policy is the distribution it samples from, softmax(z / ``temperature``): old,
+    reference and current log-probs, ratios and KL are all computed at that temperature
+    (``rl.experience``). ``top_k`` / ``top_p`` truncate the sampling only, as in TRL (GRPOTrainer
+    scores logits / temperature) and verl (``logits.div_(temperature)`` in its actor), so with them the
+    samples are slightly off-policy w.r.t. the log-probs; keep the defaults for RL.
+    """
+
+    max_new_tokens: int = 24  # the response budget; model.max_prompt_length + this must fit model.max_length
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # false: greedy decoding (temperature, top_k, top_p unused), as published safety evaluations decode;
+    # RL rollouts must sample
+    do_sample: bool = True
     # decoder of alignbench.rl.rollout: auto (fused for Llama-family models on CPU, else lean) | fused
     # (alignbench.rl.fused_llama) | lean (KV-cache loop over the model's forward) | hf (transformers
     # generate) | vllm (GPU only)
@@ -101,6 +111,12 @@ class ModelConfig:
     trust_remote_code: bool = False
     prompt_template: str = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
     use_chat_template: bool = False
+    # token budgets (alignbench.algorithms.text): a formatted prompt has at most max_prompt_length tokens
+    # (longer ones lose the start of the user's text, never the template) and prompt + response at most
+    # max_length (SFT, reward/cost scoring and PTX cut the response's end); every cut is counted in
+    # summary.json 'truncations'. Generation budgets (max_new_tokens) must fit max_length - max_prompt_length.
+    max_prompt_length: int = 192
+    max_length: int = 256
     arch: TinyArchConfig = field(default_factory=TinyArchConfig)
     sft_full_finetune: bool = False  # train every weight in the SFT stage (random-init tiny models)
     download_hint: Optional[str] = None
@@ -111,6 +127,11 @@ class ModelConfig:
                  "must be float32, bfloat16 or float16")
         _require("{prompt}" in self.prompt_template, "model.prompt_template", "must contain '{prompt}'")
         _require(self.lora.r > 0, "model.lora.r", "must be > 0")
+        _require(0 < self.max_prompt_length < self.max_length, "model.max_prompt_length",
+                 f"must be > 0 and below model.max_length ({self.max_length}), got {self.max_prompt_length}")
+        if self.source == "tiny":
+            _require(self.max_length <= self.arch.max_position_embeddings, "model.max_length",
+                     f"must be <= model.arch.max_position_embeddings ({self.arch.max_position_embeddings})")
         if self.source == "hf":
             _require(bool(self.id or self.path), "model.id", "or model.path must be set for source=hf")
 
@@ -127,11 +148,15 @@ class DataConfig:
     max_prompt_chars: int = 20000
     world: dict[str, Any] = field(default_factory=dict)
     eval_prompts: int = 0  # 0 = all evaluation prompts
+    # share of prompts held out when one file holds both splits (preference_jsonl, a pku_saferlhf jsonl):
+    # a stable hash of each prompt decides, so every row of a prompt is on one side (alignbench.data.splits)
+    eval_fraction: float = 0.1
     prompt_set: Optional[str] = None
 
     def check(self) -> None:
         _require(self.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
         _require(self.eval_prompts >= 0, "data.eval_prompts", "must be >= 0")
+        _require(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1 (exclusive)")
         if self.source in ("preference_jsonl", "prompts_jsonl"):
             _require(bool(self.path), "data.path", f"is required for data={self.name} (a .jsonl file)")
 
@@ -156,16 +181,19 @@ class TrainerConfig:
         _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
         _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = only at the end)")
         strategy = str(self.strategy).lower()
-        if strategy.startswith("fsdp"):
-            raise ConfigError(
-                f"trainer.strategy={self.strategy} is not supported: FSDP shards the weights, but alignbench "
-                "generates rollouts and evaluation samples with generate() on whole weights (it would need "
-                "FSDP.summon_full_params around every rollout); use trainer=ddp")
+        if strategy.startswith("fsdp") and strategy != "fsdp":
+            raise ConfigError(f"trainer.strategy={self.strategy} is not supported: alignbench's FSDP is "
+                              "trainer.strategy=fsdp (FSDP2 over every rank, alignbench.models.sharding)")
         if strategy.startswith("deepspeed"):
             raise ConfigError(
                 f"trainer.strategy={self.strategy} is not supported: DeepSpeed allows one optimiser per engine, "
                 "and alignbench's components step several under manual optimisation (Safe RLHF: policy, reward "
-                "critic, cost critic); use trainer=ddp")
+                "critic, cost critic); use trainer=fsdp to shard a model across GPUs (or trainer=ddp)")
+
+    @property
+    def fsdp(self) -> bool:
+        """``trainer.strategy=fsdp``: roles sharded with FSDP2 (``alignbench.models.sharding``)."""
+        return str(self.strategy).lower() == "fsdp"
 
 
 @dataclass
@@ -195,7 +223,10 @@ class ClassifierConfig:
     threshold: float = 0.5  # P(unsafe) above which a response is unsafe (sequence classification)
     batch_size: int = 16
     max_length: int = 512
-    template: Optional[str] = None  # guard prompt when the tokenizer has no chat template
+    # guard_lm prompt with {prompt} and {response}; when set it replaces the tokenizer's chat template
+    # (HarmBench's classifier is prompted with its own template, Llama Guard with its chat template)
+    template: Optional[str] = None
+    unsafe_answer: str = "unsafe"  # guard_lm: the answer that means unsafe (Llama Guard: unsafe; HarmBench: yes)
     dtype: str = "float32"
 
     def check(self) -> None:
@@ -212,7 +243,11 @@ class ClassifierConfig:
 class EvalConfig:
     """The one evaluation harness every algorithm goes through."""
 
-    judge: str = "world"
+    # auto: the world's ground truth (world) on data=world, refusal matching (refusal) on every other data
+    # (see alignbench.eval.refusal_judge); or a registered judge: world | refusal | keyword | noisy |
+    # cost_model | classifier
+    judge: str = "auto"
+    # a policy decoding greedily (generation.do_sample false) answers once per prompt; the answer counts k times
     samples_per_prompt: int = 4
     batch_size: int = 64
     threshold: float = 0.0  # d: a prompt violates when its mean cost over the samples exceeds it
@@ -226,6 +261,22 @@ class EvalConfig:
         _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
         _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         self.generation.check("eval.generation")
+
+
+@dataclass
+class ExportConfig:
+    """What an SFT or RL job leaves in ``<run dir>/export/`` for transformers and peft
+    (``alignbench.models.export``; README "On a cluster")."""
+
+    enabled: bool = True  # SFT and RL jobs export their trained policy
+    # also save the model the adapter applies to (the pretrained model with the SFT stage merged in:
+    # it exists nowhere else); false: the adapter, tokenizer and card only
+    base: bool = True
+    merged: bool = False  # also save the policy with its adapter merged in (one plain transformers model)
+    samples: int = 4  # greedy answers to evaluation prompts, recorded to check a loaded export
+
+    def check(self) -> None:
+        _require(self.samples >= 0, "export.samples", "must be >= 0")
 
 
 @dataclass
@@ -265,6 +316,29 @@ class StageConfig:
 
 
 @dataclass
+class SignalsConfig:
+    """Where every algorithm's training rewards, costs and labels come from (``conf/signals/``, ``alignbench.signals``).
+
+    ``source``: ``learned`` (default): the reward, cost and label models learned from the annotator data
+    (training prompts only), the same for every algorithm; ``oracle``: the evaluation judge itself, a
+    labelled upper bound (``summary.json["training_signals"]["upper_bound"]``, report, W&B tags).
+    """
+
+    source: str = "learned"
+    #: the label model's rendering of a (prompt, response); ``{prompt}`` and ``{response}`` are filled in
+    label_template: str = "rate this reply . question : {prompt} reply : {response}"
+    #: signals per kind and iteration re-judged by the oracle after the iteration (``monitor`` scope, logged
+    #: as ``signals/<kind>/<measure>``, never used for training); 0 turns the during-training audit off
+    audit_per_iteration: int = 64
+
+    def check(self) -> None:
+        _require(self.source in ("learned", "oracle"), "signals.source", "must be learned or oracle")
+        _require("{prompt}" in self.label_template and "{response}" in self.label_template,
+                 "signals.label_template", "must contain '{prompt}' and '{response}'")
+        _require(self.audit_per_iteration >= 0, "signals.audit_per_iteration", "must be >= 0")
+
+
+@dataclass
 class StagesConfig:
     """Settings of the shared stages, cached under ``cache_dir`` keyed by their config and seed.
 
@@ -277,12 +351,15 @@ class StagesConfig:
     sft: StageConfig = field(default_factory=StageConfig)
     reward_model: StageConfig = field(default_factory=StageConfig)
     cost_model: StageConfig = field(default_factory=StageConfig)
+    #: the 3-way label model of ``signals=learned`` (trained on the pairs' rater labels)
+    label_model: StageConfig = field(default_factory=StageConfig)
     reuse: bool = True
 
     def check(self) -> None:
         self.sft.check("stages.sft")
         self.reward_model.check("stages.reward_model")
         self.cost_model.check("stages.cost_model")
+        self.label_model.check("stages.label_model")
 
 
 @dataclass
@@ -327,9 +404,11 @@ class RunConfig:
     logger: LoggerConfig
     eval: EvalConfig
     stages: StagesConfig
+    export: ExportConfig
+    signals: SignalsConfig
     seed: int
     stage: str
-    resume: bool
+    resume: bool  # the resume setting: auto / true -> True (continue when possible), false -> False
     output_dir: str
     cache_dir: str
     experiment: str
@@ -337,7 +416,33 @@ class RunConfig:
     raw: DictConfig = field(repr=False)
 
 
-STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "rl")
+def _check_generation_budgets(typed: dict[str, Any]) -> None:
+    """Every generation budget (``eval.generation``, ``algo.*``) fits beside the longest prompt."""
+    model = typed["model"]
+    budgets = [("eval.generation", typed["eval"].generation)]
+    budgets += [(f"algo.{f.name}", getattr(typed["algo"], f.name)) for f in dataclasses.fields(typed["algo"])
+                if isinstance(getattr(typed["algo"], f.name), GenerationConfig)]
+    for key, generation in budgets:
+        _require(model.max_prompt_length + generation.max_new_tokens <= model.max_length, f"{key}.max_new_tokens",
+                 f"({generation.max_new_tokens}) + model.max_prompt_length ({model.max_prompt_length}) must fit "
+                 f"model.max_length ({model.max_length}): lower one of them or raise model.max_length")
+
+
+STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl")
+#: resume=auto (the default): continue from the run dir's checkpoint when it holds one of this config,
+#: start fresh when it holds none, stop with one line when it holds one of another config or data;
+#: true is the same (older command lines); false: start fresh, refusing a dir that holds checkpoints
+RESUME_CHOICES = ("auto", True, False)
+
+
+def _check_sharded_generation(algo: AlgoConfig, evaluation: EvalConfig) -> None:
+    """Under FSDP a rank holds shards only: the decoders that read whole weights cannot run."""
+    settings = {f"algo.{f.name}": getattr(algo, f.name) for f in dataclasses.fields(algo)}
+    settings["eval.generation"] = evaluation.generation
+    for key, value in settings.items():
+        if isinstance(value, GenerationConfig) and value.engine in ("fused", "vllm"):
+            raise ConfigError(f"config value '{key}.engine={value.engine}' cannot decode FSDP-sharded weights "
+                              f"(trainer.strategy=fsdp); use auto, lean or hf")
 
 
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
@@ -350,6 +455,8 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
         "logger": LoggerConfig,
         "eval": EvalConfig,
         "stages": StagesConfig,
+        "export": ExportConfig,
+        "signals": SignalsConfig,
     }
     typed = {}
     for group, schema in groups.items():
@@ -365,22 +472,27 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
         node.pop("_target_", None)
         typed[group] = _merge(schema, node, group)
         typed[group].check()
+    _check_generation_budgets(typed)
+    if typed["eval"].judge == "auto":  # the evaluation judge follows the data (EvalConfig.judge)
+        typed["eval"].judge = "world" if typed["data"].source == "world" else "refusal"
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"config value 'seed' must be an integer, got {seed!r}")
     stage = cfg.get("stage", "all")
     if stage not in STAGE_CHOICES:
         raise ConfigError(f"config value 'stage' must be one of {', '.join(STAGE_CHOICES)}, got {stage!r}")
-    resume = cfg.get("resume", False)
-    if not isinstance(resume, bool):
-        raise ConfigError(f"config value 'resume' must be true or false, got {resume!r}")
+    resume = cfg.get("resume")
+    if resume not in RESUME_CHOICES:
+        raise ConfigError(f"config value 'resume' must be auto, true or false, got {resume!r}")
+    if typed["trainer"].fsdp:
+        _check_sharded_generation(typed["algo"], typed["eval"])
     max_nan = cfg.get("max_nan_steps", 3)
     if not isinstance(max_nan, int) or max_nan < 0:
         raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")
     return RunConfig(
         seed=seed,
         stage=stage,
-        resume=resume,
+        resume=resume is not False,
         output_dir=str(cfg.output_dir),
         cache_dir=str(cfg.cache_dir),
         experiment=str(cfg.get("experiment_name") or "default"),

@@ -3,12 +3,14 @@
 Schema (one JSON object, written atomically into the job's Hydra output dir)::
 
     {"algo": str, "model": str, "data": str, "seed": int,
-     "status": "ok" | "failed" | "preempted", "error": str | null,
+     "status": "ok" | "failed" | "preempted" | "interrupted", "error": str | null,
      "metrics": {"eval/...": float, "train/...": float, ...},   # final eval + last value of train keys
      "perf": {"wall_s": float, "gen_tokens": int, "train_tokens": int, "peak_rss_mb": float,
               "cpu_s": float, "threads": int, "fwd_tokens": int, "flops": float, "eval_gen_tokens": int, "eval_flops": float},
      "overrides": [str, ...],
-     ... optional extra keys (e.g. "per_kind", "per_category", "skipped_rows", "compute", "tradeoff")}
+     ... optional extra keys (e.g. "per_kind", "per_category", "skipped_rows", "stages", "checkpoint",
+     "split": {how train / held-out were split, prompt and row counts, duplicates}, "worker_exit_codes",
+     "compute", "tradeoff")}
 
 ``cpu_s`` is the process's CPU time (user + system) over the job: unlike ``wall_s`` it does not grow when
 other processes share the cores; ``threads`` is torch's intra-op thread count (``trainer.num_threads``).
@@ -42,9 +44,9 @@ REQUIRED_KEYS = ("algo", "model", "data", "seed", "status", "error", "metrics", 
 PERF_KEYS = ("wall_s", "gen_tokens", "train_tokens", "peak_rss_mb")
 #: written by every job since compute accounting (older summaries lack them; readers use .get)
 COMPUTE_KEYS = ("cpu_s", "threads", "fwd_tokens", "flops", "eval_gen_tokens", "eval_flops")
-#: ok: finished; failed: stopped by an error; preempted: stopped by SIGTERM/SIGUSR1 after writing a
-#: checkpoint (``error`` says where), rerun with ``resume=true`` to finish it
-STATUSES = ("ok", "failed", "preempted")
+#: ok: finished; failed: stopped by an error; preempted: stopped by SIGTERM/SIGUSR1/SIGUSR2 after writing
+#: a checkpoint (``error`` says where), the same command finishes it; interrupted: the same after Ctrl-C
+STATUSES = ("ok", "failed", "preempted", "interrupted")
 
 
 class SummaryError(ValueError):
@@ -102,8 +104,8 @@ def validate_summary(summary: Any) -> list[str]:
         return problems
     if summary["status"] not in STATUSES:
         problems.append(f"status must be one of {STATUSES}, got {summary['status']!r}")
-    if summary["status"] in ("failed", "preempted") and not summary["error"]:
-        problems.append(f"a {summary['status']} job must carry an error message")
+    if summary["status"] != "ok" and not summary["error"]:
+        problems.append(f"a job with status '{summary['status']}' must carry an error message")
     if not isinstance(summary["seed"], int):
         problems.append("seed must be an integer")
     if not isinstance(summary["metrics"], dict):
@@ -126,10 +128,14 @@ def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Pat
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / SUMMARY_FILE
     fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".summary.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(_finite_or_none(summary), handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_finite_or_none(summary), handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, target)
+    except BaseException:  # a full disk: leave no half-written temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 

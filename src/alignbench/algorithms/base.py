@@ -64,6 +64,12 @@ class AlgorithmComponent:
     requires: ClassVar[tuple[str, ...]] = ()
     #: train every base weight instead of adapters (only the SFT stage on tiny models does this)
     full_finetune: bool = False
+    #: the LM role a job exports (``alignbench.training.export``): the one that answers users;
+    #: ``reference`` = the SFT model itself, None = nothing trained to export
+    export_role: ClassVar[str | None] = "policy"
+    #: runs under trainer=fsdp: every rank makes the same sequence of model calls per iteration
+    #: whatever its share of the batch holds (every FSDP forward is a collective)
+    fsdp_ready: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, ctx: Any, stage_outputs: StageOutputs | None = None) -> None:
         self.cfg = cfg
@@ -76,6 +82,21 @@ class AlgorithmComponent:
     def required_stages(cls, cfg) -> tuple[str, ...]:
         """Stages to load or train before this component; ``requires`` unless the config decides."""
         return cls.requires
+
+    @classmethod
+    def signal_kinds(cls, cfg) -> tuple[str, ...]:
+        """The kinds of training signal the component learns from: ``reward``, ``cost``, ``verdict``.
+
+        The pipeline trains or loads the models they come from (``signals.signal_stages``) and hands them
+        out as ``ctx.signals`` (``alignbench.signals.TrainingSignals``), the only source of training
+        rewards, costs and labels: the evaluation judge (``ctx.judge``) is refused in a training step.
+        """
+        return ()
+
+    @classmethod
+    def external_stages(cls, cfg) -> tuple[str, ...]:
+        """Signal stages the config replaces by a model given by path (loaded by the component itself)."""
+        return ()
 
     def role_specs(self) -> list[RoleSpec]:
         return []
@@ -129,6 +150,35 @@ class AlgorithmComponent:
         role = "policy" if self.roles is not None and "policy" in self.roles.specs else "reference"
         return PolicyResponder(self.ctx, self.roles, role=role)
 
+    def monitor(self) -> dict[str, float]:
+        """After each iteration, measure what it trained on against the evaluation oracle (logged only).
+
+        The host calls it in the oracle's ``monitor`` scope (``alignbench.utils.oracle``), the only place
+        besides the final evaluation where ``ctx.judge`` may be consulted; nothing it computes may feed a
+        loss. The base audits the iteration's training signals (``ctx.signals``); subclasses add their
+        own ground-truth diagnostics (and call ``super().monitor()``).
+        """
+        signals = getattr(self.ctx, "signals", None)
+        metrics = signals.flush_audit() if signals is not None else {}
+        answered = getattr(self, "monitored_answers", None)  # (records, texts) a subclass kept from its step
+        if answered and self.ctx.judge is not None:
+            metrics.update(true_rates(self.ctx.judge, *answered))
+            self.monitored_answers = None
+        return metrics
+
     def eval_extras(self) -> dict[str, float]:
         """Extra metrics to fold into the final summary (e.g. reward-model accuracy)."""
         return dict(self.stage_outputs.metrics)
+
+
+def true_rates(judge, records: Sequence[Any], texts: Sequence[str]) -> dict[str, float]:
+    """``monitor/true_unsafe_rate`` (harmful + jailbreak) and ``monitor/true_over_refusal_rate`` (benign +
+    borderline) of answers by the evaluation ``judge``: what the training signals are a proxy of."""
+    verdicts = judge.judge_batch(list(records), list(texts))
+    out = {}
+    for name, kinds, field_name in (("true_unsafe_rate", ("harmful", "jailbreak"), "unsafe"),
+                                    ("true_over_refusal_rate", ("benign", "borderline"), "overrefuse")):
+        rows = [getattr(v, field_name) for r, v in zip(records, verdicts) if r.kind in kinds]
+        if rows:
+            out[f"monitor/{name}"] = sum(map(float, rows)) / len(rows)
+    return out

@@ -1,6 +1,6 @@
 """PPO on a reward model, fixed-penalty reward shaping, and PPO-Lagrangian (Safe RLHF).
 
-One iteration (ALGORITHMS.md §1), for a batch of prompts x and sampled responses y:
+One iteration (docs/ALGORITHMS.md §1), for a batch of prompts x and sampled responses y:
 
 1. Roll out y ~ pi_theta; old log-probs log pi_old(y_t), reference log-probs log pi_ref(y_t) (the SFT
    model), critic values V_R(t), V_C(t); sequence scores R(x, y) (reward model) and C(x, y) (cost
@@ -14,7 +14,8 @@ One iteration (ALGORITHMS.md §1), for a batch of prompts x and sampled response
    last ``window`` raw episode costs, once per iteration *before* the actor step, after ``delay``
    iterations, lambda <= lambda_max.
 5. Actor: A = (A_R - lambda A_C) / (1 + lambda) (lambda detached; lambda = 0 for ``ppo``), clipped
-   surrogate -mean(min(rho A, clip(rho, 0.8, 1.2) A)); optional PTX: + ptx_coeff * SFT cross-entropy.
+   surrogate -mean(min(rho A, clip(rho, 0.8, 1.2) A)); optional PTX: ptx_coeff * SFT cross-entropy, added to
+   the loss or (``ptx_separate_step``, as safe-rlhf's scripts do) minimised in an update of its own.
    Critics: 0.5 * max((V - Ret)^2, (clip(V, V_old ± 5) - Ret)^2), each with its own optimiser.
 
 RePO (``alignbench.algorithms.repo``) subclasses ``SafeRLHF`` and changes step 4 and the advantage.
@@ -96,9 +97,15 @@ class PPOConfig(AlgoConfig):
     score_clamp: float = 50.0
     cost_penalty: float = 0.0  # w of reward_shaping: R - w C
     lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
-    rectified: bool = False  # RePO: cost advantage only on responses with C > d
+    #: RePO's rectified penalty {C - d}+ in the cost stream: none (Safe RLHF: the cost stream carries C) |
+    #: critic (the cost stream and its critic carry {C - d}+, the gradient of E[R - lambda {C - d}+]) |
+    #: mask (the cost stream carries C and only responses with C > d keep the cost advantage)
+    rectification: str = "none"
     normalize_by_lambda: bool = True  # divide the combined advantage by (1 + lambda)
     ptx_coeff: float = 0.0
+    #: PTX as its own actor update after each RL update (safe-rlhf's ``ptx_step``) instead of a term of the
+    #: RL loss; either way the policy minimises ptx_coeff * SFT cross-entropy on the SFT examples
+    ptx_separate_step: bool = False
     ptx_batch_size: int = 8
     entropy_coef: float = 0.0
     reward_model: ScoreModelSource = field(default_factory=ScoreModelSource)
@@ -120,6 +127,8 @@ class PPOConfig(AlgoConfig):
             raise ConfigError("config values 'algo.epochs' and 'algo.minibatches' must be >= 1")
         if self.kl_estimator not in ("k1", "k2", "k3", "abs"):
             raise ConfigError(f"config value 'algo.kl_estimator' must be k1, k2, k3 or abs (got {self.kl_estimator!r})")
+        if self.rectification not in ("none", "critic", "mask"):
+            raise ConfigError(f"config value 'algo.rectification' must be none, critic or mask (got {self.rectification!r})")
         if self.lagrange.mode not in ("average", "rectified"):
             raise ConfigError(f"config value 'algo.lagrange.mode' must be average or rectified")
         if self.lagrange.init <= 0 or self.lagrange.lr < 0 or self.lagrange.window < 1:
@@ -136,6 +145,7 @@ class PPO(AlgorithmComponent):
     config_class = PPOConfig
     requires = ("sft", "reward_model", "cost_model")  # the cost model only scores, for the metrics
     lagrangian = False
+    fsdp_ready = True  # one rollout, fixed scoring passes and minibatches per iteration (RePO too)
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
@@ -153,7 +163,15 @@ class PPO(AlgorithmComponent):
     @classmethod
     def required_stages(cls, cfg) -> tuple[str, ...]:
         """Score-model stages given by ``algo.<role>.path`` are loaded, not trained."""
-        return tuple(stage for stage in cls.requires if not getattr(getattr(cfg, stage, None), "path", None))
+        return tuple(stage for stage in cls.requires if stage not in cls.external_stages(cfg))
+
+    @classmethod
+    def signal_kinds(cls, cfg) -> tuple[str, ...]:
+        return ("reward", "cost")  # R and C of every rollout come from ctx.signals
+
+    @classmethod
+    def external_stages(cls, cfg) -> tuple[str, ...]:
+        return tuple(role for role in SCORE_ROLES if getattr(getattr(cfg, role, None), "path", None))
 
     def _load_external(self, role: str):
         from alignbench.models.external import ExternalScoreModel
@@ -162,7 +180,7 @@ class PPO(AlgorithmComponent):
         source = getattr(self.cfg, role)
         dtype = DTYPES[self.ctx.model_cfg.dtype if source.dtype == "auto" else source.dtype]
         model = ExternalScoreModel(source.path, key=f"algo.{role}.path", template=source.template, dtype=dtype,
-                                   max_length=source.max_length, batch_size=source.batch_size)
+                                   max_length=source.max_length, batch_size=source.batch_size, limits=self.ctx.limits)
         return model.to(self.ctx.device)
 
     def role_specs(self) -> list[RoleSpec]:
@@ -182,7 +200,7 @@ class PPO(AlgorithmComponent):
                 roles.load_role_state_dict(critic, state)  # critics start from the score models
 
     def score(self, role: str, prompts: list[str], texts: list[str]) -> torch.Tensor:
-        """R or C of each (prompt, response): the trained stage's adapter or the external model."""
+        """R or C of each (prompt, response) by the model itself (evaluation scores; training uses ctx.signals)."""
         if role in self.external:
             return self.external[role].score(prompts, texts).to(self.ctx.device)
         return score_texts(self.ctx, self.roles, role, prompts, texts)
@@ -206,8 +224,16 @@ class PPO(AlgorithmComponent):
         """Score fed to the reward stream: R (``ppo``, ``safe_rlhf``) or R - w C (``reward_shaping``)."""
         return rewards - self.cfg.cost_penalty * costs
 
+    def cost_stream_score(self, costs: torch.Tensor) -> torch.Tensor:
+        """Sequence score fed to the cost stream: C (Safe RLHF), or {C - d}+ (RePO, ``rectification=critic``)."""
+        if self.cfg.rectification == "critic":
+            return (costs - self.cfg.lagrange.threshold).clamp(min=0.0)
+        return costs
+
     def violation_mask(self, costs: torch.Tensor) -> torch.Tensor | None:
-        """Which responses carry the cost advantage: all (Safe RLHF) or C > d only (RePO)."""
+        """Which responses carry the cost advantage: all, or C > d only (RePO, ``rectification=mask``)."""
+        if self.cfg.rectification == "mask":
+            return (costs > self.cfg.lagrange.threshold).float()
         return None
 
     # ----------------------------------------------------------------- one iteration
@@ -217,8 +243,9 @@ class PPO(AlgorithmComponent):
         started = time.perf_counter()
         exp = collect(ctx, roles, "policy", prompts, cfg.rollout, generator=self.generator, critics=self.critics)
         generated = time.perf_counter()
-        rewards = self.score("reward_model", prompts, exp.texts)
-        costs = self.score("cost_model", prompts, exp.texts)
+        # the training signals (alignbench.signals): the reward and cost models, or the oracle under signals=oracle
+        rewards = ctx.signals.reward(batch, exp.texts).to(exp.mask.device)
+        costs = ctx.signals.cost(batch, exp.texts).to(exp.mask.device)
         scored = time.perf_counter()
 
         mask = exp.mask
@@ -229,7 +256,8 @@ class PPO(AlgorithmComponent):
         returns = {"reward_critic": reward_returns}
         metrics: dict[str, float] = {}
         if self.lagrangian:
-            cost_stream = shape_token_rewards(costs, kl, mask, cfg.kl_beta, -1.0, cfg.score_clamp)
+            cost_stream = shape_token_rewards(self.cost_stream_score(costs), kl, mask, cfg.kl_beta, -1.0,
+                                              cfg.score_clamp)
             cost_adv, cost_returns = gae(cost_stream, exp.values["cost_critic"], mask, cfg.gamma, cfg.gae_lambda)
             returns["cost_critic"] = cost_returns
             dual = self.lagrange.update(costs)  # before the actor step
@@ -249,11 +277,15 @@ class PPO(AlgorithmComponent):
                 part = exp.select(index)
                 loss, stats = actor_loss(roles, "policy", part, advantages[index], clip_eps=cfg.clip_eps,
                                          entropy_coef=cfg.entropy_coef)
-                if cfg.ptx_coeff:
+                if cfg.ptx_coeff and not cfg.ptx_separate_step:
                     ptx = self.ptx_loss()
                     loss = loss + cfg.ptx_coeff * ptx
                     stats["losses/ptx_loss"] = float(ptx.detach())
                 stats.update({f"losses/actor_grad_norm": host.optimize("policy", loss)["grad_norm"]})
+                if cfg.ptx_coeff and cfg.ptx_separate_step:  # safe-rlhf's ptx_step: an update of its own
+                    ptx = self.ptx_loss()
+                    stats["losses/ptx_grad_norm"] = host.optimize("policy", cfg.ptx_coeff * ptx)["grad_norm"]
+                    stats["losses/ptx_loss"] = float(ptx.detach())
                 for critic in self.critics:
                     value_loss, value_stats = critic_loss(roles, critic, part, returns[critic][index],
                                                           value_clip=cfg.value_clip)
@@ -284,7 +316,7 @@ class PPO(AlgorithmComponent):
         metrics = {
             "train/reward": float(rewards.mean()), "train/episode_cost": float(costs.mean()),
             "train/violation_rate": float(violating.mean()),
-            "train/cost_p95": float(np.quantile(costs.cpu().numpy(), 0.95)),
+            "train/cost_p95": float(np.quantile(costs.float().cpu().numpy(), 0.95)),
             "train/kl": float(masked_mean(kl, exp.mask)),
             "train/response_length": float(exp.mask.sum(1).float().mean()),
         }
@@ -292,12 +324,9 @@ class PPO(AlgorithmComponent):
         for category in sorted(set(categories)):
             rows = torch.tensor([c == category for c in categories])
             metrics[f"train/category/{category}/violation_rate"] = float(violating[rows].mean())
-        if self.ctx.judge is not None and self.ctx.data.world is not None:
-            # ground truth on the world: does the reward model's optimum stay safe?
-            verdicts = [self.ctx.judge.judge(record, text) for record, text in zip(batch, exp.texts)]
-            refuse = [v.unsafe for v, r in zip(verdicts, batch) if r.kind in ("harmful", "jailbreak")]
-            if refuse:
-                metrics["train/true_unsafe_rate"] = float(np.mean(refuse))
+        # after the iteration the host measures these answers with the evaluation judge (monitor/true_*):
+        # does the reward model's optimum stay safe?
+        self.monitored_answers = (list(batch), list(exp.texts))
         return metrics
 
     def ptx_loss(self) -> torch.Tensor:
@@ -305,7 +334,7 @@ class PPO(AlgorithmComponent):
         examples = self.ctx.data.sft_examples
         index = torch.randint(len(examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
         batch = encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg, [examples[i]["prompt"] for i in index],
-                                       [examples[i]["response"] for i in index], max_len=self.ctx.max_seq_len)
+                                       [examples[i]["response"] for i in index], limits=self.ctx.limits)
         batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
         logits = self.roles.lm_logits("policy", batch["input_ids"], batch["attention_mask"])
         return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])

@@ -1,4 +1,4 @@
-"""Reward and cost models from preference pairs (ALGORITHMS.md §0).
+"""Reward and cost models from preference pairs (docs/ALGORITHMS.md §0).
 
 Both are a LoRA adapter on the shared base plus a ``ScoreHead``; a sequence's score is the head at its
 last token (EOS). With r the reward score and c the cost score of the two responses of a pair:
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.text import encode_prompt_response
+from alignbench.data.splits import count_prompts
 from alignbench.models.heads import last_token_scores
 from alignbench.models.roles import RoleSpec
 
@@ -63,7 +64,7 @@ class PreferenceStage(AlgorithmComponent):
         prompts = [row["prompt"] for row in items]
         batch = encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg, prompts + prompts,
                                        [row["response_0"] for row in items] + [row["response_1"] for row in items],
-                                       max_len=self.ctx.max_seq_len)
+                                       limits=self.ctx.limits)
         batch["better_id"] = torch.tensor([int(row["better_response_id"]) for row in items])
         batch["safer_id"] = torch.tensor([int(row["safer_response_id"]) for row in items])
         batch["safe"] = torch.tensor([[bool(row["is_response_0_safe"]), bool(row["is_response_1_safe"])]
@@ -107,7 +108,8 @@ class PreferenceStage(AlgorithmComponent):
 
     @torch.no_grad()
     def evaluate_heldout(self, batch_size: int = 64) -> dict[str, float]:
-        """Pairwise (and sign) accuracy on the held-out preference split."""
+        """Pairwise (and sign) accuracy on the held-out preference split, and how many pairs and prompts
+        it rests on."""
         rows = self.ctx.data.preference_eval
         totals: dict[str, float] = {}
         for start in range(0, len(rows), batch_size):
@@ -116,4 +118,8 @@ class PreferenceStage(AlgorithmComponent):
             _, metrics = self.loss_and_metrics(batch)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(chunk)
-        return {f"stages/{self.kind}/{k}": v / max(len(rows), 1) for k, v in totals.items()}
+        metrics = {f"stages/{self.kind}/{k}": v / max(len(rows), 1) for k, v in totals.items()}
+        # what the held-out figures rest on: pairs, and the distinct prompts they come from
+        metrics[f"stages/{self.kind}/heldout_pairs"] = float(len(rows))
+        metrics[f"stages/{self.kind}/heldout_prompts"] = float(count_prompts(rows, lambda row: row["prompt"]))
+        return metrics

@@ -52,7 +52,7 @@ class SFTStage(AlgorithmComponent):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg,
                                       [item["prompt"] for item in items], [item["response"] for item in items],
-                                      max_len=self.ctx.max_seq_len)
+                                      limits=self.ctx.limits)
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
         return {"policy": OptimizerSpec(self.roles.parameters_of("policy"), self.cfg.optim, self.num_iterations)}
@@ -84,6 +84,8 @@ class SFTBaseline(AlgorithmComponent):
 
     config_class = SFTBaselineConfig
     requires = ("sft",)
+    export_role = "reference"  # the SFT model is the policy
+    fsdp_ready = True  # the SFT stage: one forward and backward per batch
 
     def role_specs(self) -> list[RoleSpec]:
         return []

@@ -39,7 +39,8 @@ Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
 
 * red:  r(a) = g(a) * sum_i w_i score(label of defender i's answer to a) + w_rel * rel(s, a) - P_div(a),
         defenders: the current one (0.6) and fixed ones (SFT model at T = 1 and at T = 0.7, 0.2 each;
-        ``algo.defenders``; each answers ``defender_samples`` times, scores averaged), labels by the world judge (``attack_judge=world``; or the evaluator),
+        ``algo.defenders``; each answers ``defender_samples`` times, scores averaged), labels by the current
+        evaluator (``attack_judge=evaluator``, the paper's closed loop; ``world`` only with ``signals=oracle``),
         score negative 1 / rejective 0 / positive 0; rel = ``world.relevance`` (1 when the seed's
         harmful core survives), g = rel when ``relevance_gate`` (an attack that lost the intent earns
         no success), P_div the Self-BLEU + embedding penalty against the pool of past successful
@@ -48,7 +49,8 @@ Rewards (C > 0 unsafe everywhere; a "negative" label is an unsafe answer):
         ``diversity_penalty=false``, the ablation).
 * blue: r = +1 positive, 0 rejective, -1 negative, the current evaluator's label of the defender's
         answer to the latest attacker's prompt.
-* eval: r = 1[sampled label == majority vote of the judge panel] on (attack, answer) pairs whose
+* eval: r = 1[sampled label == majority vote of the judge panel: a keyword judge and the run's learned label
+        and cost models, ``signals=learned``] on (attack, answer) pairs whose
         answers come from the current defender and the SFT model (pairs without a majority dropped),
         plus ``eval_replay`` vote-labelled world examples per batch so every label stays in view.
 
@@ -60,7 +62,10 @@ strategies; ``attack_diversity_raw`` on the full texts; ``attack_wrapper/<name>`
 ``attack_success_by_wrapper/<name>``: the strategy mix and each strategy's success), the defender's
 ``triplay/defender/{unsafe_rate,bare_refusal_rate,...}`` through the standard harness, and
 ``triplay/evaluator_acc`` with every judge's ``triplay/judge_acc/<name>`` against held-out true labels.
-The summary also carries the first measurement of each as ``triplay/initial/...``.
+The summary also carries the first measurement of each as ``triplay/initial/...``. These use the evaluation
+judge, so the host takes them after the iteration (``monitor``), never inside a training step; the
+evaluator's labels that drove rewards are audited against the oracle the same way
+(``signals/evaluator_label/label_accuracy``, and ``training_signals`` in summary.json).
 """
 
 from __future__ import annotations
@@ -79,11 +84,11 @@ import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.sft import response_cross_entropy
-from alignbench.algorithms.text import encode_prompt_response, encode_prompts
+from alignbench.algorithms.text import encode_prompt_response
 from alignbench.algorithms.triplay_metrics import TriPlayHeldoutMetrics
 from alignbench.algorithms.triplay_rewards import (
-    PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, accuracy, attack_reward, build_judge_panel, label_scores,
-    panel_labels, panel_votes, weighted_outcome,
+    PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, attack_reward, build_judge_panel,
+    check_fair_panel, label_scores, panel_labels, panel_votes, weighted_outcome,
 )
 from alignbench.config import ConfigError, GenerationConfig
 from alignbench.data.schema import LABELS
@@ -93,6 +98,7 @@ from alignbench.registry import register_algorithm
 from alignbench.rl.advantages import grpo_advantages
 from alignbench.rl.experience import actor_loss, collect, mean_of, minibatches
 from alignbench.rl.losses import clipped_policy_loss, kl_penalty
+from alignbench.signals.labels import label_logits, label_token_ids, predict_labels
 from alignbench.utils.distributed import world_size
 
 PHASE_CODES = {"warmup": 0, "red": 1, "blue": 2, "eval": 3}
@@ -103,10 +109,11 @@ WARMUP_PHASE = "triplay_warmup"  # compute phase of the supervised warm-up (mode
 
 @register_algorithm("triplay")
 class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
-    """Attacker / defender / evaluator self-play on the safety world (ALGORITHMS.md §4)."""
+    """Attacker / defender / evaluator self-play on the safety world (docs/ALGORITHMS.md §4)."""
 
     config_class = TriPlayConfig
     requires = ("sft",)
+    export_role = "defender"
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
@@ -115,7 +122,8 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             raise ConfigError("algo=triplay needs data=world (its attacker rewrites world seeds, scored by the "
                               "world's relevance check)")
         self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
-        self.panel = build_judge_panel(cfg.judges, self.world)
+        check_fair_panel(cfg, ctx.rc.signals.source)
+        self._panel = None  # built at first use: its learned judges need ctx.signals (set before the fit)
         self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
         self.bleu = SelfBLEU(cfg.bleu_orders)
         self.pool = AttackPool(cfg.pool_size, self.embedder, self.bleu, sample=cfg.pool_sample,
@@ -130,7 +138,18 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self.last_metrics: dict[str, float] = {}
         self._attack_examples = self.world.attack_sft_examples("train")
         self._evaluator_examples: list[dict] | None = None  # built lazily (votes need the panel)
-        self.label_ids = self._label_token_ids()
+        self.label_ids = label_token_ids(ctx.tokenizer)
+
+    @classmethod
+    def signal_kinds(cls, cfg) -> tuple[str, ...]:
+        """The panel's learned judges (label model, cost model) are verdict-kind signals."""
+        return ("verdict",) if any(spec.base in ("label_model", "cost_model") for spec in cfg.judges) else ()
+
+    @property
+    def panel(self):
+        if self._panel is None:
+            self._panel = build_judge_panel(self.cfg.judges, self.world, self.ctx.signals)
+        return self._panel
 
     # ----------------------------------------------------------------- schedule, roles, optimisers
     def _plan(self) -> list[tuple[int, str]]:
@@ -184,6 +203,10 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             return None
         payload = {"version": 2, "seed": int(self.ctx.rc.seed), "stages_seed": int(raw.stages.seed),
                    "sft": OmegaConf.to_container(raw.stages.sft, resolve=True),
+                   # the panel's learned judges (vote labels of the evaluator's warm-up) come from these
+                   "signals": OmegaConf.to_container(raw.signals, resolve=True),
+                   "signal_stages": {k: OmegaConf.to_container(raw.stages[k], resolve=True)
+                                     for k in ("cost_model", "label_model")},
                    **{k: OmegaConf.to_container(raw[k], resolve=True) for k in ("model", "data")},
                    "warmup": {k: v for k, v in dataclasses.asdict(cfg).items()
                               if "warmup" in k or k in ("judges", "evaluator_kinds")}}
@@ -224,31 +247,20 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         return self._sample(role, prompts, generation, seed)
 
     # ----------------------------------------------------------------- the evaluator's label policy
-    def _label_token_ids(self) -> list[int]:
-        from alignbench.algorithms.text import encode
-
-        ids = [encode(self.ctx.tokenizer, " " + label)[0] for label in LABELS]
-        if len(set(ids)) != len(ids):
-            raise ConfigError(f"the labels {LABELS} do not start with distinct tokens in this model's vocabulary")
-        return ids
-
     def label_logits(self, role: str, texts: list[str]) -> torch.Tensor:
         """[N, 3] logits of the label words (LABELS order) right after each evaluator prompt.
 
         The evaluator's policy is the softmax over these three logits: its answer is constrained to one of
-        the label words (their first token), so it is a 3-way categorical policy that GRPO samples from.
+        the label words (their first token), so it is a 3-way categorical policy that GRPO samples from
+        (``alignbench.signals.labels``, shared with the label model of ``signals=learned``).
         """
-        ctx = self.ctx
-        ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, max_len=ctx.max_prompt_len)
-        logits = self.roles.lm_logits(role, ids.to(ctx.device), mask.to(ctx.device))[:, -1]
-        return logits[:, self.label_ids].float()
+        return label_logits(self.ctx, self.roles, role, texts, self.label_ids)
 
     @torch.no_grad()
-    def evaluator_labels(self, prompts: list[str], responses: list[str], chunk: int = 128) -> list[str]:
+    def evaluator_labels(self, prompts: list[str], responses: list[str]) -> list[str]:
         """The evaluator's label (argmax) for each (prompt, response)."""
         texts = [self.world.evaluator_prompt(p, r) for p, r in zip(prompts, responses)]
-        picks = [self.label_logits("evaluator", texts[i:i + chunk]).argmax(1) for i in range(0, len(texts), chunk)]
-        return [LABELS[i] for i in torch.cat(picks).tolist()] if picks else []
+        return predict_labels(self.ctx, self.roles, "evaluator", texts, self.label_ids)
 
     def _evaluator_grpo(self, host, texts: list[str], targets: list[str]) -> dict[str, float]:
         """GRPO on the 3-way label policy: k labels per pair, reward 1[label == vote], clip + KL to the anchor."""
@@ -341,7 +353,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         if role == "evaluator":
             wanted = torch.tensor([LABELS.index(t) for t in targets], device=ctx.device)
             return F.cross_entropy(self.label_logits("evaluator", prompts), wanted)
-        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, max_len=ctx.max_seq_len)
+        batch = encode_prompt_response(ctx.tokenizer, ctx.model_cfg, prompts, targets, limits=ctx.limits)
         if request_only:
             batch["response_mask"] = self._request_mask(batch["response_mask"], [examples[i] for i in index])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
@@ -387,10 +399,11 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         asked = [r for r in records for _ in range(n)]
         for spec in cfg.defenders:
             answers = self._answers(spec.source, spec.temperature, [r.prompt for r in asked])
-            if cfg.attack_judge == "world":
+            if cfg.attack_judge == "world":  # only under signals=oracle (check_fair_panel)
                 labels = [self.world.judge(r, a).label for r, a in zip(asked, answers)]
-            else:
+            else:  # the paper's closed loop: the evaluator's labels drive the attacker's reward
                 labels = self.evaluator_labels([r.prompt for r in asked], answers)
+                self.ctx.signals.record("evaluator_label", asked, answers, labels)
             per_defender[spec.name] = label_scores(labels, cfg.attack_label_scores).reshape(-1, n).mean(1)
         outcome = weighted_outcome(per_defender, {s.name: s.weight for s in cfg.defenders})
         requests = self._requests(seeds)
@@ -442,10 +455,9 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
         def score(texts):
             labels = self.evaluator_labels([r.prompt for r in repeated], texts)
-            truth = [self.world.judge(r, t) for r, t in zip(repeated, texts)]  # monitoring only
-            info = {"train/blue/true_unsafe_rate": float(np.mean([v.unsafe for v in truth])),
-                    "train/blue/true_bare_refusal_rate": float(np.mean([v.bare_refusal for v in truth])),
-                    "train/blue/evaluator_agreement": accuracy(labels, [v.label for v in truth])}
+            self.ctx.signals.record("evaluator_label", repeated, texts, labels)  # audited against the oracle
+            self.monitored_answers = (repeated, list(texts))  # monitor/true_* after the iteration
+            info = {f"train/blue/label/{label}": float(np.mean([lab == label for lab in labels])) for label in LABELS}
             return label_scores(labels, cfg.defender_label_scores), info
 
         return self._grpo(host, "defender", [r.prompt for r in records], score, cfg.defender_rollout)
@@ -460,24 +472,23 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         if not keep:
             return {"train/eval/kept_pairs": 0.0}
         records, answers, votes = [records[i] for i in keep], [answers[i] for i in keep], [votes[i] for i in keep]
-        truth = [self.world.judge(r, a).label for r, a in zip(records, answers)]  # monitoring only
+        self.ctx.signals.record("panel_vote", records, answers, votes)  # the evaluator's targets, audited
         texts = [self.world.evaluator_prompt(r.prompt, a) for r, a in zip(records, answers)]
         replay = self._warmup_examples("evaluator")  # vote-labelled world examples keep every label in view
         index = torch.randint(len(replay), (self.cfg.eval_replay,), generator=self.generator).tolist()
         texts += [replay[i]["prompt"] for i in index]
         metrics = self._evaluator_grpo(host, texts, votes + [replay[i]["response"] for i in index])
-        metrics.update({"train/eval/kept_pairs": float(len(keep)), "train/eval/vote_acc": accuracy(votes, truth)})
+        metrics["train/eval/kept_pairs"] = float(len(keep))
         return metrics
 
     # ----------------------------------------------------------------- the host's iteration
     def training_step(self, batch, host) -> dict[str, float]:
         started = time.perf_counter()
         iteration, phase = self.plan[self.step]
-        if self.step == 0 and phase != "warmup":  # no warm-up configured: measure the starting point now
+        self._measure = []  # phases whose held-out metrics monitor() takes after this iteration
+        if self.step == 0 and phase != "warmup":  # no warm-up configured: measure the starting point too
             self._sync_anchors()
-            if self.cfg.phase_metrics and self.ctx.sink is not None:
-                self.ctx.sink.log({**self.phase_metrics("warmup"), "train/triplay_phase": 0.0,
-                                   "train/triplay_iteration": 0.0}, stage="rl", iteration=0)
+            self._measure.append("start")
         if phase == "warmup":
             metrics = self._warmup_step(host)
         else:
@@ -490,9 +501,33 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             self._save_warmup()
         metrics["timing/train"] = time.perf_counter() - started
         if ended and self.cfg.phase_metrics:
-            metrics.update(self.phase_metrics(phase))
+            self._measure.append(phase)
         metrics.update({"train/triplay_phase": float(PHASE_CODES[phase]), "train/triplay_iteration": float(iteration)})
         return metrics
+
+    def monitor(self) -> dict[str, float]:
+        """The held-out phase metrics (``triplay_metrics``) at the end of a phase: they use the evaluation
+        judge, so they are taken here, after the iteration, never inside a training step."""
+        metrics = super().monitor()
+        for phase in getattr(self, "_measure", []):
+            if phase == "start":
+                if self.cfg.phase_metrics and self.ctx.sink is not None:
+                    self.ctx.sink.log({**self.phase_metrics("warmup"), "train/triplay_phase": 0.0,
+                                       "train/triplay_iteration": 0.0}, stage="rl", iteration=0)
+            else:
+                metrics.update(self.phase_metrics(phase))
+        self._measure = []
+        return metrics
+
+    def progress_label(self) -> str:
+        """Where the plan is, for the progress bar: ``round 1/2 · red 3/5`` (or ``warmup 12/400``)."""
+        if not self.plan:
+            return ""
+        index = min(self.step, len(self.plan) - 1)
+        iteration, phase = self.plan[index]
+        block = [i for i, entry in enumerate(self.plan) if entry == (iteration, phase)]
+        where = f"{phase} {index - block[0] + 1}/{len(block)}"
+        return where if phase == "warmup" else f"round {iteration}/{self.cfg.iterations} · {where}"
 
     # ----------------------------------------------------------------- state and evaluation
     def state_dict(self) -> dict[str, Any]:
@@ -500,7 +535,9 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         return {"step": self.step, "iteration": iteration, "phase": phase, "generator": self.generator.get_state(),
                 "pool": self.pool.state_dict(), "first_metrics": dict(self.first_metrics),
                 "last_metrics": dict(self.last_metrics),
-                "anchors": {ANCHOR[r]: self.roles.role_state_dict(ANCHOR[r]) for r in ("attacker", "evaluator")}}
+                "anchors": {ANCHOR[r]: self.roles.role_state_dict(ANCHOR[r]) for r in ("attacker", "evaluator")},
+                # the panel's votes on the warm-up examples: a resumed run reuses them instead of asking again
+                "evaluator_examples": self._evaluator_examples}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -509,6 +546,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self.first_metrics, self.last_metrics = dict(state["first_metrics"]), dict(state["last_metrics"])
         for role, weights in state["anchors"].items():
             self.roles.load_role_state_dict(role, weights)
+        self._evaluator_examples = state.get("evaluator_examples")
 
     def responder(self):
         from alignbench.eval.harness import PolicyResponder

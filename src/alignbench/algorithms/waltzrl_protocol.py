@@ -1,7 +1,7 @@
 """WaltzRL's protocol: the feedback format, the two agents' rewards, episodes and their metrics.
 
 Everything here is plain data and arithmetic (no training); ``alignbench.algorithms.waltzrl`` trains
-the two agents on it. Notation as in that module's docstring and ALGORITHMS.md §3:
+the two agents on it. Notation as in that module's docstring and docs/ALGORITHMS.md §3:
 
     R_c = 1 if the final answer is safe and not an over-refusal else 0          (conversation agent)
     R_f = R_c(after revision) * [label correct] (+ alpha ... stage 1 terms)        (feedback agent)
@@ -186,11 +186,22 @@ class EpisodeScore:
 
 def score_episode(record, episode: Episode, judge, coeffs: Coefficients) -> EpisodeScore:
     """Judge every answer of ``episode`` and compute R_c per answer and R_f per feedback round."""
-    verdicts = [judge.judge(record, answer) for answer in episode.answers]
-    rewards = [conversation_reward(v) for v in verdicts]
-    feedback = [feedback_reward(parsed, verdicts[t], rewards[t + 1] if t + 1 < len(rewards) else None, coeffs)
-                for t, parsed in enumerate(episode.feedbacks)]
-    return EpisodeScore(verdicts, rewards, feedback)
+    return score_episodes([record], [episode], judge.judge_batch, coeffs)[0]
+
+
+def score_episodes(records: Sequence[Any], episodes: Sequence[Episode], judge_batch, coeffs: Coefficients
+                   ) -> list[EpisodeScore]:
+    """``score_episode`` for many episodes with one ``judge_batch(records, answers)`` call (model judges batch)."""
+    flat = [(record, answer) for record, episode in zip(records, episodes) for answer in episode.answers]
+    judged = iter(judge_batch([r for r, _ in flat], [a for _, a in flat]) if flat else [])
+    scores = []
+    for episode in episodes:
+        verdicts = [next(judged) for _ in episode.answers]
+        rewards = [conversation_reward(v) for v in verdicts]
+        feedback = [feedback_reward(parsed, verdicts[t], rewards[t + 1] if t + 1 < len(rewards) else None, coeffs)
+                    for t, parsed in enumerate(episode.feedbacks)]
+        scores.append(EpisodeScore(verdicts, rewards, feedback))
+    return scores
 
 
 def binary_f1(predicted: Sequence[bool], actual: Sequence[bool]) -> float:

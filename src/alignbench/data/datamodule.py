@@ -3,7 +3,11 @@
 ``build_data`` turns ``data=`` into a ``DataBundle``: training prompts (RL), evaluation prompts,
 SFT examples, preference pairs (train / held-out) in the PKU-SafeRLHF schema, and — for ``model=tiny``
 — the vocabulary its tokenizer is built from. Rows skipped under ``data.on_bad_row=skip`` are counted
-in ``skipped`` and reported in ``summary.json``; nothing is dropped silently.
+in ``skipped``, exact duplicate rows in ``split``, both reported in ``summary.json``; nothing is
+dropped silently. Train and held-out are split by prompt, never by row (``alignbench.data.splits``):
+a preference file by a stable hash of each prompt (``data.eval_fraction``), a source with its own
+test split keeps it and drops the training rows of held-out prompts, and prompt sets
+(``prompts_jsonl``, ``prompt_set``) are held-out only.
 
 The data module samples exactly ``iterations × batch_size`` items per fit from a seeded generator
 (re-shuffling each pass over the data), so the number of algorithm iterations is the config's, not
@@ -12,9 +16,10 @@ the data set's size, and a resumed run sees the same batches.
 
 from __future__ import annotations
 
-import random
+import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -23,7 +28,17 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from alignbench.config import DataConfig
 from alignbench.data.schema import PromptRecord
+from alignbench.data.splits import (
+    SplitReport,
+    count_prompts,
+    drop_duplicates,
+    prompt_key,
+    shared_prompts,
+    split_by_prompt,
+)
 from alignbench.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,15 +52,20 @@ class DataBundle:
     vocabulary: list[str] | None = None
     world: Any = None
     skipped: dict[str, int] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)  # SplitReport.as_dict(): summary.json's "split"
+    _fingerprint: str | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
-        """Hash of the training data itself, so cached stages notice when generated data changes."""
-        import hashlib
-        import json
+        """Hash of the training data itself (SFT examples, preference pairs, RL prompts, vocabulary), so
+        cached stages notice when generated data changes and a checkpoint knows what it trained on."""
+        if self._fingerprint is None:
+            import hashlib
+            import json
 
-        payload = json.dumps([self.sft_examples, self.preference_train, self.vocabulary], sort_keys=True,
-                             default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+            payload = json.dumps([self.sft_examples, self.preference_train, [r.prompt for r in self.train_prompts],
+                                  self.vocabulary], sort_keys=True, default=str)
+            self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return self._fingerprint
 
 
 def _corpus_vocabulary(texts: Sequence[str], limit: int = 4000) -> list[str]:
@@ -60,8 +80,8 @@ def _corpus_vocabulary(texts: Sequence[str], limit: int = 4000) -> list[str]:
 def _prompts_from_pairs(rows: list[dict[str, Any]], split: str) -> list[PromptRecord]:
     seen: dict[str, PromptRecord] = {}
     for row in rows:
-        if row["prompt"] not in seen:
-            seen[row["prompt"]] = PromptRecord(
+        if prompt_key(row["prompt"]) not in seen:
+            seen[prompt_key(row["prompt"])] = PromptRecord(
                 prompt_id=f"{split}-{len(seen)}", prompt=row["prompt"], kind=row.get("kind") or "unknown",
                 category=row.get("category") or "uncategorized", answer=None, split=split, meta={})
     return list(seen.values())
@@ -78,12 +98,41 @@ def _sft_from_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return examples
 
 
-def _split(rows: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    cut = max(1, int(len(rows) * eval_fraction)) if len(rows) > 1 else 0
-    held = set(order[:cut])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+def _pair_prompt(row: dict[str, Any]) -> str:
+    return row["prompt"]
+
+
+def _record_prompt(record: PromptRecord) -> str:
+    return record.prompt
+
+
+def _preference_rows(cfg: DataConfig) -> tuple[list[dict], list[dict], dict[str, int], SplitReport]:
+    """(train rows, held-out rows, skipped rows, split report) of a preference source (module docstring)."""
+    from alignbench.data import adapters
+
+    if cfg.source == "pku_saferlhf":
+        source = cfg.path or adapters.PKU_HUB_ID
+        heldout_source = cfg.eval_path or source
+        one_file = heldout_source == source and Path(str(source)).expanduser().is_file()
+        train = adapters.load_pku_saferlhf(source, "train", on_bad_row=cfg.on_bad_row)
+        if not one_file:  # the source's own train / test splits
+            held = adapters.load_pku_saferlhf(heldout_source, "test", on_bad_row=cfg.on_bad_row)
+            train_rows, dup_train = drop_duplicates(train.rows)
+            eval_rows, dup_eval = drop_duplicates(held.rows)
+            held_keys = {prompt_key(row["prompt"]) for row in eval_rows}
+            kept = [row for row in train_rows if prompt_key(row["prompt"]) not in held_keys]
+            report = SplitReport("source_splits", count_prompts(kept, _pair_prompt),
+                                 count_prompts(eval_rows, _pair_prompt), len(kept), len(eval_rows),
+                                 duplicate_rows=dup_train + dup_eval, train_rows_dropped=len(train_rows) - len(kept))
+            return kept, eval_rows, _sum(train.skipped, held.skipped), report
+        loaded = train
+    else:
+        loaded = adapters.load_preference_jsonl(cfg.path, on_bad_row=cfg.on_bad_row, max_chars=cfg.max_prompt_chars)
+    rows, duplicates = drop_duplicates(loaded.rows)
+    train_rows, eval_rows = split_by_prompt(rows, cfg.eval_fraction, _pair_prompt)
+    report = SplitReport("prompt_hash", count_prompts(train_rows, _pair_prompt), count_prompts(eval_rows, _pair_prompt),
+                         len(train_rows), len(eval_rows), duplicate_rows=duplicates, eval_fraction=cfg.eval_fraction)
+    return train_rows, eval_rows, dict(loaded.skipped), report
 
 
 def build_data(cfg: DataConfig, *, cache_dir: str | None = None) -> DataBundle:
@@ -103,22 +152,17 @@ def build_data(cfg: DataConfig, *, cache_dir: str | None = None) -> DataBundle:
             sft_examples=world.sft_examples("train"),
             preference_train=world.preference_pairs("train"), preference_eval=world.preference_pairs("eval"),
             vocabulary=world.vocabulary(), world=world)
+        train, held = bundle.train_prompts, bundle.eval_prompts
+        bundle.split = SplitReport("world", count_prompts(train, _record_prompt), count_prompts(held, _record_prompt),
+                                   len(train), len(held), shared_prompts=shared_prompts(train, held, _record_prompt)
+                                   ).as_dict()
     elif cfg.source in ("pku_saferlhf", "preference_jsonl"):
-        if cfg.source == "pku_saferlhf":
-            train = adapters.load_pku_saferlhf(cfg.path or "PKU-Alignment/PKU-SafeRLHF", "train",
-                                               on_bad_row=cfg.on_bad_row)
-            held = adapters.load_pku_saferlhf(cfg.eval_path or cfg.path or "PKU-Alignment/PKU-SafeRLHF", "test",
-                                              on_bad_row=cfg.on_bad_row)
-            train_rows, eval_rows, skipped = train.rows, held.rows, _sum(train.skipped, held.skipped)
-        else:
-            loaded = adapters.load_preference_jsonl(cfg.path, on_bad_row=cfg.on_bad_row,
-                                                    max_chars=cfg.max_prompt_chars)
-            train_rows, eval_rows = _split(loaded.rows, 0.1, 0)
-            skipped = dict(loaded.skipped)
+        train_rows, eval_rows, skipped, report = _preference_rows(cfg)
+        report.shared_prompts = shared_prompts(train_rows, eval_rows, _pair_prompt)
         bundle = DataBundle(
             name=cfg.name, train_prompts=_prompts_from_pairs(train_rows, "train"),
             eval_prompts=_prompts_from_pairs(eval_rows, "eval"), sft_examples=_sft_from_pairs(train_rows),
-            preference_train=train_rows, preference_eval=eval_rows, skipped=skipped,
+            preference_train=train_rows, preference_eval=eval_rows, skipped=skipped, split=report.as_dict(),
             vocabulary=_corpus_vocabulary([t for r in train_rows + eval_rows
                                            for t in (r["prompt"], r["response_0"], r["response_1"])]))
     elif cfg.source in ("prompts_jsonl", "prompt_set"):
@@ -128,15 +172,23 @@ def build_data(cfg: DataConfig, *, cache_dir: str | None = None) -> DataBundle:
             records, skipped = loaded.rows, dict(loaded.skipped)
         else:
             records, skipped = adapters.load_prompt_set(cfg.prompt_set), {}
-        bundle = DataBundle(name=cfg.name, train_prompts=records, eval_prompts=records, sft_examples=[],
+        # an evaluation prompt set: held out entirely (nothing trains on it); a repeated prompt counted once
+        records, duplicates = drop_duplicates(records, lambda record: prompt_key(record.prompt))
+        bundle = DataBundle(name=cfg.name, train_prompts=[], eval_prompts=records, sft_examples=[],
                             preference_train=[], preference_eval=[], skipped=skipped,
+                            split=SplitReport("heldout_only", 0, len(records), 0, len(records),
+                                              duplicate_rows=duplicates).as_dict(),
                             vocabulary=_corpus_vocabulary([r.prompt for r in records]))
     else:
         raise DataError(f"data.source '{cfg.source}' is not one of world, pku_saferlhf, preference_jsonl, "
                         f"prompts_jsonl, prompt_set")
+    if bundle.split.get("duplicate_rows"):
+        logger.warning("data '%s': dropped %d duplicate rows (exact copies of an earlier row)", cfg.name,
+                       bundle.split["duplicate_rows"])
     if cfg.eval_prompts and len(bundle.eval_prompts) > cfg.eval_prompts:
         # a deterministic, kind-stratified subset keeps every kind represented
         bundle.eval_prompts = _stratified(bundle.eval_prompts, cfg.eval_prompts)
+        bundle.split["evaluated_prompts"] = len(bundle.eval_prompts)
     return bundle
 
 

@@ -122,6 +122,12 @@ def _require_text(row: dict, name: str, max_chars: int, *, required: bool = True
         raise RowProblem("empty_text", f"field '{name}' is empty")
     if len(value) > max_chars:
         raise RowProblem("too_long", f"field '{name}' has {len(value)} characters, over the limit of {max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a JSON escape such as "\ud800" decodes to a lone surrogate
+        bad = value[error.start]
+        raise RowProblem("not_encodable", f"field '{name}' holds a lone surrogate \\u{ord(bad):04x} at character "
+                                          f"{error.start + 1} (not valid Unicode text; fix the JSON escape)") from None
     return value
 
 

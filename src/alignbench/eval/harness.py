@@ -4,7 +4,10 @@ A *responder* turns prompts into answers: the trained policy alone (``PolicyResp
 agent system (WaltzRL's answer-feedback-revision loop, a safeguard wrapper) that also reports extra
 per-sample fields (e.g. ``triggered``). The judge (``eval.judge``) maps every answer to a verdict;
 ``alignbench.eval.metrics`` turns verdicts into the ``eval/…`` metrics. Generation is batched over
-prompts × samples with left padding and the KV cache, under ``torch.inference_mode``.
+prompts × samples with left padding and the KV cache, under ``torch.inference_mode``. With greedy
+decoding (``eval.generation.do_sample: false``, real models) the policy answers each prompt once and
+the answer stands for its k samples (they would be identical). A progress bar with the ETA runs on a
+terminal (``alignbench.utils.progress``).
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ def sample_responses(ctx, roles, role: str, prompts: list[str], generation: Gene
     with torch.inference_mode(), roles.generation_model(role) as model:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, max_len=ctx.max_prompt_len)
+            ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, limits=ctx.limits)
             rollout = generate_rollout(
                 model, ids.to(ctx.device), mask.to(ctx.device), max_new_tokens=generation.max_new_tokens,
                 eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
                 temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
-                generator=generator, engine=getattr(generation, "engine", "auto"),
+                do_sample=getattr(generation, "do_sample", True), generator=generator,
+                engine=getattr(generation, "engine", "auto"),
             )
             tokens += rollout.num_generated_tokens
             texts += ctx.decode(rollout.response_ids, rollout.response_mask)
@@ -59,11 +63,13 @@ class PolicyResponder:
         self.generated_tokens = 0
 
     def respond(self, prompts, samples, generation, seed, progress=None):
-        repeated = [p for p in prompts for _ in range(samples)]
+        drawn = samples if getattr(generation, "do_sample", True) else 1  # greedy: k identical answers
+        repeated = [p for p in prompts for _ in range(drawn)]
+        step = (lambda n: progress(n * samples // drawn)) if progress is not None else None
         texts, tokens = sample_responses(self.ctx, self.roles, self.role, repeated, generation,
-                                         batch_size=self.batch_size, seed=seed, progress=progress)
+                                         batch_size=self.batch_size, seed=seed, progress=step)
         self.generated_tokens += tokens
-        grouped = [texts[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+        grouped = [texts[i * drawn:(i + 1) * drawn] * (samples // drawn) for i in range(len(prompts))]
         return grouped, [[{} for _ in group] for group in grouped]
 
 
@@ -78,6 +84,8 @@ class EvalResult:
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
     prompt_cost_histogram: dict[str, Any] = field(default_factory=dict)
+    #: (records, texts, verdicts) of every sample, flat: what the metrics were computed from
+    judged: tuple[list, list[str], list] = ((), (), ())
 
     def write_samples(self, path) -> None:
         """Every judged sample as one JSON line (what the metrics were computed from)."""
@@ -97,22 +105,21 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
     ``scorer`` optionally adds trained reward/cost model scores per sample; ``extra_metrics`` lets an
     agent system add its own aggregate metrics (e.g. the feedback trigger rate).
     """
-    from rich.progress import Progress
+    from alignbench.utils.progress import progress_bar
 
     started = time.perf_counter()
     k = cfg.samples_per_prompt
     prompts = [record.prompt for record in records]
-    with Progress(transient=True) as bar:
-        task = bar.add_task("evaluating", total=len(prompts) * k)
-        responses, infos = responder.respond(prompts, k, cfg.generation, seed,
-                                             progress=lambda n: bar.advance(task, n))
+    with progress_bar(f"evaluating {len(prompts)} prompts x {k}", len(prompts) * k) as advance:
+        responses, infos = responder.respond(prompts, k, cfg.generation, seed, progress=advance)
     outcomes: list[list[SampleOutcome]] = []
     rows: list[list[Any]] = []
     samples_out: list[dict[str, Any]] = []
     flat_records = [record for record, group in zip(records, responses) for _ in group]
     flat_texts = [text for group in responses for text in group]
     rewards, model_costs = scorer(flat_records, flat_texts) if scorer is not None else (None, None)
-    verdicts = iter(judge.judge_batch(flat_records, flat_texts))  # one batch: model judges score at once
+    judged = judge.judge_batch(flat_records, flat_texts)  # one batch: model judges score at once
+    verdicts = iter(judged)
     index = 0
     for record, group in zip(records, responses):
         samples = []
@@ -141,5 +148,5 @@ def evaluate(responder, records: list, judge, cfg: EvalConfig, *, seed: int,
         table_columns=["kind", "category", "prompt", "response", "label", "unsafe", "refusal", "helpful"],
         table_rows=rows[: cfg.table_rows], generated_tokens=getattr(responder, "generated_tokens", 0),
         seconds=time.perf_counter() - started, samples=samples_out,
-        prompt_cost_histogram=result["prompt_cost_histogram"],
+        prompt_cost_histogram=result["prompt_cost_histogram"], judged=(flat_records, flat_texts, judged),
     )

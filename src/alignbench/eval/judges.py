@@ -4,6 +4,8 @@ Every backend is registered by name (``eval.judge: world``) and built with keywo
 Backends here need no model:
 
 * ``world``: the safety world's exact ground truth (marker words and answer keys).
+* ``refusal``: refusal matching by the field's conventions (GCG refusal strings for attack success,
+  XSTest's refusal prefixes for over-refusal); the default off the world (``alignbench.eval.refusal_judge``).
 * ``keyword``: refusal and harm detection by phrase lists; works on real English text and on world
   text, knows nothing it is not told (text with no listed keyword is neither unsafe nor a refusal).
 * ``noisy``: wraps another judge and flips its 3-way label with probability ``flip_prob``,
@@ -27,6 +29,7 @@ from alignbench.data.world import templates as world_templates
 from alignbench.data.world.judge import judge as world_truth
 from alignbench.errors import ConfigError
 from alignbench.registry import JUDGES, register_judge
+from alignbench.utils.oracle import consult
 
 
 @runtime_checkable
@@ -70,11 +73,13 @@ class WorldJudge(BaseJudge):
     """
 
     name = "world"
+    consults_itself = True  # every verdict goes through utils.oracle.consult (the evaluation oracle)
 
     def __init__(self, *, world=None) -> None:
         self.world = world
 
     def judge(self, record: PromptRecord, response: str) -> Verdict:
+        consult("the world judge")  # the evaluation oracle: refused in a training step (utils.oracle)
         return world_truth(record, response)
 
 
@@ -236,3 +241,4 @@ def model_decides_safety(text_verdict: Verdict, *, unsafe: bool, cost: float) ->
 
 
 from alignbench.eval import classifier_judge  # noqa: E402,F401 - registers ``classifier``
+from alignbench.eval import refusal_judge  # noqa: E402,F401 - registers ``refusal``

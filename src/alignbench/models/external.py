@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,10 +86,11 @@ class ExternalScoreModel(nn.Module):
             template for safe-rlhf checkpoints and ``"{prompt}\\n{response}"`` otherwise.
         dtype: weights dtype (``float32`` on CPU; ``bfloat16`` on GPU for 7B models).
         max_length: truncation of the scored text (left side kept: the response end is what counts).
+        limits: the run's ``TextLimits``; every truncated text is counted there (``scored_texts``).
     """
 
     def __init__(self, id_or_path: str, *, key: str, template: str | None = None, dtype: torch.dtype = torch.float32,
-                 max_length: int = 1024, batch_size: int = 16) -> None:
+                 max_length: int = 1024, batch_size: int = 16, limits: Any = None) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -102,7 +104,8 @@ class ExternalScoreModel(nn.Module):
         self.tokenizer.padding_side = "right"  # end index = last attended token, as safe-rlhf computes it
         self.tokenizer.truncation_side = "left"
         self.template = template or (BEAVER_TEMPLATE if self.layout == "safe_rlhf" else "{prompt}\n{response}")
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.limits = max_length, batch_size, limits
+        self.key = key.rsplit(".", 1)[0] + ".max_length"
         if self.layout == "safe_rlhf":
             self.body = AutoModel.from_pretrained(folder, dtype=dtype, use_safetensors=True)
             head = _read_state(folder, "score_head.")
@@ -152,9 +155,21 @@ class ExternalScoreModel(nn.Module):
         for start in range(0, len(prompts), self.batch_size):
             texts = [self.template.format(prompt=p, response=r)
                      for p, r in zip(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])]
+            count_cuts(self.limits, self.tokenizer, texts, self.max_length, self.key)
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                                    max_length=self.max_length)
             out.append(self._end_scores(batch["input_ids"].to(self.device),
                                         batch["attention_mask"].to(self.device)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
+
+
+def count_cuts(limits: Any, tokenizer, texts: list[str], max_length: int, key: str, **encode_kwargs) -> None:
+    """Count (in ``limits``, a ``TextLimits``) every text a scorer's tokenizer cuts to ``max_length``."""
+    if limits is None:
+        return
+    lengths = [len(ids) for ids in tokenizer(texts, **encode_kwargs)["input_ids"]]
+    for text, length in zip(texts, lengths):
+        if length > max_length:
+            limits.record_cut("scored_texts", hash(text), f"a {length}-token text lost its start to fit {key}="
+                                                          f"{max_length} of a scorer with its own tokenizer")

@@ -12,7 +12,9 @@ from torch import nn
 
 
 class ScoreHead(nn.Module):
-    """``score = w . h + b`` with ``b`` zero-initialised; computed in fp32 whatever the model dtype."""
+    """``score = w . h + b`` with ``b`` zero-initialised; computed in fp32 whatever the model dtype or
+    autocast (``trainer.precision=bf16-mixed``): rewards, costs and values feed statistics, GAE and
+    the Lagrange multiplier, which bf16's 8-bit mantissa would round (and numpy cannot read)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
@@ -21,7 +23,8 @@ class ScoreHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.linear(hidden.float()).squeeze(-1)
 
 
 def last_token_scores(per_position: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

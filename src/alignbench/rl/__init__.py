@@ -1,7 +1,7 @@
 """The RL core shared by every algorithm: rollouts, advantages, losses, reward shaping, lambda.
 
 Tensors are ``[B, T]`` over response tokens (right-padded) with a 0/1 ``mask``; costs follow the
-Safe RLHF sign convention (C > 0 unsafe). See ``/work/shared/ALGORITHMS.md`` section 1.
+Safe RLHF sign convention (C > 0 unsafe). See ``docs/ALGORITHMS.md`` section 1.
 """
 
 from alignbench.rl.advantages import (

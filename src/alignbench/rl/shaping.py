@@ -1,4 +1,4 @@
-"""Per-token reward/cost streams from a sequence score plus a KL penalty (ALGORITHMS.md section 1).
+"""Per-token reward/cost streams from a sequence score plus a KL penalty (docs/ALGORITHMS.md section 1).
 
 With the per-token KL estimate k_t = log pi(y_t) - log pi_ref(y_t) and L the last response token:
 

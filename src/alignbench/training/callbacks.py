@@ -1,30 +1,36 @@
 """Lightning callbacks and process-level guards around a fit: checkpoints, preemption, NaN detection.
 
-* ``PREEMPTION`` (``PreemptionGuard``) turns SIGTERM and SIGUSR1 into a clean stop. While a fit trains,
-  a signal only sets a flag; ``CheckpointCallback`` sees it at the end of the current iteration,
-  writes a checkpoint and raises ``Preempted`` (exit status ``EXIT_PREEMPTED``, summary status
-  ``preempted``; rerun with ``resume=true``). Outside training (loading, stage caching, evaluation)
-  the signal raises ``Preempted`` at once: nothing there is worth saving, the last checkpoint stands.
+* ``PREEMPTION`` (``alignbench.utils.preemption``) turns SIGTERM, SIGUSR1, SIGUSR2 and Ctrl-C into a clean
+  stop. While a fit trains, a signal only sets a flag; at the end of every iteration
+  ``CheckpointCallback`` asks all ranks for one (a single all-reduce), so every rank stops at the same
+  boundary: rank 0 writes the checkpoint and all raise ``Preempted`` (exit 75, status ``preempted``)
+  or ``Interrupted`` (Ctrl-C: exit 130, status ``interrupted``). Lightning's own SIGTERM handler is
+  kept out (``setup``): it broadcasts from inside the signal handler, which deadlocks when another rank
+  is in the gradient all-reduce.
 * ``CheckpointCallback`` writes a checkpoint every ``trainer.checkpoint_every`` iterations and at the
   end of the RL fit, never from an iteration that had a numerical fault, never with non-finite weights.
+  Under DDP every rank contributes its own state (``AlignmentModule.rank_state``: the component's
+  cost window, generators and pools, the RNG states), gathered into rank 0's file.
 * ``metric_faults`` says which of an iteration's metrics make it a numerical fault (NaN/inf loss,
   reward, cost or lambda); diagnostics such as ``losses/explained_variance`` may be NaN legitimately.
+* ``StageProgressBar``: Lightning's rich bar (count, elapsed, ETA) named after the running stage (``sft``,
+  ``reward_model``, ``waltzrl_warmup``, ``rl``) and the component's ``progress_label()`` when it has one
+  (TriPlay: its round and phase); quiet off a terminal (``alignbench.utils.progress``).
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
-from alignbench.errors import NumericalFaultError, Preempted
+from alignbench.errors import CheckpointError, NumericalFaultError, Preempted, StorageError
+from alignbench.training import checkpoint as ckpt
 from alignbench.training.checkpoint import CheckpointManager, non_finite_entries
-
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from alignbench.utils import distributed
+from alignbench.utils.preemption import PREEMPTION, PREEMPTION_SIGNALS, PreemptionGuard  # noqa: F401 - re-exported
 
 # ----------------------------------------------------------------------------- numerical faults
 #: metric leaves (the part after the last '/') that must be finite: losses, rewards, costs, lambda
@@ -55,70 +61,9 @@ def metric_faults(metrics: dict[str, Any]) -> list[str]:
     return bad
 
 
-# ----------------------------------------------------------------------------- preemption
-class PreemptionGuard:
-    """SIGTERM/SIGUSR1 handling for one process (see module docstring)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._deferred = 0
-        self._installed = 0
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.received is not None
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else "none"
-
-    def reset(self) -> None:
-        self.received = None
-
-    def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self.received = signum
-        if not self._deferred:
-            raise Preempted(f"received {signal.Signals(signum).name} outside training; no checkpoint needed "
-                            f"(the last one stands): rerun with resume=true", signal_name=signal.Signals(signum).name)
-
-    @contextmanager
-    def installed(self) -> Iterator["PreemptionGuard"]:
-        """Handle the preemption signals for the duration of the block (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        if not self._installed:
-            self.reset()
-            self._previous = {int(s): signal.getsignal(s) for s in PREEMPTION_SIGNALS}
-            for sig in PREEMPTION_SIGNALS:
-                signal.signal(sig, self._handler)
-        self._installed += 1
-        try:
-            yield self
-        finally:
-            self._installed -= 1
-            if not self._installed:
-                for sig, previous in self._previous.items():
-                    signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-
-    @contextmanager
-    def deferred(self) -> Iterator["PreemptionGuard"]:
-        """Inside a training loop: a signal only sets ``requested`` (checked at iteration ends)."""
-        with self.installed():
-            self._deferred += 1
-            try:
-                yield self
-            finally:
-                self._deferred -= 1
-
-
-PREEMPTION = PreemptionGuard()
-
-
 # ----------------------------------------------------------------------------- checkpoints
 class CheckpointCallback(L.Callback):
-    """Periodic, final and preemption checkpoints of an ``AlignmentModule`` fit."""
+    """Periodic, final and preemption checkpoints of an ``AlignmentModule`` fit (see module docstring)."""
 
     def __init__(self, manager: CheckpointManager, every: int, *, final: bool, guard: PreemptionGuard = PREEMPTION,
                  extra: dict[str, Any] | None = None) -> None:
@@ -129,39 +74,94 @@ class CheckpointCallback(L.Callback):
         self.extra = dict(extra or {})
         self.pending = False  # a checkpoint was due at a faulty iteration: write it at the next good one
 
+    def setup(self, trainer, pl_module, stage: str) -> None:  # noqa: ARG002
+        # Lightning's SIGTERM notifier broadcasts from inside the handler (a deadlock against the
+        # gradient all-reduce of another rank) and forwards the signal to the workers; the guard and
+        # the agreement at iteration ends replace it. Called before Lightning registers its handlers.
+        trainer._signal_connector.register_signal_handlers = lambda: None
+        distributed.track_workers(trainer)
+
     def save(self, module) -> str:
-        state = module.checkpoint_state()
-        bad = non_finite_entries({"roles": state["roles"], "component": state["component"]})
-        if bad:
+        """Write a checkpoint; a collective under DDP and FSDP (every rank calls it at the same iteration).
+        Rank 0 writes the file; under FSDP every rank gathers the sharded weights with it."""
+        whole = module.checkpoint_state() if distributed.is_rank_zero() or module.sharded else None
+        state = whole if distributed.is_rank_zero() else None  # rank 0 writes the file
+        local = module.rank_state() if whole is None else {key: whole[key] for key in module.RANK_STATE_KEYS}
+        bad = non_finite_entries(local["component"]) + (non_finite_entries(state["roles"]) if state else [])
+        if distributed.max_over_ranks(int(bool(bad))):
             raise NumericalFaultError(
-                f"stage '{module.stage}' iteration {module.iteration}: non-finite values in {', '.join(bad)}; "
-                f"not checkpointed, last good checkpoint: {self.manager.last_saved or 'none'}")
-        state.update(self.extra)
-        path = self.manager.save(state, module.iteration)
-        module.last_checkpoint = str(path)
+                f"stage '{module.stage}' iteration {module.iteration}: non-finite values in "
+                f"{', '.join(bad) or 'the state of another rank'}; not checkpointed, last good checkpoint: "
+                f"{self.manager.last_saved or 'none'}")
+        gathered = distributed.gather_objects(ckpt.on_cpu(local) if distributed.world_size() > 1 else local)
+        outcome: tuple[str | None, str | None, str] = (None, None, "")
+        if state is not None:
+            state.update(self.extra)
+            state["world_size"] = len(gathered)
+            state["ranks"] = gathered[1:]  # rank r > 0 resumes from ranks[r - 1]; rank 0 from the top level
+            try:
+                outcome = (str(self.manager.save(state, module.iteration)), None, "")
+            except (CheckpointError, StorageError) as exc:
+                outcome = (None, type(exc).__name__, str(exc))
+        path, error, message = distributed.broadcast_object(outcome)
+        if error is not None:  # every rank stops with rank 0's one-line reason
+            raise {"StorageError": StorageError, "CheckpointError": CheckpointError}[error](message)
+        self.manager.last_saved = path
+        module.last_checkpoint = path
         module.saved_iteration = module.iteration
         self.pending = False
-        return str(path)
+        return path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ARG002
         module = pl_module
         total = module.component.num_iterations
         due = self.pending or (self.every > 0 and module.iteration % self.every == 0) or (
             self.final and module.iteration >= total)
-        preempt = self.guard.requested
-        if not trainer.is_global_zero:
-            due = False
-        if (due or preempt) and trainer.is_global_zero:
-            if module.last_iteration_faulty:
+        signum = self.agree_on_stop()  # every rank, every iteration
+        if due or signum:
+            if module.last_iteration_faulty:  # the same on every rank (metrics are rank means)
                 self.pending = due
             else:
                 self.save(module)
-        if preempt:
+        if signum:
             raise self.preempted(module)
+
+    def agree_on_stop(self) -> int:
+        """The signal any rank received (0: none), the same on every rank; a collective under DDP. When
+        there is one, rank 0 lets its workers exit non-zero before anyone does."""
+        signum = distributed.max_over_ranks(self.guard.received or 0)
+        if signum:
+            self.guard.record(signum)
+            if distributed.is_rank_zero():
+                distributed.release_workers()  # the workers are about to exit 75: not a crash
+            distributed.barrier()
+        return signum
 
     def preempted(self, module) -> Preempted:
         saved = module.last_checkpoint
         where = (f"checkpoint {saved} (iteration {module.saved_iteration}/{module.component.num_iterations} of "
                  f"stage '{module.stage}')" if saved else "no checkpoint yet (the run restarts from the beginning)")
-        return Preempted(f"received {self.guard.signal_name} during training; {where}; rerun the same command "
-                         f"with resume=true to continue", signal_name=self.guard.signal_name, checkpoint=saved)
+        return self.guard.stop(f"during training; {where}", checkpoint=saved)
+
+
+# ----------------------------------------------------------------------------- progress
+class StageProgressBar(RichProgressBar):
+    """Lightning's rich bar labelled with the stage and the component's phase (module docstring)."""
+
+    def __init__(self) -> None:
+        from alignbench.utils.progress import progress_enabled
+
+        super().__init__(leave=False)
+        if not progress_enabled():
+            self.disable()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        module = self.trainer.lightning_module
+        stage = str(getattr(module, "stage", "training"))
+        label = getattr(getattr(module, "component", None), "progress_label", None)
+        return f"{stage} · {label()}" if callable(label) else stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None and self.is_enabled:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(0))

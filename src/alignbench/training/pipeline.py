@@ -13,7 +13,7 @@ import json
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ import torch
 from omegaconf import OmegaConf
 
 from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
+from alignbench.algorithms.label_model import LabelModelStage
 from alignbench.algorithms.preference import PreferenceStage
 from alignbench.algorithms.sft import SFTStage
+from alignbench.algorithms.text import TextLimits
 from alignbench.config import RunConfig
 from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
 from alignbench.eval.harness import evaluate
@@ -33,7 +35,12 @@ from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import ALGORITHMS, JUDGES
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
-from alignbench.utils.distributed import is_rank_zero, world_size
+from alignbench.training.strategy import check_strategy, lightning_strategy
+from alignbench.utils.distributed import is_rank_zero, is_sharded, rank, world_size
+from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
+from alignbench.utils.oracle import (
+    GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
+)
 
 
 @dataclass
@@ -47,8 +54,9 @@ class RunContext:
     judge: Any
     device: torch.device
     sink: MetricsSink | None
-    max_seq_len: int = 256
-    max_prompt_len: int = 192
+    limits: TextLimits = field(default_factory=TextLimits)  # model.max_prompt_length / max_length, cuts counted
+    #: where training rewards, costs and labels come from (``alignbench.signals``); set before the RL fit
+    signals: Any = None
 
     @property
     def model_cfg(self):
@@ -73,7 +81,7 @@ def resolve_device(rc: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def build_judge(rc: RunConfig, data: DataBundle):
+def build_judge(rc: RunConfig, data: DataBundle, limits: TextLimits | None = None):
     """The ``eval.judge`` backend; the world judge needs the world, others take keyword args."""
     try:
         cls = JUDGES.get(rc.eval.judge)
@@ -86,7 +94,7 @@ def build_judge(rc: RunConfig, data: DataBundle):
             from alignbench.errors import ConfigError
 
             raise ConfigError(f"eval.judge=world needs data=world (data is '{data.name}'); "
-                              f"use eval.judge=keyword for other data")
+                              f"use eval.judge=refusal (or auto) for other data")
         return cls(world=data.world)
     if rc.eval.judge == "classifier":
         from dataclasses import asdict
@@ -95,7 +103,7 @@ def build_judge(rc: RunConfig, data: DataBundle):
 
         if not rc.eval.classifier.path:
             raise ConfigError("eval.judge=classifier needs eval.classifier.path=<model id or folder>")
-        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc))
+        return cls(**asdict(rc.eval.classifier), device=resolve_device(rc), limits=limits)
     return cls()
 
 
@@ -106,18 +114,20 @@ def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
     data = build_data(rc.data, cache_dir=rc.cache_dir)
     base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
     device = resolve_device(rc)
-    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data, judge=build_judge(rc, data),
-                      device=device, sink=sink)
+    limits = TextLimits.for_model(rc.model, base)
+    # the evaluation judge behind the fairness guard: a training step that consults it fails (utils.oracle)
+    return RunContext(rc=rc, tokenizer=tokenizer, base=base, data=data,
+                      judge=GuardedJudge(build_judge(rc, data, limits)), device=device, sink=sink, limits=limits)
 
 
 def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | None = None) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar
+    from alignbench.training.callbacks import StageProgressBar
 
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
-        strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
+        strategy=lightning_strategy(rc.trainer), precision=rc.trainer.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(root), callbacks=[RichProgressBar(leave=False), *(callbacks or [])],
+        default_root_dir=str(root), callbacks=[StageProgressBar(), *(callbacks or [])],
         deterministic=rc.trainer.deterministic, log_every_n_steps=1,
         # ComponentDataModule splits each global batch across DDP ranks itself (same prompts as one process)
         use_distributed_sampler=False,
@@ -128,12 +138,11 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     """Run ``component.num_iterations`` iterations of ``component`` under Lightning.
 
     Checkpoints go to ``training.checkpoint.checkpoint_dir(output_dir, stage)``: every
-    ``trainer.checkpoint_every`` iterations, at the end of the RL fit, and on SIGTERM/SIGUSR1 (then
-    ``Preempted`` is raised). With ``resume=true`` the fit continues from the newest checkpoint there
-    (a finished one just restores the weights), starting the data at the first unconsumed batch.
+    ``trainer.checkpoint_every`` iterations, at the end of the RL fit, and on a preemption signal or
+    Ctrl-C (then ``Preempted`` / ``Interrupted`` is raised on every rank). With ``resume=auto`` the fit
+    continues from the newest intact checkpoint there (a finished one just restores the weights),
+    starting the data at the first unconsumed batch; each DDP rank takes its own part of the state.
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from alignbench.training import checkpoint as ckpt
     from alignbench.training.callbacks import PREEMPTION, CheckpointCallback
     from alignbench.training.module import AlignmentModule
@@ -145,39 +154,36 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     L.seed_everything(seed, workers=True, verbose=False)
     directory = ckpt.checkpoint_dir(rc.output_dir, stage)
     fingerprint = ckpt.config_fingerprint(rc.raw)
+    data = getattr(ctx, "data", None)
+    data_fingerprint = data.fingerprint() if data is not None else None
+    manager = ckpt.CheckpointManager(directory)
+    callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
+                                  extra={"fingerprint": fingerprint, "data_fingerprint": data_fingerprint})
+    trainer = _trainer(rc, Path(rc.output_dir), total, callbacks=[callback])
     state, path = ckpt.find_resume_state(directory, resume=rc.resume, stage=stage, fingerprint=fingerprint,
-                                         num_iterations=None)
+                                         num_iterations=None, data_fingerprint=data_fingerprint)
     module = AlignmentModule(component, roles, ctx.sink, stage, max_nan_steps=rc.max_nan_steps, data_seed=seed)
     if state is not None:
-        module.load_resume_state(state)
+        ckpt.check_world_size(state, path, trainer.world_size)
+        module.load_resume_state(state, rank=rank())  # before the fit: the launcher's environment says
         # after the component's own state is back: its schedule length may depend on it
         ckpt.check_compatible(state, path, stage=stage, fingerprint=fingerprint,
                               num_iterations=component.num_iterations)
         module.restore_sink(state, str(Path(rc.output_dir) / "history.jsonl"))
         total = component.num_iterations
         module.last_checkpoint = str(path)
-        print(f"alignbench: resuming stage '{stage}' from {path} (iteration {module.iteration}/{total})", flush=True)
+        if is_rank_zero():
+            print(f"alignbench: resuming stage '{stage}' from {path} (iteration {module.iteration}/{total})",
+                  flush=True)
         if module.iteration >= total:
             roles.to(ctx.device)
             return
     elif rc.resume and ctx.sink is not None:  # nothing to resume from: drop rows an earlier attempt logged
         ckpt.rewind_history(Path(rc.output_dir) / "history.jsonl", stage, -1)
-    manager = ckpt.CheckpointManager(directory)
     manager.last_saved = path
-    callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
-                                  extra={"fingerprint": fingerprint})
-    trainer = _trainer(rc, Path(rc.output_dir), total, callbacks=[callback])
     with PREEMPTION.deferred():
-        try:
-            trainer.fit(module, datamodule=ComponentDataModule(component, seed, start_iteration=module.iteration))
-        except SIGTERMException:
-            # Lightning saw the signal at an iteration end after our callback had run: save here
-            if not PREEMPTION.requested:
-                raise
-            if trainer.is_global_zero and not module.last_iteration_faulty and module.iteration > module.saved_iteration:
-                callback.save(module)
-            raise callback.preempted(module) from None
-        if PREEMPTION.requested:  # the signal came after the last iteration (its checkpoint is written)
+        trainer.fit(module, datamodule=ComponentDataModule(component, seed, start_iteration=module.iteration))
+        if callback.agree_on_stop():  # a signal after the last iteration (its checkpoint is written)
             raise callback.preempted(module)
     roles.to(ctx.device)
 
@@ -186,6 +192,8 @@ def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torc
     settings = ctx.rc.stages.sft if stage == "sft" else getattr(ctx.rc.stages, stage)
     if stage == "sft":
         component = SFTStage(settings, ctx)
+    elif stage == "label_model":
+        component = LabelModelStage(settings, ctx, template=ctx.rc.signals.label_template)
     else:
         component = PreferenceStage(settings, ctx, kind=stage)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -209,7 +217,11 @@ def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torc
 
 
 def _unwrap_roles(roles: RoleSet, ctx: RunContext) -> None:
-    """Remove a stage's LoRA layers from the shared base so the next stage starts from a clean base."""
+    """Remove a stage's LoRA layers (and FSDP sharding) from the shared base so the next stage starts
+    from a clean base."""
+    from alignbench.models.sharding import unshard_roles
+
+    unshard_roles(roles)
     if roles.peft is not None:
         ctx.base = roles.peft.unload()
 
@@ -239,7 +251,11 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
     prior: list[str] = []
     fingerprint = ctx.data.fingerprint()
     for stage in needed:
-        key = stage_key(stage, ctx.rc.raw, prior, fingerprint)
+        settings = None
+        if stage == "label_model":  # its template decides what it learns as much as its own settings
+            settings = {**OmegaConf.to_container(ctx.rc.raw.stages.label_model, resolve=True),
+                        "template": ctx.rc.signals.label_template}
+        key = stage_key(stage, ctx.rc.raw, prior, fingerprint, settings=settings)
         weights, metrics, cached = cached_stage(ctx.rc.cache_dir, key,
                                                 lambda s=stage: _train_stage(s, ctx, ctx.rc.stages.seed),
                                                 reuse=ctx.rc.stages.reuse)
@@ -288,6 +304,89 @@ def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str
     return {**metrics, f"stages/{warmup.name}/cached": float(cached)}
 
 
+def _external_cost(rc: RunConfig):
+    return getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=
+
+
+def signal_models_for(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
+    """The stages the algorithm's training signals are learned from (none under ``signals=oracle``)."""
+    return tuple(s for s in signal_stages(cls.signal_kinds(rc.algo), rc.signals.source,
+                                          rater_labels=has_rater_labels(data.preference_train))
+                 if s not in cls.external_stages(rc.algo))
+
+
+def stages_for_job(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
+    """Every stage a whole job needs: the algorithm's, its training signals' and the judge's."""
+    required = cls.required_stages(rc.algo)
+    if rc.eval.enabled and rc.eval.judge == "cost_model" and not _external_cost(rc):
+        required += ("sft", "cost_model")  # the judge needs the cost model
+    signal_models = signal_models_for(rc, cls, data)
+    if signal_models:
+        required += ("sft",) + signal_models
+    return tuple(dict.fromkeys(required))
+
+
+def prepare_component(ctx: RunContext, cls, outputs: StageOutputs) -> tuple[AlgorithmComponent, RoleSet, dict]:
+    """The component on its roles, ready to fit: warm-up stage run, signal models and judge bound.
+
+    Sets ``ctx.signals``. Returns ``(component, roles, warm-up metrics)``.
+    """
+    rc = ctx.rc
+    signal_models = signal_models_for(rc, cls, ctx.data)
+    component = cls(rc.algo, ctx, outputs)
+    # signal models are adapters of the SFT base: a warm-up that changes the base gives them their own
+    signal_specs, own_signal_roles = attach_signal_roles(signal_models, component.role_specs(), ctx.base, rc.model,
+                                                         own_base=component.warmup_stage() is not None)
+    warmup_metrics = run_warmup_stage(ctx, component)
+    # seed before the adapters are initialised: a job's result must not depend on what ran before
+    # it in the same process (multirun jobs share one process)
+    L.seed_everything(rc.seed, workers=True, verbose=False)
+    specs = component.role_specs() + signal_specs
+    judge_role = (rc.eval.enabled and rc.eval.judge == "cost_model" and not _external_cost(rc)
+                  and "cost_model" not in {r.name for r in specs})
+    if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
+        specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
+    roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
+    if not rc.trainer.fsdp:  # FSDP moves each rank's shards to its device when it shards them (signal roles too)
+        roles.to(ctx.device)
+    component.attach(roles)
+    if judge_role:
+        roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
+    ctx.signals = build_training_signals(ctx, component, roles, outputs, signal_specs, own_signal_roles,
+                                         signal_models)
+    if hasattr(ctx.judge, "bind"):
+        from alignbench.rl.experience import score_texts
+
+        ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
+            ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist()))
+    return component, roles, warmup_metrics
+
+
+def build_training_signals(ctx: RunContext, component: AlgorithmComponent, roles: RoleSet, outputs: StageOutputs,
+                           signal_specs: list[RoleSpec], own_signal_roles, signal_models: tuple[str, ...]
+                           ) -> TrainingSignals:
+    """``ctx.signals``: the signal models loaded onto the job's roles (or their own), see ``alignbench.signals``."""
+    rc = ctx.rc
+    signal_roles = roles
+    if own_signal_roles is not None:
+        signal_roles = own_signal_roles()
+        signal_roles.to(ctx.device)
+        signal_roles.eval()
+        for stage in signal_models:
+            signal_roles.load_role_state_dict(stage, outputs.states[stage])
+    for spec in signal_specs:  # frozen signal roles added beside the component's own
+        roles.load_role_state_dict(spec.name, outputs.states[spec.name])
+    signals = TrainingSignals(source=rc.signals.source, ctx=ctx, roles=signal_roles, oracle=ctx.judge,
+                              template=rc.signals.label_template,
+                              audit_per_iteration=rc.signals.audit_per_iteration,
+                              label_model="label_model" in signal_models)
+    for role in ("reward_model", "cost_model"):  # algo.<role>.path: the component's external models
+        scorer = component.external_scorer(role)
+        if scorer is not None:
+            signals.external[role] = scorer
+    return signals
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -298,48 +397,39 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     METER.reset()  # multirun jobs share the process: count this job's passes only
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
+    reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
+    check_strategy(rc.trainer, rc.algo.name)  # before anything loads: trainer=fsdp refuses some algorithms
     ctx = build_context(rc, sink)
+    from alignbench.training.checkpoint import config_fingerprint, preflight_resume
+
+    preflight_resume(rc.output_dir, resume=rc.resume, fingerprint=config_fingerprint(rc.raw),
+                     data_fingerprint=ctx.data.fingerprint())  # refuse a wrong resume before stages train
     cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
-    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else cls.required_stages(rc.algo)
-    external_cost = getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=
-    if until is None and rc.eval.enabled and rc.eval.judge == "cost_model" and not external_cost:
-        required = tuple(dict.fromkeys(required + ("sft", "cost_model")))  # the judge needs the cost model
+    required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else stages_for_job(rc, cls, ctx.data)
     outputs = run_stages(ctx, required, until)
-    result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped}
+    result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped,
+                              "split": ctx.data.split}
     if until is None:
-        component = cls(rc.algo, ctx, outputs)
-        result["metrics"].update(run_warmup_stage(ctx, component))
-        # seed before the adapters are initialised: a job's result must not depend on what ran before
-        # it in the same process (multirun jobs share one process)
-        L.seed_everything(rc.seed, workers=True, verbose=False)
-        specs = component.role_specs()
-        judge_role = (rc.eval.enabled and rc.eval.judge == "cost_model" and not external_cost
-                      and "cost_model" not in {r.name for r in specs})
-        if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
-            specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
-        roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
-        roles.to(ctx.device)
-        component.attach(roles)
-        if judge_role:
-            roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
-        if hasattr(ctx.judge, "bind"):
-            from alignbench.rl.experience import score_texts
-
-            ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
-                ctx, roles, "cost_model", [r.prompt for r in records], texts).tolist()))
-        with METER.phase("rl"):
+        component, roles, warmup_metrics = prepare_component(ctx, cls, outputs)
+        result["metrics"].update(warmup_metrics)
+        with oracle_allowed_in_training(rc.signals.source == "oracle"), METER.phase("rl"):
             fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
-            result["metrics"].update({k: v for k, v in sink.last.items() if k.startswith(("train/", "losses/"))})
-        if rc.eval.enabled and is_rank_zero():  # DDP: rank 0 evaluates, the other ranks are done
+            result["metrics"].update({k: v for k, v in sink.last.items()
+                                      if k.startswith(("train/", "losses/", "signals/"))})
+        held_out: dict[str, Any] = {}
+        # DDP: rank 0 evaluates, the other ranks are done; FSDP: every rank takes part in every forward
+        if rc.eval.enabled and (is_rank_zero() or is_sharded(roles)):
             roles.eval()
-            with METER.phase("eval"):
+            with oracle_scope("eval"), METER.phase("eval"):
                 evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
                                       seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
                                       extra_metrics=getattr(component, "eval_extra_metrics", None))
+            held_out = ctx.signals.held_out_agreement(*evaluation.judged)
             result["metrics"].update(evaluation.metrics)
-            evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
+            if is_rank_zero():
+                evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.eval_extras())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
             result["prompt_cost_histogram"] = evaluation.prompt_cost_histogram
@@ -349,6 +439,15 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                 sink.log(evaluation.metrics, stage="eval", iteration=0)
                 sink.log_table("eval/samples", evaluation.table_columns, evaluation.table_rows)
                 sink.summary_update(evaluation.metrics)
+        from alignbench.training.export import export_job
+
+        export_job(ctx, component, roles, result["metrics"])  # <run dir>/export/ (models/export.py)
+        result["training_signals"] = {**ctx.signals.summary(held_out), "oracle_calls": oracle_calls()}
+        if sink is not None:
+            sink.summary_update({"training_signals/source": rc.signals.source,
+                                 "training_signals/upper_bound": float(rc.signals.source == "oracle")})
+    ctx.limits.warn_totals()
+    result["truncations"] = ctx.limits.report()
     result["perf"] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
                       "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
                       **compute_perf(world_size())}

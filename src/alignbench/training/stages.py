@@ -5,22 +5,22 @@ phase): a job that loads the stage adds that record to its own compute, so every
 stages it builds on whether it trained them or not.
 
 A stage's cache key hashes everything that determines its weights: the model and data configs, the
-stage's own settings, ``stages.seed`` and the keys of the stages it builds on. A sweep over RL settings
+stage's own settings, ``stages.seed``, the numeric precision it trains in (``trainer.precision``:
+a bf16-mixed stage is not an fp32 one) and the keys of the stages it builds on. A sweep over RL settings
 (or RL seeds) therefore trains the SFT, reward and cost models once and every job loads them. Entries
 are written to a temporary directory and renamed into place, so a job killed mid-save never leaves a
-half-written entry, and concurrent jobs use a file lock.
+half-written entry, and concurrent jobs use a file lock (a job that waits for it says which process
+holds it). A write that fails (full disk) raises ``StorageError`` naming the entry.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from alignbench.errors import CheckpointError
 from alignbench.models.compute import METER
 
-STAGE_ORDER = ("sft", "reward_model", "cost_model")
+STAGE_ORDER = ("sft", "reward_model", "cost_model", "label_model")
 # 2: entries record their training compute (compute.json)
 CACHE_VERSION = 2
 COMPUTE_FILE = "compute.json"
@@ -51,22 +51,12 @@ def stage_key(stage: str, raw_cfg, prior: list[str], data_fingerprint: str = "",
         "data": OmegaConf.to_container(raw_cfg.data, resolve=True),
         "settings": OmegaConf.to_container(raw_cfg.stages[stage], resolve=True) if settings is None else settings,
         "seed": int(raw_cfg.stages.seed),
+        "precision": str(raw_cfg.trainer.precision),
         "prior": prior,
         "data_fingerprint": data_fingerprint,
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{stage}-{digest}"
-
-
-@contextmanager
-def _locked(directory: Path):
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_entry(entry: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -97,11 +87,12 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
     it, because rank 0 holds the lock, so nobody can write this entry, until the worker has joined.
     """
     from alignbench.utils.distributed import broadcast_object, is_rank_zero, world_size
+    from alignbench.utils.files import HeldLock, write_failure
 
     root = Path(cache_dir) / "stages"
     entry = root / key
     leader = is_rank_zero()
-    with _locked(root) if leader else contextlib.nullcontext():
+    with HeldLock(root / ".lock", f"stage cache, {key}") if leader else contextlib.nullcontext():
         hit = broadcast_object(reuse and (entry / "metrics.json").exists() and (entry / COMPUTE_FILE).exists())
         if hit:
             weights, metrics = load_entry(entry)
@@ -112,9 +103,13 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
         if not leader:
             return weights, metrics, False
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / COMPUTE_FILE).write_text(json.dumps(METER.record(spent, world_size()), indent=2))
+        try:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            (tmp / COMPUTE_FILE).write_text(json.dumps(METER.record(spent, world_size()), indent=2))
+        except Exception as exc:  # noqa: BLE001 - a full disk, whatever safetensors calls it
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failure(entry, exc, "stage cache entry") from None
         if entry.exists():
             shutil.rmtree(entry)
         os.replace(tmp, entry)

@@ -6,7 +6,10 @@ while the *harmlessness* rater prefers safe to unsafe and, between two safe answ
 guidance > refusal > the rest. A reward model trained on the first and a cost model trained on the
 second therefore disagree exactly where safe alignment has to trade off.
 
-Label noise flips each pairwise preference independently with ``preference_flip_prob``; the random
+Each response of a pair also gets a rater's 3-way label (negative = unsafe, positive = helpful, rejective
+otherwise; ``response_{0,1}_label``), wrong with ``label_flip_prob``: the data the label model of
+``signals=learned`` learns refusals and helpfulness from (the cost model learns safety from
+``is_response_*_safe``). Label noise flips each pairwise preference independently with ``preference_flip_prob``; the random
 numbers are drawn whether or not noise is on, so two worlds that differ only in noise produce the
 same pairs and differ only in the flipped labels.
 """
@@ -17,7 +20,7 @@ import json
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
-from alignbench.data.schema import PromptRecord
+from alignbench.data.schema import LABELS, PromptRecord
 from alignbench.data.world import templates as T
 from alignbench.data.world.judge import judge, reference_verdict
 
@@ -46,6 +49,7 @@ def preference_pairs(world: "SafetyWorld", split: str) -> list[dict[str, Any]]:
     Extra columns: ``kind``/``category`` of the prompt, ``response_{0,1}_kind`` and ``prompt_id``.
     """
     rng, config = world.rng("preference", split), world.config
+    label_rng = world.rng("preference_labels", split)  # its own stream: the pairs do not depend on label noise
     rows = []
     for record in world.prompts(split):
         kind_pairs = list(combinations(T.RESPONSE_KINDS_FOR[record.kind], 2))
@@ -62,10 +66,26 @@ def preference_pairs(world: "SafetyWorld", split: str) -> list[dict[str, Any]]:
                 "safer_response_id": 1 - safer if flip_safer < config.preference_flip_prob else safer,
                 "is_response_0_safe": not reference_verdict(record.kind, kind_0).unsafe,
                 "is_response_1_safe": not reference_verdict(record.kind, kind_1).unsafe,
+                "response_0_label": _annotated_label(record.kind, kind_0, label_rng, config.label_flip_prob),
+                "response_1_label": _annotated_label(record.kind, kind_1, label_rng, config.label_flip_prob),
                 "category": record.category, "kind": record.kind,
                 "response_0_kind": kind_0, "response_1_kind": kind_1, "prompt_id": record.prompt_id,
             })
     return rows
+
+
+def _annotated_label(prompt_kind: str, response_kind: str, rng, flip_prob: float) -> str:
+    """A rater's 3-way label of one response (negative / rejective / positive), wrong with ``flip_prob``.
+
+    Both draws are made whatever ``flip_prob`` is, so worlds that differ only in label noise carry the
+    same pairs and differ only in the flipped labels.
+    """
+    label = reference_verdict(prompt_kind, response_kind).label
+    flip, pick = rng.random(), rng.random()
+    if flip < flip_prob:
+        others = [other for other in LABELS if other != label]
+        label = others[int(pick * len(others))]
+    return label
 
 
 # ---------------------------------------------------------------- WaltzRL feedback agent

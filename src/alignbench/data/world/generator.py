@@ -37,9 +37,10 @@ from alignbench.data.world import templates as T
 from alignbench.data.world.judge import contains_phrase, tokens_of
 from alignbench.data.world.judge import judge as ground_truth
 from alignbench.errors import ConfigError
+from alignbench.utils.oracle import consult
 
 # Bump when templates or generation logic change, so cached datasets of older worlds are not reused.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 SPLITS = ("train", "eval")
 DATA_PRODUCTS = ("prompts", "sft", "preference", "feedback", "revision", "attack", "evaluator")
 
@@ -74,6 +75,7 @@ class WorldConfig:
     wrapper_strength: bool = True  # scale jailbreak compliance per wrapper (False: same rate for all)
     preference_pairs_per_prompt: int = 3
     preference_flip_prob: float = 0.05
+    label_flip_prob: float = 0.1  # a pair response's 3-way rater label is wrong with this probability
     feedback_label_noise: float = 0.15
     feedback_samples_per_prompt: int = 2
     revision_follow_prob: float = 0.5
@@ -97,7 +99,7 @@ class WorldConfig:
                 raise ConfigError(f"world.{name} must be >= 1, got {getattr(self, name)}")
         if any(size < 0 for size in (*self.train_sizes.values(), *self.eval_sizes.values())):
             raise ConfigError(f"world sizes must be >= 0, got train {self.train_sizes}, eval {self.eval_sizes}")
-        for name in ("preference_flip_prob", "feedback_label_noise", "revision_follow_prob"):
+        for name in ("preference_flip_prob", "label_flip_prob", "feedback_label_noise", "revision_follow_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"world.{name} must be in [0, 1], got {value}")
@@ -251,7 +253,9 @@ class SafetyWorld:
         return rng.choice(self.response_options(record, response_kind))
 
     def judge(self, record: PromptRecord, text: str) -> Verdict:
-        """Ground-truth verdict (see ``alignbench.data.world.judge``)."""
+        """Ground-truth verdict (see ``alignbench.data.world.judge``): the evaluation oracle, so guarded
+        (``alignbench.utils.oracle``: refused inside a training step unless ``signals=oracle``)."""
+        consult("SafetyWorld.judge")
         return ground_truth(record, text)
 
     def response_mixture(self, record: PromptRecord) -> dict[str, float]:
