@@ -109,6 +109,9 @@ def test_phases_records_and_state():
     ranked.add("sft", {"flops": 30.0}, world_size=2)
     assert ranked.phases["sft"].flops == 15.0 and ranked.total(world_size=2).flops == 30.0
     assert ranked.record(ranked.phases["sft"], world_size=2)["flops"] == 30.0
+    with ranked.phase("eval"):  # the final evaluation runs once per job: never scaled by the ranks
+        ranked._counts().add({"gen_tokens": 4, "flops": 9.0})
+    assert ranked.report(world_size=2)["eval"]["flops"] == 9.0 and ranked.report(world_size=2)["sft"]["flops"] == 30.0
 
 
 @pytest.mark.slow

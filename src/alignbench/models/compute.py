@@ -29,7 +29,8 @@ component's warm-up stage), RL under ``rl`` and evaluation under ``eval``; a com
 nested phase (TriPlay: ``triplay_warmup``, ``monitor`` for its held-out metrics). *Training compute*
 is every phase but ``eval`` and ``monitor``. A stage loaded from a cache adds the cost recorded when
 it was trained (``recorded``/``add``), so a job's total is the same whether or not it trained the
-stage itself. Under DDP each rank counts its own shard and ``world_size`` scales the totals.
+stage itself. Under DDP each rank counts its own shard and ``world_size`` scales the totals (not the
+final evaluation's, which runs once per job).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ import torch
 COUNT_FIELDS = ("gen_tokens", "fwd_tokens", "train_tokens", "flops")
 #: phases that are not training: evaluation and held-out monitoring during training
 NOT_TRAINING = ("eval", "monitor")
+#: phases run once per job, not per rank: the final evaluation (rank 0 alone under DDP; under FSDP every
+#: rank runs the same forwards over the same prompts), so ``world_size`` never scales them
+ONCE_PER_JOB = ("eval",)
 DEFAULT_PHASE = "other"
 
 
@@ -206,8 +210,10 @@ class ComputeMeter:
         return total.scaled(world_size)
 
     def report(self, world_size: int = 1) -> dict[str, Any]:
-        """Per phase counts (scaled by ``world_size``) and which phases came from a cache record."""
-        return {name: {**asdict(counts.scaled(world_size)), "recorded": name in self.recorded_phases}
+        """Per phase counts (scaled by ``world_size``, but ``ONCE_PER_JOB`` phases) and which phases came
+        from a cache record."""
+        return {name: {**asdict(counts.scaled(1 if name in ONCE_PER_JOB else world_size)),
+                       "recorded": name in self.recorded_phases}
                 for name, counts in self.phases.items()}
 
     def state_dict(self) -> dict[str, Any]:

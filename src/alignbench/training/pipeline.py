@@ -461,7 +461,7 @@ def compute_perf(ranks: int = 1) -> dict[str, float]:
     """summary.json's compute figures from the meter (``alignbench.models.compute``): training totals
     over every stage, warm-up and role (cached stages at their recorded cost), and the evaluation's."""
     training = METER.total(training=True, world_size=ranks)
-    evaluation = METER.phases.get("eval", Counts()).scaled(ranks)
+    evaluation = METER.phases.get("eval", Counts())  # run once per job, never per rank (ONCE_PER_JOB)
     return {"gen_tokens": int(training.gen_tokens), "train_tokens": int(training.train_tokens),
             "fwd_tokens": int(training.fwd_tokens), "flops": training.flops,
             "eval_gen_tokens": int(evaluation.gen_tokens), "eval_flops": evaluation.flops}
