@@ -53,7 +53,8 @@ def sweep(tmp_path_factory) -> Path:
     number = 0
     for seed in range(4):
         _job(root, number, "sft", seed, samples(SFT_UNSAFE[seed], 2, 0.5, shift=seed), 1e12)
-        _job(root, number + 1, "safe_rlhf", seed, samples(SAFE_UNSAFE[seed], 2, 0.5, shift=seed), 3e12)
+        _job(root, number + 1, "safe_rlhf", seed, samples(SAFE_UNSAFE[seed], 2, 0.5, shift=seed), 3e12,
+             training_signals={"source": "learned", "upper_bound": False})
         number += 2
     for seed, helpful in ((0, 0.70), (1, 0.74)):
         _job(root, number, "ppo", seed, samples(16, 0, helpful, shift=seed), 2.5e12)
@@ -63,7 +64,8 @@ def sweep(tmp_path_factory) -> Path:
                                                          "eval/cost_p95": 1.0})
     for seed in range(2):
         _job(root, number + 1 + seed, "waltzrl", seed, samples(0, 1, 0.6, shift=seed), 2.7e12,
-             training_signals={"source": "oracle", "agreement_with_oracle": {}})
+             training_signals={"source": "oracle", "upper_bound": True, "label_model": False, "used": {},
+                               "agreement_with_oracle": {}, "oracle_calls": {}})  # as the pipeline writes it
     number += 3
     failed = ["experiment=head_to_head", "algo=waltzrl", "seed=2"]
     write_job(root / str(number), failed, {**summary("waltzrl", 2, failed, {}), "status": "failed",
@@ -122,6 +124,7 @@ def test_results_table_intervals_and_significant_stars_only(report):
     assert sorted(starred) == [("ppo", "helpfulness ↑"), ("waltzrl †", "cost_p95 ↓")]
     # waltzrl trained on oracle signals: marked in the table and explained in the legend
     assert "waltzrl †" in rows and "signals=oracle" in _section(result.markdown.read_text(), "Results")
+    assert "safe_rlhf" in rows and "safe_rlhf †" not in rows  # learned signals: a peer, unmarked
 
 
 def test_what_is_significant_says_only_what_holds(report):

@@ -48,8 +48,10 @@ class Job:
 
     @property
     def oracle(self) -> bool:
-        """Trained on the world's ground truth (``signals=oracle``): an upper bound, not a peer."""
-        return signals_source(self.training_signals) == "oracle"
+        """Trained on the world's ground truth (``signals=oracle``, summary.json's ``upper_bound``): an
+        upper bound, not a peer."""
+        signals = self.training_signals if isinstance(self.training_signals, dict) else {}
+        return signals_source(signals) == "oracle" or bool(signals.get("upper_bound"))
 
     @property
     def command(self) -> str:
