@@ -24,13 +24,14 @@ weight gradients, ``s`` the share of N that requires grad (1 for full fine-tunin
 whose adapters are a rounding error). ``T_out`` is every position for ``lm_logits``, the response
 positions for ``sequence_logprobs``, the generated tokens for decoding and 0 for score heads.
 
-Phases: the pipeline runs each stage under its name (``sft``, ``reward_model``, ``cost_model``, a
-component's warm-up stage), RL under ``rl`` and evaluation under ``eval``; a component may open a
-nested phase (TriPlay: ``triplay_warmup``, ``monitor`` for its held-out metrics). *Training compute*
-is every phase but ``eval`` and ``monitor``. A stage loaded from a cache adds the cost recorded when
+Phases: the pipeline runs each stage under its name (``sft``, ``reward_model``, ``cost_model``,
+``label_model``, a component's warm-up stage), RL under ``rl`` and evaluation under ``eval``; a component may open a
+nested phase (TriPlay: ``triplay_warmup``, ``monitor`` for its held-out metrics); the export's
+sample answers run under ``export``. *Training compute* is every phase but ``eval``, ``monitor`` and
+``export``. A stage loaded from a cache adds the cost recorded when
 it was trained (``recorded``/``add``), so a job's total is the same whether or not it trained the
 stage itself. Under DDP each rank counts its own shard and ``world_size`` scales the totals (not the
-final evaluation's, which runs once per job).
+final evaluation's and the export's, which run once per job).
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ from typing import Any, Iterator
 import torch
 
 COUNT_FIELDS = ("gen_tokens", "fwd_tokens", "train_tokens", "flops")
-#: phases that are not training: evaluation and held-out monitoring during training
-NOT_TRAINING = ("eval", "monitor")
-#: phases run once per job, not per rank: the final evaluation (rank 0 alone under DDP; under FSDP every
-#: rank runs the same forwards over the same prompts), so ``world_size`` never scales them
-ONCE_PER_JOB = ("eval",)
+#: phases that are not training: evaluation, held-out monitoring during training and the export's
+#: sample answers (``training.export``)
+NOT_TRAINING = ("eval", "monitor", "export")
+#: phases run once per job, not per rank: the final evaluation and the export (rank 0 alone under DDP;
+#: under FSDP every rank runs the same forwards over the same prompts), so ``world_size`` never scales them
+ONCE_PER_JOB = ("eval", "export")
 DEFAULT_PHASE = "other"
 
 

@@ -63,8 +63,8 @@ REQUIRED_EVAL = tuple(c.key for c in EVAL_COLUMNS if not c.optional)
 PERF_COLUMNS = tuple(Column(key, ranked=False)
                      for key in ("flops", "gen_tokens", "train_tokens", "wall_s", "cpu_s", "peak_rss_mb"))
 # phases of the per-phase compute table, in pipeline order (unknown ones after RL, the non-training ones last)
-PHASE_ORDER = ("sft", "reward_model", "cost_model")
-LAST_PHASES = ("rl", "eval", "monitor")
+PHASE_ORDER = ("sft", "reward_model", "cost_model", "label_model")
+LAST_PHASES = ("rl", "eval", "monitor", "export")
 # The order the project introduces the algorithms in; unknown algos follow alphabetically.
 ALGO_ORDER = ("sft", "ppo", "reward_shaping", "safe_rlhf", "repo", "waltzrl", "safeguard", "triplay")
 

@@ -21,7 +21,8 @@ BEST = "★"
 MISSING = "—"
 TEMPLATE = "report.html.j2"
 PHASE_TITLES = {"sft": "SFT", "reward_model": "reward model", "cost_model": "cost model", "rl": "RL",
-                "eval": "eval (not training)", "monitor": "monitoring (not training)"}
+                "label_model": "label model", "eval": "eval (not training)",
+                "monitor": "monitoring (not training)", "export": "export samples (not training)"}
 
 
 @dataclass
@@ -249,8 +250,8 @@ def render_markdown(model: dict[str, Any], images: dict[str, str]) -> str:
            *compute["lines"], ""]
     header = ["algo", "status", *(_column_header(c) for c in model["perf_columns"])]
     md += _md_table(header, [[r.label, r.status, *(_md_cell(c) for c in r.perf)] for r in model["rows"]])
-    md += ["", "FLOPs per phase (cached stages at their recorded cost; training = every phase but eval and "
-           "monitoring):", ""]
+    md += ["", "FLOPs per phase (cached stages at their recorded cost; training = every phase but eval, "
+           "monitoring and the export's samples):", ""]
     md += _md_table(compute["header"], compute["rows"])
     md += ["", "## Training curves", "", f"![Training curves against RL iteration]({images['curves']})", "",
            f"![Training curves against compute]({images['curves_compute']})", "", "## Failed jobs", ""]

@@ -441,7 +441,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                 sink.summary_update(evaluation.metrics)
         from alignbench.training.export import export_job
 
-        export_job(ctx, component, roles, result["metrics"])  # <run dir>/export/ (models/export.py)
+        with METER.phase("export"):  # not training compute (models.compute)
+            export_job(ctx, component, roles, result["metrics"])  # <run dir>/export/ (models/export.py)
         result["training_signals"] = {**ctx.signals.summary(held_out), "oracle_calls": oracle_calls()}
         if sink is not None:
             sink.summary_update({"training_signals/source": rc.signals.source,
