@@ -426,7 +426,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                 evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
                                       seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
                                       extra_metrics=getattr(component, "eval_extra_metrics", None))
-            held_out = ctx.signals.held_out_agreement(*evaluation.judged)
+            with METER.phase("eval"):  # the signal models score the evaluation's answers: not training compute
+                held_out = ctx.signals.held_out_agreement(*evaluation.judged)
             result["metrics"].update(evaluation.metrics)
             if is_rank_zero():
                 evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
