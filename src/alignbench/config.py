@@ -208,16 +208,19 @@ class TrainerConfig:
         _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
         _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = only at the end)")
         strategy = str(self.strategy).lower()
-        if strategy.startswith("fsdp"):
-            raise ConfigError(
-                f"trainer.strategy={self.strategy} is not supported: FSDP shards the weights, but alignbench "
-                "generates rollouts and evaluation samples with generate() on whole weights (it would need "
-                "FSDP.summon_full_params around every rollout); use trainer=ddp")
+        if strategy.startswith("fsdp") and strategy != "fsdp":
+            raise ConfigError(f"trainer.strategy={self.strategy} is not supported: alignbench's FSDP is "
+                              "trainer.strategy=fsdp (FSDP2 over every rank, alignbench.models.sharding)")
         if strategy.startswith("deepspeed"):
             raise ConfigError(
                 f"trainer.strategy={self.strategy} is not supported: DeepSpeed allows one optimiser per engine, "
                 "and alignbench's components step several under manual optimisation (Safe RLHF: policy, reward "
-                "critic, cost critic); use trainer=ddp")
+                "critic, cost critic); use trainer=fsdp to shard a model across GPUs (or trainer=ddp)")
+
+    @property
+    def fsdp(self) -> bool:
+        """``trainer.strategy=fsdp``: roles sharded with FSDP2 (``alignbench.models.sharding``)."""
+        return str(self.strategy).lower() == "fsdp"
 
 
 @dataclass
@@ -285,6 +288,22 @@ class EvalConfig:
         _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
         _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         self.generation.check("eval.generation")
+
+
+@dataclass
+class ExportConfig:
+    """What an SFT or RL job leaves in ``<run dir>/export/`` for transformers and peft
+    (``alignbench.models.export``; README "On a cluster")."""
+
+    enabled: bool = True  # SFT and RL jobs export their trained policy
+    # also save the model the adapter applies to (the pretrained model with the SFT stage merged in:
+    # it exists nowhere else); false: the adapter, tokenizer and card only
+    base: bool = True
+    merged: bool = False  # also save the policy with its adapter merged in (one plain transformers model)
+    samples: int = 4  # greedy answers to evaluation prompts, recorded to check a loaded export
+
+    def check(self) -> None:
+        _require(self.samples >= 0, "export.samples", "must be >= 0")
 
 
 @dataclass
@@ -412,6 +431,7 @@ class RunConfig:
     logger: LoggerConfig
     eval: EvalConfig
     stages: StagesConfig
+    export: ExportConfig
     signals: SignalsConfig
     seed: int
     stage: str
@@ -442,6 +462,16 @@ STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl"
 RESUME_CHOICES = ("auto", True, False)
 
 
+def _check_sharded_generation(algo: AlgoConfig, evaluation: EvalConfig) -> None:
+    """Under FSDP a rank holds shards only: the decoders that read whole weights cannot run."""
+    settings = {f"algo.{f.name}": getattr(algo, f.name) for f in dataclasses.fields(algo)}
+    settings["eval.generation"] = evaluation.generation
+    for key, value in settings.items():
+        if isinstance(value, GenerationConfig) and value.engine in ("fused", "vllm"):
+            raise ConfigError(f"config value '{key}.engine={value.engine}' cannot decode FSDP-sharded weights "
+                              f"(trainer.strategy=fsdp); use auto, lean or hf")
+
+
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     """Check every group against its schema; raises ``ConfigError`` naming the first bad key."""
     groups = {
@@ -452,6 +482,7 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
         "logger": LoggerConfig,
         "eval": EvalConfig,
         "stages": StagesConfig,
+        "export": ExportConfig,
         "signals": SignalsConfig,
     }
     typed = {}
@@ -480,6 +511,8 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     resume = cfg.get("resume")
     if resume not in RESUME_CHOICES:
         raise ConfigError(f"config value 'resume' must be auto, true or false, got {resume!r}")
+    if typed["trainer"].fsdp:
+        _check_sharded_generation(typed["algo"], typed["eval"])
     max_nan = cfg.get("max_nan_steps", 3)
     if not isinstance(max_nan, int) or max_nan < 0:
         raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")

@@ -64,6 +64,12 @@ class AlgorithmComponent:
     requires: ClassVar[tuple[str, ...]] = ()
     #: train every base weight instead of adapters (only the SFT stage on tiny models does this)
     full_finetune: bool = False
+    #: the LM role a job exports (``alignbench.training.export``): the one that answers users;
+    #: ``reference`` = the SFT model itself, None = nothing trained to export
+    export_role: ClassVar[str | None] = "policy"
+    #: runs under trainer=fsdp: every rank makes the same sequence of model calls per iteration
+    #: whatever its share of the batch holds (every FSDP forward is a collective)
+    fsdp_ready: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, ctx: Any, stage_outputs: StageOutputs | None = None) -> None:
         self.cfg = cfg
