@@ -25,8 +25,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from alignbench.data import rlaif
 from alignbench.utils.oracle import oracle_scope
 
@@ -40,28 +38,16 @@ def rlaif_key(ctx, sft_key: str) -> str:
     return "rlaif-" + hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
 def sample_answers(ctx, prompts: list[str], generation, *, batch_size: int, seed: int) -> list[str]:
     """One answer per entry of ``prompts`` from the base model (the SFT model at this point)."""
-    from alignbench.algorithms.text import encode_prompts
-    from alignbench.rl.rollout import generate_rollout
+    from alignbench.eval.harness import generate_texts
     from alignbench.utils.progress import progress_bar
 
-    texts: list[str] = []
-    generator = torch.Generator().manual_seed(seed)
     model = ctx.base.to(ctx.device).eval()
-    with torch.inference_mode(), progress_bar(f"rlaif: sampling {len(prompts)} answers", len(prompts)) as advance:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, limits=ctx.limits)
-            rollout = generate_rollout(
-                model, ids.to(ctx.device), mask.to(ctx.device), max_new_tokens=generation.max_new_tokens,
-                eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
-                temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
-                do_sample=True, generator=generator, engine=generation.engine)
-            ctx.counters["gen_tokens"] += rollout.num_generated_tokens
-            texts += ctx.decode(rollout.response_ids, rollout.response_mask)
-            advance(len(chunk))
+    with progress_bar(f"rlaif: sampling {len(prompts)} answers", len(prompts)) as advance:
+        texts, tokens = generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed,
+                                       progress=advance)
+    ctx.counters["gen_tokens"] += tokens
     return texts
 
 
