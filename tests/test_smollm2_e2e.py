@@ -3,7 +3,7 @@
 The preset's path at the smallest size that still runs every piece: one job per algorithm in this
 process (the GGUF file is read once), sharing one stage cache, so the RLAIF answers are sampled and
 labelled once and the reward, cost and label models trained once. The full preset's measured results
-are in README.md ("Real models").
+are in README.md ("Results on SmolLM2").
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ needs_assets = pytest.mark.skipif(
     reason="assets not fetched: python -m alignbench.assets fetch")
 
 TINY = ["experiment=smollm2", "logger=none", "export.enabled=false", "data.rlaif.train_prompts=6", "data.rlaif.batch_size=12",
-        "data.rlaif.generation.max_new_tokens=16", "stages.reward_model.steps=2", "stages.cost_model.steps=2",
-        "stages.label_model.steps=2", "data.eval_prompts=3", "eval.generation.max_new_tokens=8"]
+        "data.rlaif.generation.max_new_tokens=16", "data.eval_prompts=3", "eval.generation.max_new_tokens=8",
+        "signals.audit_per_iteration=4",
+        *[f"stages.{stage}.{key}=2" for stage in ("reward_model", "cost_model", "label_model")
+          for key in ("steps", "batch_size")]]
 PPO = ["algo.steps=1", "algo.batch_size=2", "algo.rollout.max_new_tokens=8"]
 WALTZ = ["algo.steps=2", "algo.batch_size=2", "algo.conversation_rollout.max_new_tokens=8",
          "algo.warmup.steps=2", "algo.warmup.batch_size=2"]
