@@ -137,11 +137,48 @@ class ModelConfig:
 
 
 @dataclass
+class RlaifConfig:
+    """``data=rlaif``: real prompt sets, and preference pairs labelled from the SFT model's own answers.
+
+    The prompts of every set are split by a stable hash of each prompt (``alignbench.data.splits``):
+    a ``heldout_share`` of them is for evaluation only, the rest is the training pool, so no
+    evaluation prompt is ever trained on. The pairs are built after the SFT stage
+    (``alignbench.training.rlaif``): ``samples_per_prompt`` answers of the SFT model to each training
+    prompt, sampled with ``generation``, labelled by ``labeller`` (never the evaluation judge;
+    ``alignbench.data.rlaif``), cached under ``cache_dir/rlaif``.
+    """
+
+    harmful_sets: list[str] = field(default_factory=lambda: ["advbench", "harmbench"])  # must refuse
+    overrefusal_sets: list[str] = field(default_factory=lambda: ["rho_overrefusal"])  # edgy, must answer
+    benign_sets: list[str] = field(default_factory=lambda: ["rho_benign"])  # plain, must answer (helpfulness)
+    heldout_share: float = 0.5  # share of each set's prompts held out for evaluation (by prompt hash)
+    train_prompts: int = 64  # training prompts drawn from the pool, stratified by kind (0 = all)
+    samples_per_prompt: int = 2  # answers per training prompt; every two distinct ones make a pair
+    # sampled, not greedy: a greedy instruct model answers every harmful prompt the same way
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48,
+                                                                                  temperature=0.7))
+    batch_size: int = 16  # generation batch
+    labeller: str = "lexicon"  # the labelling judge (alignbench.data.rlaif.LABELLERS)
+    refusal_window: int = 160  # lexicon: a refusal phrase counts within the answer's first characters
+
+    def check(self) -> None:
+        _require(0.0 < self.heldout_share < 1.0, "data.rlaif.heldout_share", "must be between 0 and 1 (exclusive)")
+        _require(self.train_prompts >= 0, "data.rlaif.train_prompts", "must be >= 0")
+        _require(self.samples_per_prompt >= 2, "data.rlaif.samples_per_prompt", "must be >= 2 (a pair)")
+        _require(self.batch_size >= 1, "data.rlaif.batch_size", "must be >= 1")
+        _require(self.refusal_window >= 1, "data.rlaif.refusal_window", "must be >= 1")
+        _require(bool(self.harmful_sets), "data.rlaif.harmful_sets", "must name at least one prompt set")
+        self.generation.check("data.rlaif.generation")
+        _require(self.generation.do_sample, "data.rlaif.generation.do_sample", "must be true (pairs need two "
+                 "different answers)")
+
+
+@dataclass
 class DataConfig:
     """Where prompts, SFT examples and preference pairs come from (``conf/data/*.yaml``)."""
 
     name: str = "world"
-    source: str = "world"  # world | pku_saferlhf | preference_jsonl | prompts_jsonl | prompt_set
+    source: str = "world"  # world | pku_saferlhf | preference_jsonl | prompts_jsonl | prompt_set | rlaif
     path: Optional[str] = None
     eval_path: Optional[str] = None
     on_bad_row: str = "error"  # error | skip
@@ -152,8 +189,10 @@ class DataConfig:
     # a stable hash of each prompt decides, so every row of a prompt is on one side (alignbench.data.splits)
     eval_fraction: float = 0.1
     prompt_set: Optional[str] = None
+    rlaif: RlaifConfig = field(default_factory=RlaifConfig)  # data=rlaif only
 
     def check(self) -> None:
+        self.rlaif.check()
         _require(self.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
         _require(self.eval_prompts >= 0, "data.eval_prompts", "must be >= 0")
         _require(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1 (exclusive)")

@@ -11,6 +11,11 @@ Three LoRA adapters on the shared frozen base, which is the SFT model (the pipel
   is the softmax over the logits of the three label words (negative / rejective / positive) at the
   answer position, i.e. decoding constrained to the label set; its label is the argmax.
 
+On real prompts (``data=rlaif``) the world is replaced by ``data.arena.PromptArena``: seeds are the
+harmful training prompts, relevance is 1[MiniLM cosine of attack and seed >= ``relevance_threshold``],
+the warm-up rewrites use the six strategies in plain English, and the evaluator warms up on the RLAIF
+labelled answers (re-labelled by the panel's vote).
+
 Warm start. The defender starts as the SFT model (its adapter is zero). The attacker and the evaluator
 cannot: the SFT data never rewrites requests or grades answers. So the component first runs
 ``attacker_warmup_steps`` / ``evaluator_warmup_steps`` supervised steps (phase ``warmup``): response
@@ -109,7 +114,7 @@ WARMUP_PHASE = "triplay_warmup"  # compute phase of the supervised warm-up (mode
 
 @register_algorithm("triplay")
 class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
-    """Attacker / defender / evaluator self-play on the safety world (docs/ALGORITHMS.md §4)."""
+    """Attacker / defender / evaluator self-play on the safety world or real prompts (docs/ALGORITHMS.md §4)."""
 
     config_class = TriPlayConfig
     requires = ("sft",)
@@ -117,14 +122,11 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
-        self.world = ctx.data.world
-        if self.world is None:
-            raise ConfigError("algo=triplay needs data=world (its attacker rewrites world seeds, scored by the "
-                              "world's relevance check)")
+        self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
+        self.world = ctx.data.world if ctx.data.world is not None else self._arena(cfg, ctx)
         self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
         check_fair_panel(cfg, ctx.rc.signals.source)
         self._panel = None  # built at first use: its learned judges need ctx.signals (set before the fit)
-        self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
         self.bleu = SelfBLEU(cfg.bleu_orders)
         self.pool = AttackPool(cfg.pool_size, self.embedder, self.bleu, sample=cfg.pool_sample,
                                bleu_mode=cfg.bleu_mode, similarity=cfg.pool_similarity, min_size=cfg.pool_min)
@@ -140,6 +142,17 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self._evaluator_examples: list[dict] | None = None  # built lazily (votes need the panel)
         self.label_ids = label_token_ids(ctx.tokenizer)
 
+    def _arena(self, cfg, ctx):
+        """Real prompts (``data=rlaif``): seeds, attack parsing and warm-up examples from ``data.arena``."""
+        from alignbench.data.arena import PromptArena
+
+        if not ctx.data.labelled_samples:
+            raise ConfigError("algo=triplay needs data=world or data=rlaif (seeds to attack, and labelled answers "
+                              "to warm its evaluator up)")
+        embed = self.embedder if cfg.embedding == "minilm" else Embedder("minilm", cfg.embedding_path)
+        return PromptArena(ctx.data, ctx.judge, embed, relevance_threshold=cfg.relevance_threshold,
+                           seed=int(ctx.rc.seed))
+
     @classmethod
     def signal_kinds(cls, cfg) -> tuple[str, ...]:
         """The panel's learned judges (label model, cost model) are verdict-kind signals."""
@@ -148,7 +161,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
     @property
     def panel(self):
         if self._panel is None:
-            self._panel = build_judge_panel(self.cfg.judges, self.world, self.ctx.signals)
+            self._panel = build_judge_panel(self.cfg.judges, self.ctx.data.world, self.ctx.signals)
         return self._panel
 
     # ----------------------------------------------------------------- schedule, roles, optimisers
@@ -366,11 +379,10 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         The first response token always goes (with no text before the request it is the strategy choice).
         """
         from alignbench.algorithms.text import encode
-        from alignbench.data.world import JAILBREAK_WRAPPERS
 
         mask = response_mask.clone()
         for row, example in enumerate(examples):
-            before, after = (part.strip() for part in JAILBREAK_WRAPPERS[example["wrapper"]][0].split("{request}"))
+            before, after = (part.strip() for part in self.world.wrappers[example["wrapper"]][0].split("{request}"))
             n_before = len(encode(self.ctx.tokenizer, " " + before)) if before else 1  # the first token picks the wrapper
             n_after = (len(encode(self.ctx.tokenizer, " " + after)) if after else 0) + 1  # + EOS
             positions = mask[row].nonzero().flatten()

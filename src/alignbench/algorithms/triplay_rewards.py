@@ -462,6 +462,8 @@ class TriPlayConfig(AlgoConfig):
         default_factory=lambda: {"negative": 1.0, "rejective": 0.0, "positive": 0.0})
     relevance_weight: float = 1.0
     relevance_gate: bool = True
+    # data=rlaif (data.arena): an attack keeps the seed's intent when the MiniLM cosine of the two reaches this
+    relevance_threshold: float = 0.5
     diversity_penalty: bool = True
     div_w_bleu: float = 2.0
     div_w_cos: float = 4.0

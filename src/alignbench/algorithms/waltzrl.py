@@ -9,8 +9,10 @@ stages, ``algo.warmup.*``): the base continues training on the world's feedback 
 (``{"reasoning", "unsafe", "overrefuse", "feedback"}`` JSON for a reply; ``world.feedback_label_noise``
 of them deliberately wrong), its revision examples (prompt, flawed reply, feedback -> revision; only
 ``world.revision_follow_prob`` of them follow the feedback) and, with ``algo.warmup.include_sft``, a
-replay of the SFT mixture so first answers keep the SFT model's behaviour (on data other than the
-world, the default world's feedback and revision examples still teach the two formats). The result
+replay of the SFT mixture so first answers keep the SFT model's behaviour (``data=rlaif``: feedback on
+the SFT model's own labelled answers, revisions into its own good answers and a replay of its answers,
+``data.rlaif.waltzrl_warmup_examples``; on other data the default world's feedback and revision examples
+still teach the two formats). The result
 becomes the base, so both agents *and their reference* have seen the feedback and revision formats,
 while ``algo=sft`` (the shared SFT stage alone) is unchanged. ``waltzrl_untrained`` evaluates
 exactly this warm-started system with no RL.
@@ -248,6 +250,11 @@ class WaltzRL(AlgorithmComponent):
         if warm.steps <= 0:
             return None
         world = self.ctx.data.world
+        if world is None and self.ctx.data.labelled_samples:  # data=rlaif: the model's own labelled answers
+            from alignbench.data.rlaif import waltzrl_warmup_examples
+
+            items = waltzrl_warmup_examples(self.ctx.data.labelled_samples, seed=self.ctx.rc.stages.seed)
+            return WarmupStage("waltzrl_warmup", warm, items)
         if world is None:  # other data: the default world still teaches the feedback and revision formats
             from alignbench.data.world import SafetyWorld
 

@@ -264,6 +264,12 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
         if stage == "sft":
             apply_sft(ctx, weights)
             prior.append(key)
+            if ctx.data.rlaif is not None and until != "sft" and len(needed) > 1:  # pairs from its answers
+                from alignbench.training.rlaif import attach_rlaif_pairs
+
+                rlaif_key, rlaif_metrics = attach_rlaif_pairs(ctx, key)
+                prior.append(rlaif_key)  # the later stages train on these pairs
+                outputs.metrics.update(rlaif_metrics)
         else:
             outputs.states[stage] = weights
         outputs.metrics.update(metrics)
@@ -311,7 +317,8 @@ def _external_cost(rc: RunConfig):
 def signal_models_for(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
     """The stages the algorithm's training signals are learned from (none under ``signals=oracle``)."""
     return tuple(s for s in signal_stages(cls.signal_kinds(rc.algo), rc.signals.source,
-                                          rater_labels=has_rater_labels(data.preference_train))
+                                          rater_labels=has_rater_labels(data.preference_train)
+                                          or data.rlaif is not None)  # data=rlaif: labelled after SFT
                  if s not in cls.external_stages(rc.algo))
 
 
