@@ -57,9 +57,24 @@ def write_job(job_dir: Path, overrides: list[str], summary: dict | None = None, 
     return job_dir
 
 
+#: an algorithm's training phases besides the SFT stage (models.compute's phase names); the PPO family's by default
+TRAINING_PHASES = {"sft": (), "safeguard": (), "waltzrl": ("cost_model", "label_model", "waltzrl_warmup", "rl"),
+                   "triplay": ("cost_model", "label_model", "triplay_warmup", "rl")}
+
+
 def summary(algo: str, seed: int, overrides: list[str], metrics: dict, flops: float = 1e12, **fields) -> dict:
     perf = {"wall_s": 100.0 + seed, "gen_tokens": 5000, "train_tokens": 20000, "peak_rss_mb": 900.0, "flops": flops}
-    compute = {"sft": {"flops": 1e12, "recorded": True}, "rl": {"flops": flops - 1e12, "recorded": False}}
+    # the phases a real head_to_head job of this algorithm has (the widest per-phase table the report draws):
+    # the SFT stage's 1e12, about the rest of the training FLOPs shared by its other training phases, varying
+    # with the seed as real counts do (so the table's cells carry intervals as wide as a real report's)
+    trained = TRAINING_PHASES.get(algo, ("reward_model", "cost_model", "rl"))
+    jitter = 1.0 + 0.0137 * seed
+    compute = {"sft": {"flops": 1e12, "recorded": True},
+               **{phase: {"flops": (flops - 1e12) / len(trained) * jitter, "recorded": phase != "rl"}
+                  for phase in trained},
+               "eval": {"flops": 1.23e10 * jitter, "recorded": False}, "export": {"flops": 5.4e7 * jitter, "recorded": False}}
+    if algo == "triplay":
+        compute["monitor"] = {"flops": 1.7e11 * jitter, "recorded": False}
     return build_summary(algo=algo, model="tiny", data="world", seed=seed, perf=perf, overrides=overrides,
                          status="ok", metrics=metrics, compute=compute, **fields)
 
