@@ -80,8 +80,13 @@ def test_every_algorithm_runs_on_smollm2_with_rlaif_signals(tmp_path, stage_cach
         assert summaries[algo]["metrics"]["train/response_length"] > 0
     for algo in ("waltzrl", "single_rl", "triplay"):  # the learned judge: cost model + the rater-label model
         assert summaries[algo]["training_signals"]["label_model"] is True
-    waltz = summaries["waltzrl"]["metrics"]
-    assert "stages/waltzrl_warmup/final_loss" in waltz and "eval/feedback_parse_rate" in waltz
+    # the warm-up is trained once (waltzrl) and loaded (waltzrl_untrained); the feedback agent's JSON is
+    # parsed on held-out prompts (a NaN rate = no feedback round ran). Its parse rate after the preset's
+    # 24-step warm-up is README's figure; 2 steps here only keep the path alive.
+    for algo, cached in (("waltzrl", 0.0), ("waltzrl_untrained", 1.0)):
+        waltz = summaries[algo]["metrics"]
+        assert waltz["stages/waltzrl_warmup/cached"] == cached and math.isfinite(waltz["stages/waltzrl_warmup/final_loss"])
+        assert 0.0 <= waltz["eval/feedback_parse_rate"] <= 1.0, algo
     triplay = [json.loads(line) for line in (tmp_path / "triplay" / "history.jsonl").read_text().splitlines()]
     phases = {row.get("train/triplay_phase") for row in triplay if row.get("stage") == "rl"}
     assert {0.0, 1.0, 2.0, 3.0} <= phases  # warm-up, red, blue, eval on real prompts
