@@ -122,7 +122,7 @@ class AlignbenchGRPO:
     """alignbench's RL core on the workload: roles, one optimiser, one iteration per ``step()``."""
 
     def __init__(self, args, folder: Path, tokenizer, prompts: list[str]) -> None:
-        from alignbench.algorithms.text import TextLimits
+        from alignbench.models.text import TextLimits
         from alignbench.config import GenerationConfig, ModelConfig
         from alignbench.models.roles import RoleSet, RoleSpec
         from alignbench.training.module import adamw
@@ -149,7 +149,7 @@ class AlignbenchGRPO:
         self.history: list[dict[str, float]] = []
 
     def step(self) -> float:
-        from alignbench.algorithms.text import encode_prompts
+        from alignbench.models.text import encode_prompts
         from alignbench.rl.advantages import grpo_advantages
         from alignbench.rl.experience import Experience, actor_loss, policy_logprobs
         from alignbench.rl.rollout import generate_rollout
@@ -242,7 +242,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     """Median timing metrics of ``SafeRLHF.training_step`` on the same prompts × group."""
     from alignbench.algorithms.base import StageOutputs
     from alignbench.algorithms.ppo import SafeRLHF
-    from alignbench.algorithms.text import TextLimits
+    from alignbench.models.text import TextLimits
     from alignbench.config import GenerationConfig, ModelConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet

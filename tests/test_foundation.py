@@ -201,7 +201,7 @@ def test_sft_loss_decreases_on_a_fixed_batch():
     from types import SimpleNamespace
 
     from alignbench.algorithms.sft import SFTStage
-    from alignbench.algorithms.text import TextLimits
+    from alignbench.models.text import TextLimits
     from alignbench.config import OptimConfig, StageConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet

@@ -99,7 +99,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     prompt_template: str = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
     use_chat_template: bool = False
-    # token budgets (alignbench.algorithms.text): a formatted prompt has at most max_prompt_length tokens
+    # token budgets (alignbench.models.text): a formatted prompt has at most max_prompt_length tokens
     # (longer ones lose the start of the user's text, never the template) and prompt + response at most
     # max_length (SFT, reward/cost scoring and PTX cut the response's end); every cut is counted in
     # summary.json 'truncations'. Generation budgets (max_new_tokens) must fit max_length - max_prompt_length.

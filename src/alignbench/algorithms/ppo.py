@@ -32,7 +32,7 @@ import torch
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.sft import response_cross_entropy
-from alignbench.algorithms.text import encode_prompt_response
+from alignbench.models.text import encode_prompt_response
 from alignbench.config import AlgoConfig, ConfigError, GenerationConfig, OptimConfig
 from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm

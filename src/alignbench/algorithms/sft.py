@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
-from alignbench.algorithms.text import encode_prompt_response
+from alignbench.models.text import encode_prompt_response
 from alignbench.config import AlgoConfig, OptimConfig
 from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm

@@ -84,7 +84,7 @@ import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.sft import response_cross_entropy
-from alignbench.algorithms.text import encode_prompt_response
+from alignbench.models.text import encode_prompt_response
 from alignbench.algorithms.triplay_metrics import TriPlayHeldoutMetrics
 from alignbench.algorithms.triplay_rewards import (
     PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, attack_reward, build_judge_panel,
@@ -359,7 +359,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
         The first response token always goes (with no text before the request it is the strategy choice).
         """
-        from alignbench.algorithms.text import encode
+        from alignbench.models.text import encode
         from alignbench.data.world import JAILBREAK_WRAPPERS
 
         mask = response_mask.clone()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench.errors import ConfigError
+from alignbench.models.text import encode_prompt_response, encode_prompts
 from alignbench.rl.losses import clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
 from alignbench.rl.logprobs import sequence_logprobs
 from alignbench.rl.rollout import Rollout, generate_rollout
@@ -86,8 +87,6 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
     pi_old = pi_theta then and ``actor_loss`` uses ``logp.detach()`` (ratio exactly 1, as TRL does).
     The generation engine is ``generation.engine`` when the config has one (``auto`` otherwise).
     """
-    from alignbench.algorithms.text import encode_prompts
-
     if not getattr(generation, "do_sample", True):
         raise ConfigError("an RL rollout must sample (its GenerationConfig has do_sample=false); greedy "
                           "decoding is for evaluation (eval.generation)")
@@ -153,7 +152,6 @@ def critic_loss(roles, critic: str, exp: Experience, returns: torch.Tensor, *, v
 def score_texts(ctx, roles, role: str, prompts: list[str], responses: list[str], batch_size: int = 64
                 ) -> torch.Tensor:
     """Sequence scores of a score role (reward or cost model) for prompt/response pairs, no grad."""
-    from alignbench.algorithms.text import encode_prompt_response
     from alignbench.models.heads import last_token_scores
 
     scores = []

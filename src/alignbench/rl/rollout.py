@@ -52,6 +52,8 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from alignbench.models.text import left_pad_batch  # noqa: F401 - batches of token ids (re-exported)
+
 __all__ = [
     "Rollout",
     "left_pad_batch",
@@ -98,21 +100,6 @@ class Rollout:
 
     def to(self, device: torch.device | str) -> "Rollout":
         return Rollout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-
-def left_pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token-id lists into left-padded ``ids`` and ``mask`` ``[B, max_len]`` (long)."""
-    if len(sequences) == 0 or any(len(s) == 0 for s in sequences):
-        raise ValueError("left_pad_batch: needs at least one sequence and no empty sequence.")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
 from alignbench.algorithms.label_model import LabelModelStage
 from alignbench.algorithms.preference import PreferenceStage
 from alignbench.algorithms.sft import SFTStage
-from alignbench.algorithms.text import TextLimits
+from alignbench.models.text import TextLimits
 from alignbench.config import RunConfig
 from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
 from alignbench.eval.harness import evaluate
