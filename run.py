@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     try:
+        cli.prepare_hydra()  # every algorithm's and group's defaults, before Hydra composes
         main()
     except KeyboardInterrupt:  # Ctrl-C in Hydra's start-up, before the job's own handlers (alignbench.cli)
         print("alignbench: interrupted: stopped before the job started (no summary)", file=sys.stderr)

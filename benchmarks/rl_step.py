@@ -170,7 +170,7 @@ class AlignbenchGRPO:
         scored = time.perf_counter()
         rewards = torch.tensor([reward_of(text) for text in texts])
         advantages = grpo_advantages(rewards, args.group)[:, None] * exp.mask
-        loss, _ = actor_loss(roles, "policy", exp, advantages, clip_eps=0.2, kl_coef=args.beta,
+        loss, _ = actor_loss(roles, "policy", exp, advantages, clip_eps=0.2, kl_loss_coef=args.beta,
                              kl_estimator="k3", per_sequence=False)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -252,7 +252,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True, lora=lora_settings(args))
     cfg = SafeRLHF.config_class(name="safe_rlhf", batch_size=args.prompts * args.group,
                                 rollout=GenerationConfig(max_new_tokens=args.new_tokens, engine=args.engine),
-                                kl_beta=args.beta)
+                                kl_coef=args.beta)
     special = set(tokenizer.all_special_ids)
 
     def decode(ids, mask):

@@ -40,6 +40,9 @@ def compose(overrides: list[str], output_dir: Path, cache_dir: Path):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
+    from alignbench.registry import register_config_schemas
+
+    register_config_schemas()  # every default, as run.py does before Hydra composes
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)

@@ -164,7 +164,7 @@ def test_triplay_refuses_oracle_judges_unless_signals_say_oracle(composed):
                              ("algo.evaluator_warmup_labels='true'", "evaluator_warmup_labels")):
         rc = validate_config(composed(["algo=triplay", override]), TriPlay.config_class)
         with pytest.raises(ConfigError, match=needle):
-            from alignbench.algorithms.triplay_rewards import check_fair_panel
+            from alignbench.algorithms.triplay_config import check_fair_panel
 
             check_fair_panel(rc.algo, rc.signals.source)
         oracle = validate_config(composed(["algo=triplay", override, "signals=oracle"]), TriPlay.config_class)

@@ -11,7 +11,7 @@ model they all start from, taken from the same stage cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.models.text import encode_prompt_response
-from alignbench.config import AlgoConfig, OptimConfig
+from alignbench.config import AlgoConfig
+from alignbench.config_fields import at_least, param
 from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm
 
@@ -73,9 +74,8 @@ class SFTStage(AlgorithmComponent):
 class SFTBaselineConfig(AlgoConfig):
     """``algo=sft`` trains nothing itself: the SFT stage (``stages.sft``) is the model it evaluates."""
 
-    name: str = "sft"
-    steps: int = 0
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = param(0, "none: the SFT stage is trained (and cached) by the pipeline", at_least(0))
+    batch_size: int = param(1, "unused (nothing is trained here)", at_least(1))
 
 
 @register_algorithm("sft")
