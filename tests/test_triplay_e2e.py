@@ -1,4 +1,4 @@
-"""TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of ALGORITHMS.md §4 (slow).
+"""TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of docs/ALGORITHMS.md §4 (slow).
 
 The red-phase claim (attacker success against the fixed SFT defender rises over the red phases while
 P_div keeps diversity high) held only after a measurement fix: the world's bag-of-words embedding mapped

@@ -167,7 +167,7 @@ class TrainerConfig:
 
     accelerator: str = param("cpu", "Lightning accelerator: cpu | gpu | auto")
     devices: Any = param(1, "devices per node (-1: all)")
-    num_nodes: int = param(1, "nodes", at_least(1))
+    num_nodes: int = param(1, "machines the run spans", at_least(1))
     strategy: str = param("auto", "Lightning strategy: auto | ddp (FSDP and DeepSpeed are refused, see check)")
     precision: str = param("32-true", "Lightning precision: 32-true | bf16-mixed | bf16-true ...")
     num_threads: int = param(0, "torch CPU threads (0: leave torch's default)", at_least(0))

@@ -64,10 +64,9 @@ class SFTStage(AlgorithmComponent):
 
     def training_step(self, batch, host) -> dict[str, float]:
         loss = self.loss(batch)
-        stats = host.optimize("policy", loss)
+        host.optimize("policy", loss)  # the host logs optim/policy/grad_norm and optim/policy/lr
         tokens = float(batch["response_mask"].sum())
-        return {f"{self.metric_prefix}/loss": float(loss.detach()), f"{self.metric_prefix}/grad_norm": stats["grad_norm"],
-                "perf/train_tokens": tokens}
+        return {f"{self.metric_prefix}/loss": float(loss.detach()), "perf/train_tokens": tokens}
 
 
 @dataclass

@@ -12,7 +12,7 @@
   Under DDP every rank contributes its own state (``AlignmentModule.rank_state``: the component's
   cost window, generators and pools, the RNG states), gathered into rank 0's file.
 * ``metric_faults`` says which of an iteration's metrics make it a numerical fault (NaN/inf loss,
-  reward, cost or lambda); diagnostics such as ``losses/explained_variance`` may be NaN legitimately.
+  reward, cost or lambda); diagnostics such as ``losses/<critic>/explained_variance`` may be NaN legitimately.
 * ``StageProgressBar``: Lightning's rich bar (count, elapsed, ETA) named after the running stage (``sft``,
   ``reward_model``, ``waltzrl_warmup``, ``rl``) and the component's ``progress_label()`` when it gives one
   (TriPlay: its round and phase); quiet off a terminal (``alignbench.utils.progress``).
