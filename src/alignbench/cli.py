@@ -18,7 +18,9 @@ checkpoint (``resume=auto``, the default); jobs whose summary already says ``ok`
 live job per run directory: a second process on it stops at once naming the holder's pid. A
 read-only or full disk is one line naming the path. ``NumericalFaultError`` (``max_nan_steps``
 non-finite iterations in a row) is one line too, exit 1.
-Override values whose key looks like a secret (``+hf_token=...``) are written as ``***``.
+Secrets come from the environment: a config value whose key looks like a secret stops the job with one
+line naming the variable to export (``alignbench.secret_keys``; the command line is refused before
+Hydra reads it); the failed summary shows such overrides as ``***``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def _hydra_info() -> tuple[str, bool, list[str], str]:
 
 
 def _rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0)
+    from alignbench.utils.distributed import rank  # global: launcher env, SLURM tasks, process group
+
+    return rank()
 
 
 def _print_results(summary: dict[str, Any], output_dir: str) -> None:
@@ -144,6 +148,7 @@ def main(cfg: DictConfig) -> float | None:
         from alignbench.training.pipeline import run_job
         from alignbench.training.sink import MetricsSink
 
+        _refuse_secrets(cfg, output_dir, multirun, rank)
         rc = validate_config(cfg, algorithm_class(cfg.algo).config_class)
         if rc.resume and rank == 0:
             done = _completed_summary(output_dir, rc)
@@ -265,13 +270,21 @@ def _stopped(exc: Preempted, rank: int, output_dir: str, identity: dict[str, Any
 
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Command-line overrides with secret-looking values replaced: ``+hf_token=abc`` -> ``+hf_token=***``."""
-    from alignbench.training.sink import is_secret_key
+    from alignbench.secret_keys import redact
 
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"{key}=***" if sep and value and is_secret_key(key) else item)
-    return out
+    return redact(list(overrides))
+
+
+def _refuse_secrets(cfg: DictConfig, output_dir: str, multirun: bool, rank: int) -> None:
+    """A secret-looking key with a value in the config stops the job (``alignbench.secret_keys``);
+    the copies of it Hydra already wrote are scrubbed first."""
+    from alignbench.secret_keys import refusal, scrub_hydra_files, secret_config_keys
+
+    found = secret_config_keys(OmegaConf.to_container(cfg, resolve=False))
+    if found:
+        if rank == 0:
+            scrub_hydra_files(output_dir, multirun)
+        raise UserError(refusal(found[0]))
 
 
 def _completed_summary(output_dir: str, rc) -> dict[str, Any] | None:

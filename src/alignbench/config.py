@@ -26,7 +26,7 @@ from alignbench.config_fields import (
 from alignbench.errors import ConfigError
 
 __all__ = [
-    "AlgoConfig", "ClassifierConfig", "ConfigError", "DataConfig", "EvalConfig", "GenerationConfig", "LoggerConfig",
+    "AlgoConfig", "ClassifierConfig", "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "GenerationConfig", "LoggerConfig",
     "LoraConfig", "ModelConfig", "OptimConfig", "RunConfig", "SignalsConfig", "StageConfig", "StagesConfig",
     "TinyArchConfig", "TrainerConfig", "validate_config",
 ]
@@ -168,7 +168,7 @@ class TrainerConfig:
     accelerator: str = param("cpu", "Lightning accelerator: cpu | gpu | auto")
     devices: Any = param(1, "devices per node (-1: all)")
     num_nodes: int = param(1, "machines the run spans", at_least(1))
-    strategy: str = param("auto", "Lightning strategy: auto | ddp (FSDP and DeepSpeed are refused, see check)")
+    strategy: str = param("auto", "Lightning strategy: auto | ddp | fsdp (FSDP2, alignbench.models.sharding; DeepSpeed is refused, see check)")
     precision: str = param("32-true", "Lightning precision: 32-true | bf16-mixed | bf16-true ...")
     num_threads: int = param(0, "torch CPU threads (0: leave torch's default)", at_least(0))
     deterministic: bool = param(True, "deterministic torch algorithms")
@@ -178,16 +178,19 @@ class TrainerConfig:
         if isinstance(self.devices, int):
             require(self.devices != 0 and self.devices >= -1, f"{key}.devices", "must be >= 1 (or -1 for all)")
         strategy = str(self.strategy).lower()
-        if strategy.startswith("fsdp"):
-            raise ConfigError(
-                f"trainer.strategy={self.strategy} is not supported: FSDP shards the weights, but alignbench "
-                "generates rollouts and evaluation samples with generate() on whole weights (it would need "
-                "FSDP.summon_full_params around every rollout); use trainer=ddp")
+        if strategy.startswith("fsdp") and strategy != "fsdp":
+            raise ConfigError(f"trainer.strategy={self.strategy} is not supported: alignbench's FSDP is "
+                              "trainer.strategy=fsdp (FSDP2 over every rank, alignbench.models.sharding)")
         if strategy.startswith("deepspeed"):
             raise ConfigError(
                 f"trainer.strategy={self.strategy} is not supported: DeepSpeed allows one optimiser per engine, "
                 "and alignbench's components step several under manual optimisation (Safe RLHF: policy, reward "
-                "critic, cost critic); use trainer=ddp")
+                "critic, cost critic); use trainer=fsdp to shard a model across GPUs (or trainer=ddp)")
+
+    @property
+    def fsdp(self) -> bool:
+        """``trainer.strategy=fsdp``: roles sharded with FSDP2 (``alignbench.models.sharding``)."""
+        return str(self.strategy).lower() == "fsdp"
 
 
 @dataclass
@@ -237,6 +240,18 @@ class EvalConfig:
     table_rows: int = param(24, "rows of the answer table logged to W&B", at_least(0))
     enabled: bool = param(True, "evaluate after training")
     classifier: ClassifierConfig = param(ClassifierConfig(), "the classifier of eval.judge=classifier")
+
+
+@dataclass
+class ExportConfig:
+    """What an SFT or RL job leaves in ``<run dir>/export/`` for transformers and peft
+    (``alignbench.models.export``; README "On a cluster"): a PEFT adapter, its tokenizer and a model card."""
+
+    enabled: bool = param(True, "SFT and RL jobs export their trained policy")
+    base: bool = param(True, "also save the model the adapter applies to (the pretrained model with the SFT stage "
+                             "merged in: it exists nowhere else); false: the adapter, tokenizer and card only")
+    merged: bool = param(False, "also save the policy with its adapter merged in (one plain transformers model)")
+    samples: int = param(4, "greedy answers to evaluation prompts, recorded to check a loaded export", at_least(0))
 
 
 # ====================================================================== optimisation and stages
@@ -319,7 +334,7 @@ class AlgoConfig:
 
 #: what Hydra composes before the YAML files (besides ``algo``, whose class follows ``algo=``)
 GROUP_DEFAULTS = {"model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "logger": LoggerConfig,
-                  "eval": EvalConfig, "stages": StagesConfig, "signals": SignalsConfig}
+                  "eval": EvalConfig, "stages": StagesConfig, "export": ExportConfig, "signals": SignalsConfig}
 
 
 def group_defaults() -> dict[str, Any]:
@@ -355,6 +370,7 @@ class RunConfig:
     logger: LoggerConfig
     eval: EvalConfig
     stages: StagesConfig
+    export: ExportConfig
     signals: SignalsConfig
     seed: int
     stage: str
@@ -385,6 +401,16 @@ STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl"
 RESUME_CHOICES = ("auto", True, False)
 
 
+def _check_sharded_generation(algo: AlgoConfig, evaluation: EvalConfig) -> None:
+    """Under FSDP a rank holds shards only: the decoders that read whole weights cannot run."""
+    settings = {f"algo.{f.name}": getattr(algo, f.name) for f in dataclasses.fields(algo)}
+    settings["eval.generation"] = evaluation.generation
+    for key, value in settings.items():
+        if isinstance(value, GenerationConfig) and value.engine in ("fused", "vllm"):
+            raise ConfigError(f"config value '{key}.engine={value.engine}' cannot decode FSDP-sharded weights "
+                              f"(trainer.strategy=fsdp); use auto, lean or hf")
+
+
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     """Check every group against its schema; raises ``ConfigError`` naming the first bad key."""
     typed = {}
@@ -413,6 +439,8 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     resume = cfg.get("resume")
     if resume not in RESUME_CHOICES:
         raise ConfigError(f"config value 'resume' must be auto, true or false, got {resume!r}")
+    if typed["trainer"].fsdp:
+        _check_sharded_generation(typed["algo"], typed["eval"])
     max_nan = cfg.get("max_nan_steps", 3)
     if not isinstance(max_nan, int) or max_nan < 0:
         raise ConfigError(f"config value 'max_nan_steps' must be an integer >= 0, got {max_nan!r}")

@@ -20,6 +20,9 @@ uses them:
 4. **Evaluation** (``eval.*``): the harness queries ``responder()`` (the policy alone, or an agent
    system), adds ``eval_scorer()``'s reward and model cost per answer and ``eval_metrics(...)``'s own
    metrics, and the summary gets ``summary_metrics()``.
+5. **Hosting** (class attributes): ``export_role`` names the LM role a job exports
+   (``alignbench.training.export``), ``fsdp_ready`` says whether it runs under ``trainer=fsdp``
+   (``training.strategy.check_strategy``).
 
 Every method below has a default that fits an algorithm that does not need it; an algorithm overrides
 only what it changes (docs/ADDING_AN_ALGORITHM.md). Metric names follow docs/METRICS.md.
@@ -97,6 +100,12 @@ class AlgorithmComponent:
     requires: ClassVar[tuple[str, ...]] = ()
     #: train every base weight instead of adapters (only the SFT stage on tiny models does this)
     full_finetune: bool = False
+    #: the LM role a job exports (``alignbench.training.export``): the one that answers users;
+    #: ``reference`` = the SFT model itself, None = nothing trained to export
+    export_role: ClassVar[str | None] = "policy"
+    #: runs under trainer=fsdp: every rank makes the same sequence of model calls per iteration
+    #: whatever its share of the batch holds (every FSDP forward is a collective)
+    fsdp_ready: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, ctx: Any, stage_outputs: StageOutputs | None = None) -> None:
         self.cfg = cfg

@@ -30,6 +30,8 @@ class EvalOnly(AlgorithmComponent):
 
     config_class = EvalOnlyConfig
     requires = ()
+    export_role = None  # trains nothing
+    fsdp_ready = True  # (evaluation only, in one process)
 
     @classmethod
     def required_stages(cls, cfg) -> tuple[str, ...]:

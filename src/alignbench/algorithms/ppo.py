@@ -133,6 +133,7 @@ class PPO(AlgorithmComponent):
     config_class = PPOConfig
     requires = ("sft", "reward_model", "cost_model")  # the cost model only scores, for the metrics
     lagrangian = False
+    fsdp_ready = True  # one rollout, fixed scoring passes and minibatches per iteration (RePO too)
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)

@@ -148,6 +148,8 @@ class Safeguard(AlgorithmComponent):
 
     config_class = SafeguardConfig
     requires = ("sft",)
+    export_role = None  # trains nothing: the SFT model behind a classifier
+    fsdp_ready = True  # (evaluation only, in one process)
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)

@@ -83,6 +83,8 @@ class SFTBaseline(AlgorithmComponent):
 
     config_class = SFTBaselineConfig
     requires = ("sft",)
+    export_role = "reference"  # the SFT model is the policy
+    fsdp_ready = True  # the SFT stage: one forward and backward per batch
 
     def role_specs(self) -> list[RoleSpec]:
         return []

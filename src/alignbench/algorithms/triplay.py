@@ -112,6 +112,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
     config_class = TriPlayConfig
     requires = ("sft",)
+    export_role = "defender"
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)

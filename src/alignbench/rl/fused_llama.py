@@ -50,6 +50,8 @@ import weakref
 import torch
 from torch import nn
 
+from alignbench.utils.distributed import is_sharded
+
 __all__ = ["FusedLlama", "fused_support"]
 
 _MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -112,6 +114,8 @@ def _linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 def fused_support(model: nn.Module) -> str | None:
     """``None`` when ``FusedLlama`` computes exactly what ``model``'s forward does; else the reason."""
     core = _core(model)
+    if is_sharded(core):
+        return "FSDP-sharded weights (a rank holds shards; the fused copy needs whole weights)"
     config = getattr(core, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in _MODEL_TYPES:

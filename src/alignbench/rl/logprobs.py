@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from alignbench.rl.rollout import _accepts_logits_to_keep, _model_device, _supports_lean, _unwrap, position_ids_from_mask
+from alignbench.utils.distributed import is_sharded
 
 __all__ = ["sequence_logprobs", "shared_prompt_groups"]
 
@@ -71,6 +72,8 @@ def sequence_logprobs(
     """
     if response_start < 1:
         raise ValueError("sequence_logprobs: response_start must be >= 1 (a prompt is needed).")
+    # FSDP: whether prompts are shared depends on the local batch, and every rank must run the same forwards
+    share_prompts = share_prompts and not is_sharded(model)
     groups = shared_prompt_groups(sequences, attention_mask, response_start) if share_prompts else None
     if _fused_scoring(model, fused):
         logits = _fused_logits(model, sequences, attention_mask, response_start, groups, packed is not False)

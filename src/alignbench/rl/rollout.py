@@ -53,6 +53,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from alignbench.models.text import left_pad_batch  # noqa: F401 - batches of token ids (re-exported)
+from alignbench.utils.distributed import any_rank, is_sharded
 
 __all__ = [
     "Rollout",
@@ -292,8 +293,10 @@ def _hf_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, 
         **_NEUTRAL_GENERATION,
         **sampling,
     )
-    # DDP is stripped by the caller; a peft wrapper keeps its own .generate (it switches adapters on)
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    # DDP is stripped by the caller; a peft wrapper keeps its own .generate (it switches adapters on);
+    # FSDP: synced_gpus keeps every rank stepping until all have finished
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                         synced_gpus=is_sharded(model))
     return out[:, prompt_ids.shape[1]:]
 
 
@@ -377,7 +380,8 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
     The steps run through the model's forward (``lean``) or ``FusedLlama``'s decoder (``fused``).
     Per step: ``scores = logits[:, -1]`` in float32, then (sampling) temperature, top-k, top-p in
     HF's order, ``softmax`` and one ``torch.multinomial`` draw, or ``argmax`` (greedy); rows that
-    have emitted EOS get ``pad_token_id``; the loop stops when every row has finished.
+    have emitted EOS get ``pad_token_id``; the loop stops when every row has finished (on every rank
+    when the model is FSDP-sharded: each step's forward is a collective, so the ranks step together).
     """
     batch = prompt_ids.shape[0]
     device = prompt_ids.device
@@ -392,13 +396,14 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     scores = stepper.prefill()
     steps = 0
+    synced = not fused and is_sharded(model)
     for step in range(max_new_tokens):
         tokens = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
         tokens = torch.where(unfinished, tokens, pad_token_id)
         generated[:, step] = tokens
         steps = step + 1
         unfinished &= ~torch.isin(tokens, eos)
-        if steps == max_new_tokens or not bool(unfinished.any()):
+        if steps == max_new_tokens or not (any_rank(bool(unfinished.any())) if synced else bool(unfinished.any())):
             break
         scores = stepper.step(tokens)
     return generated[:, :steps]

@@ -82,9 +82,11 @@ class CheckpointCallback(L.Callback):
         distributed.track_workers(trainer)
 
     def save(self, module) -> str:
-        """Write a checkpoint; a collective under DDP (every rank calls it at the same iteration)."""
-        state = module.checkpoint_state() if distributed.is_rank_zero() else None  # rank 0 writes the file
-        local = module.rank_state() if state is None else {key: state[key] for key in ("component", "rng")}
+        """Write a checkpoint; a collective under DDP and FSDP (every rank calls it at the same iteration).
+        Rank 0 writes the file; under FSDP every rank gathers the sharded weights with it."""
+        whole = module.checkpoint_state() if distributed.is_rank_zero() or module.sharded else None
+        state = whole if distributed.is_rank_zero() else None  # rank 0 writes the file
+        local = module.rank_state() if whole is None else {key: whole[key] for key in module.RANK_STATE_KEYS}
         bad = non_finite_entries(local["component"]) + (non_finite_entries(state["roles"]) if state else [])
         if distributed.max_over_ranks(int(bool(bad))):
             raise NumericalFaultError(

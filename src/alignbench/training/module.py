@@ -14,8 +14,11 @@ component and counters at once, optimiser/scheduler states when Lightning has bu
 (``on_train_start``) and the RNG states just before the first resumed iteration (after the data
 loader's iterator has drawn its seed), so a resumed run continues bit for bit. Under DDP the weights
 and optimiser states are the same on every rank (gradients are all-reduced), but each rank's own
-state (``rank_state``: the component's cost window, generators, pools, and the RNG states) differs:
-rank 0's file holds every rank's, and each rank resumes from its own.
+state (``rank_state``: the component's cost window, generators, pools, the training-signal audit's
+counts of its own rows, and the RNG states) differs: rank 0's file holds every rank's, and each rank
+resumes from its own. Under FSDP (``configure_model`` shards the roles) the weights and optimiser
+states are gathered whole into that file (every rank takes part in the save) and a resumed run lays
+them out as shards again (``_shard_optimizer_state``).
 
 Every optimiser the iteration stepped is logged by the host, whatever the algorithm (docs/METRICS.md):
 ``optim/<name>/grad_norm`` (the mean pre-clip gradient norm of its steps this iteration) and
@@ -43,7 +46,8 @@ from alignbench.models.roles import RoleSet
 from alignbench.training import checkpoint as ckpt
 from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
-from alignbench.utils.distributed import all_reduce_gradients_, is_rank_zero, mean_metrics, release_workers
+from alignbench.utils.distributed import (all_reduce_gradients_, full_tensor, gathered, is_rank_zero, is_sharded,
+                                          local_part, mean_metrics, release_workers)
 from alignbench.utils.oracle import oracle_scope
 
 
@@ -106,6 +110,26 @@ class AlignmentModule(L.LightningModule):
         self._pending_rng: dict[str, Any] | None = None
         self._t_last = time.perf_counter()
 
+    # ----------------------------------------------------------------- sharding
+    def configure_model(self) -> None:
+        """``trainer=fsdp``: shard the roles over the strategy's data-parallel mesh before the
+        optimisers are built (``alignbench.models.sharding``); other strategies leave them whole."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None and not self.sharded:
+            from alignbench.models.sharding import shard_roles, sharded_bytes
+
+            whole = sum(p.numel() * p.element_size() for p in self.roles.parameters())
+            shard_roles(self.roles, mesh["data_parallel"])
+            if is_rank_zero():
+                print(f"alignbench: FSDP: stage '{self.stage}' roles sharded over {mesh['data_parallel'].size()} "
+                      f"ranks: {sharded_bytes(self.roles) / 2**20:.2f} MiB of {whole / 2**20:.2f} MiB of "
+                      f"parameters on rank 0", flush=True)
+
+    @property
+    def sharded(self) -> bool:
+        """The roles are FSDP shards: reading them whole (checkpoints) is a collective."""
+        return is_sharded(self.roles)
+
     # ----------------------------------------------------------------- optimisers
     def configure_optimizers(self):
         specs = self.component.optimizer_specs()
@@ -126,8 +150,8 @@ class AlignmentModule(L.LightningModule):
         """One update of optimiser ``name``: zero-grad, backward, clip, step (scheduler per iteration).
 
         A non-finite loss or gradient norm skips the step: the gradients are dropped, the optimiser
-        state is untouched and the iteration counts as faulty. (Under DDP the decision is taken on the
-        all-reduced gradient norm, which every rank shares, so the ranks never diverge.)
+        state is untouched and the iteration counts as faulty. (Under DDP and FSDP the decision is
+        taken on the all-reduced gradient norm, which every rank shares, so the ranks never diverge.)
         """
         index = self._optimizer_names.index(name)
         optimizers = self.optimizers()
@@ -143,10 +167,12 @@ class AlignmentModule(L.LightningModule):
         if ddp is not None:
             all_reduce_gradients_([p for group in optimizer.param_groups for p in group["params"]])
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self._grad_clip[name] or float("inf"))
+        # FSDP: the norm of the sharded gradients is a DTensor; whole, it is the global norm
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self._grad_clip[name] or float("inf")))
         self._grad_norms.setdefault(name, []).append(float(grad_norm))
         self._lrs[name] = lr
-        if not bool(torch.isfinite(grad_norm)) or (ddp is None and not loss_finite):
+        synced = ddp is not None or self.sharded
+        if not bool(torch.isfinite(grad_norm)) or (not synced and not loss_finite):
             optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf
             self._faults.append(f"{name} {'loss' if not loss_finite else 'gradient'}")
             return {"grad_norm": float(grad_norm), "skipped": 1.0}
@@ -236,6 +262,7 @@ class AlignmentModule(L.LightningModule):
                                            f"run's {self._optimizer_names}")
             for name, optimizer in zip(self._optimizer_names, self._optimizers_ref):
                 optimizer.load_state_dict(saved["optimizers"][name])
+                _shard_optimizer_state(optimizer)
             for scheduler, state in zip(self._schedulers_ref, saved["schedulers"]):
                 scheduler.load_state_dict(state)
 
@@ -244,12 +271,22 @@ class AlignmentModule(L.LightningModule):
             ckpt.restore_rng(self._pending_rng)
             self._pending_rng = None
 
+    #: the keys of ``rank_state`` (also top-level keys of ``checkpoint_state``: rank 0's own)
+    RANK_STATE_KEYS = ("component", "rng", "signals")
+
     def rank_state(self) -> dict[str, Any]:
-        """This rank's own part of a checkpoint: the component's state and the RNG states."""
-        return {"component": self.component.state_dict(), "rng": ckpt.capture_rng()}
+        """This rank's own part of a checkpoint: the component's state, the RNG states and the running
+        counts of the training-signal audit (each rank audits the rows it trained on)."""
+        signals = self._signals()
+        return {"component": self.component.state_dict(), "rng": ckpt.capture_rng(),
+                "signals": signals.state_dict() if signals is not None else None}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``."""
+        """Everything an exact resume needs (see module docstring); written by ``CheckpointCallback``.
+
+        Under FSDP weights and optimiser states are gathered whole: a collective, every rank calls this
+        (``CheckpointCallback.save``) and rank 0 writes; each rank's own ``rank_state`` is gathered there
+        as under DDP."""
         optimizers = getattr(self, "_optimizers_ref", None) or self._raw_optimizers()
         schedulers = getattr(self, "_schedulers_ref", None) or self._raw_schedulers()
         counters = getattr(self.component.ctx, "counters", None)
@@ -260,7 +297,7 @@ class AlignmentModule(L.LightningModule):
             "iteration": self.iteration,
             "num_iterations": int(self.component.num_iterations),
             "roles": self.roles.trainable_state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in zip(self._optimizer_names, optimizers)},
+            "optimizers": {name: gathered(opt.state_dict()) for name, opt in zip(self._optimizer_names, optimizers)},
             "schedulers": [scheduler.state_dict() for scheduler in schedulers],
             **self.rank_state(),
             "data": {"seed": int(self.data_seed), "batch_size": int(self.component.batch_size),
@@ -269,7 +306,6 @@ class AlignmentModule(L.LightningModule):
             "sink": ({"step": int(self.sink.step), "last": dict(self.sink.last)} if self.sink is not None else None),
             "counters": dict(counters) if counters is not None else None,
             "nan": {"skipped": self.nan_skipped, "consecutive": self.nan_consecutive},
-            "signals": self._signals().state_dict() if self._signals() is not None else None,
         }
 
     def load_resume_state(self, state: dict[str, Any], *, history_file: str | None = None, rank: int = 0) -> None:
@@ -291,8 +327,8 @@ class AlignmentModule(L.LightningModule):
         counters = getattr(self.component.ctx, "counters", None)
         if counters is not None and state.get("counters"):
             counters.update(state["counters"])
-        if self._signals() is not None and state.get("signals"):  # the signal audit's running counts
-            self._signals().load_state_dict(state["signals"])
+        if self._signals() is not None and own.get("signals"):  # this rank's signal audit's running counts
+            self._signals().load_state_dict(own["signals"])
         self._pending_optim = {"optimizers": state["optimizers"], "schedulers": state["schedulers"]}
         self._pending_rng = own["rng"]
         if history_file is not None:
@@ -330,3 +366,14 @@ class AlignmentModule(L.LightningModule):
             ckpt.restore_rng(state["rng"])
         else:
             torch.set_rng_state(state["torch_rng"])
+
+
+def _shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` of a whole (gathered) state: lay every per-parameter tensor of an
+    FSDP-sharded parameter out as the parameter (this rank's shard); scalars such as ``step`` stay."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape == param.shape:
+                    state[key] = local_part(value, param)

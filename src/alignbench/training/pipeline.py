@@ -34,7 +34,8 @@ from alignbench.models.roles import RoleSet, RoleSpec
 from alignbench.registry import JUDGES, algorithm_class
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
-from alignbench.utils.distributed import is_rank_zero, rank
+from alignbench.training.strategy import check_strategy, lightning_strategy
+from alignbench.utils.distributed import is_rank_zero, is_sharded, rank
 from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
 from alignbench.utils.oracle import (
     GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
@@ -123,7 +124,7 @@ def _trainer(rc: RunConfig, root: Path, max_steps_hint: int, callbacks: list | N
 
     return L.Trainer(
         accelerator=rc.trainer.accelerator, devices=rc.trainer.devices, num_nodes=rc.trainer.num_nodes,
-        strategy=rc.trainer.strategy, precision=rc.trainer.precision, max_epochs=1, logger=False,
+        strategy=lightning_strategy(rc.trainer), precision=rc.trainer.precision, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(root), callbacks=[StageProgressBar(), *(callbacks or [])],
         deterministic=rc.trainer.deterministic, log_every_n_steps=1,
@@ -214,7 +215,11 @@ def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torc
 
 
 def _unwrap_roles(roles: RoleSet, ctx: RunContext) -> None:
-    """Remove a stage's LoRA layers from the shared base so the next stage starts from a clean base."""
+    """Remove a stage's LoRA layers (and FSDP sharding) from the shared base so the next stage starts
+    from a clean base."""
+    from alignbench.models.sharding import unshard_roles
+
+    unshard_roles(roles)
     if roles.peft is not None:
         ctx.base = roles.peft.unload()
 
@@ -340,7 +345,8 @@ def prepare_component(ctx: RunContext, cls, outputs: StageOutputs) -> tuple[Algo
     if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
         specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
     roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
-    roles.to(ctx.device)
+    if not rc.trainer.fsdp:  # FSDP moves each rank's shards to its device when it shards them (signal roles too)
+        roles.to(ctx.device)
     component.attach(roles)
     if judge_role:
         roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
@@ -389,12 +395,13 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
     reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
+    cls = algorithm_class(rc.raw.algo)
+    check_strategy(rc.trainer, rc.algo.name, cls)  # before anything loads: trainer=fsdp refuses some algorithms
     ctx = build_context(rc, sink)
     from alignbench.training.checkpoint import config_fingerprint, preflight_resume
 
     preflight_resume(rc.output_dir, resume=rc.resume, fingerprint=config_fingerprint(rc.raw),
                      data_fingerprint=ctx.data.fingerprint())  # refuse a wrong resume before stages train
-    cls = algorithm_class(rc.raw.algo)
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else stages_for_job(rc, cls, ctx.data)
     outputs = run_stages(ctx, required, until)
@@ -409,7 +416,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
             result["metrics"].update({k: v for k, v in sink.last.items()
                                       if k.startswith(("train/", "losses/", "optim/", "signals/"))})
         held_out: dict[str, Any] = {}
-        if rc.eval.enabled and is_rank_zero():  # DDP: rank 0 evaluates, the other ranks are done
+        # DDP: rank 0 evaluates, the other ranks are done; FSDP: every rank takes part in every forward
+        if rc.eval.enabled and (is_rank_zero() or is_sharded(roles)):
             roles.eval()
             with oracle_scope("eval"):
                 evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
@@ -417,7 +425,8 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                                       extra_metrics=component.eval_metrics)
             held_out = ctx.signals.held_out_agreement(*evaluation.judged)
             result["metrics"].update(evaluation.metrics)
-            evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
+            if is_rank_zero():
+                evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
             result["metrics"].update(component.summary_metrics())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
             result["prompt_cost_histogram"] = evaluation.prompt_cost_histogram
@@ -428,6 +437,9 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                 sink.log(evaluation.metrics, stage="eval", iteration=0)
                 sink.log_table("eval/samples", evaluation.table_columns, evaluation.table_rows)
                 sink.summary_update(evaluation.metrics)
+        from alignbench.training.export import export_job
+
+        export_job(ctx, component, roles, result["metrics"])  # <run dir>/export/ (models/export.py)
         result["training_signals"] = {**ctx.signals.summary(held_out), "oracle_calls": oracle_calls()}
         if sink is not None:
             sink.summary_update({"training_signals/source": rc.signals.source,

@@ -10,35 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from alignbench.config import LoggerConfig
+from alignbench.secret_keys import redact
 from alignbench.summary import HISTORY_FILE
-
-SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "passwd", "credential", "auth")
-# a key is secret when one of its words is one of these (hf_token, HF_TOKEN, auth_header) or it contains
-# one of the pairs (wandb_api_key); whole words, so max_new_tokens and tokenizer_id are not redacted
-_SECRET_WORDS = {"token", "secret", "secrets", "password", "passwd", "credential", "credentials", "auth",
-                 "apikey", "authorization", "cookie"}
-_SECRET_PAIRS = ("api_key", "access_key", "secret_key", "private_key", "auth_key")
-
-
-def is_secret_key(key: Any) -> bool:
-    """Does a config key (or the last part of a dotted override key) name a secret?"""
-    name = str(key).lower().lstrip("+~").rsplit(".", 1)[-1]
-    return bool(_SECRET_WORDS & set(re.split(r"[^a-z0-9]+", name))) or any(p in name for p in _SECRET_PAIRS)
-
-
-def redact(value: Any) -> Any:
-    """Replace values whose key looks like a secret (token, key, password, …) by '***'."""
-    if isinstance(value, dict):
-        return {k: ("***" if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
 
 class MetricsSink:
     """Fan metrics out to the configured backends with one global step."""

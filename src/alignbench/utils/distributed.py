@@ -24,6 +24,12 @@ DDP design in alignbench (see also ``benchmarks/README.md``):
   gathers each rank's own state to rank 0 (``gather_objects``). Rank 0 then stops Lightning's
   child-process observer (``release_workers``: it would SIGKILL rank 0 within 5 s of a worker exiting
   75) and reports the workers' exit codes (``wait_for_workers``).
+
+FSDP (``trainer=fsdp``, ``alignbench.models.sharding``) keeps the same data split, but the weights are
+DTensor shards: every forward all-gathers them, so all ranks run the same sequence of forwards
+(rollouts stop when every rank's rows have finished: ``any_rank``), gradients are reduce-scattered
+by FSDP itself, and reading a weight whole (checkpoints, stage outputs, export) is a collective
+(``full_tensor``, ``gathered``) that every rank calls.
 """
 
 from __future__ import annotations
@@ -42,10 +48,17 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def _slurm_tasks() -> int:
+    """Tasks of this SLURM job step (srun / submitit start one process per rank): 0 outside SLURM."""
+    return int(os.environ.get("SLURM_NTASKS", "0") or 0) if "SLURM_PROCID" in os.environ else 0
+
+
 def world_size() -> int:
     if is_distributed():
         return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    return max(1, _slurm_tasks())
 
 
 def rank() -> int:
@@ -58,6 +71,8 @@ def rank() -> int:
         return torch.distributed.get_rank()
     if os.environ.get("RANK"):
         return int(os.environ["RANK"])
+    if _slurm_tasks() > 1:  # hydra/launcher=slurm with several tasks: each task is a rank
+        return int(os.environ["SLURM_PROCID"])
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     node = int(os.environ.get("NODE_RANK", "0") or 0)
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
@@ -132,6 +147,58 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_tensors_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op in one process)."""
+    if not is_distributed() or world_size() == 1:
+        return
+    device = _device_for_collectives()
+    with torch.no_grad():
+        for tensor in tensors:
+            buffer = tensor.detach().to(device)
+            torch.distributed.broadcast(buffer, src=src)
+            if buffer.data_ptr() != tensor.data_ptr():
+                tensor.copy_(buffer)
+
+
+def any_rank(flag: bool) -> bool:
+    """``flag`` or'ed over ranks (as is in one process): every rank takes the same branch."""
+    return max_over_ranks(int(bool(flag))) > 0
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether FSDP2 (``fully_shard``) manages any submodule of ``module``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a DTensor shard (a collective: every rank calls it), else ``tensor``."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def gathered(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples: a state dict) with every DTensor made whole."""
+    if isinstance(value, dict):
+        return {key: gathered(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(gathered(item) for item in value)
+    return full_tensor(value) if isinstance(value, torch.Tensor) else value
+
+
+def local_part(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``whole`` laid out as ``like``: this rank's shard when ``like`` is a DTensor (no communication:
+    every rank holds ``whole``), else ``whole`` itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor) or isinstance(whole, DTensor):
+        return whole
+    whole = whole.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
 
 
 def max_over_ranks(value: int) -> int:

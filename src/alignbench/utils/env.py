@@ -35,5 +35,7 @@ def set_defaults() -> None:
                  "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*srun.*", ".*LeafSpec.*", ".*PossibleUserWarning.*",
-                    ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*Checkpoint directory.*exists.*"):
+                    ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*Checkpoint directory.*exists.*",
+                    # a score head's output is a view (squeeze) that nothing modifies in place
+                    ".*FSDP2-wrapped module \\(FSDPScoreHead\\) returned a view.*"):
         warnings.filterwarnings("ignore", message=pattern)

@@ -8,8 +8,8 @@ imported, so a signal at any moment ends in a summary and a one-line message, ne
   boundary, rank 0 writes the checkpoint and every rank raises ``Preempted`` (exit 75) or, for
   Ctrl-C, ``Interrupted`` (exit 130). A preemption signal outranks Ctrl-C: the job must be requeued.
 * Outside training (loading, stage caching, evaluation) the signal raises at once on rank 0: nothing
-  there is worth saving, the last checkpoint stands. A DDP worker (rank > 0) never stops on its own:
-  it keeps the signal until the ranks agree, or until rank 0 ends the job.
+  there is worth saving, the last checkpoint stands. A DDP or FSDP worker (rank > 0) never stops on
+  its own: it keeps the signal until the ranks agree, or until rank 0 ends the job.
 * A second Ctrl-C during training stops at once, without waiting for the iteration to end.
 * Nothing here sends a collective from inside a signal handler (Lightning's SIGTERM notifier does,
   which deadlocks against a gradient all-reduce; ``training.callbacks`` keeps it from installing).
@@ -37,9 +37,13 @@ HANDLED_SIGNALS = PREEMPTION_SIGNALS + INTERRUPT_SIGNALS
 
 
 def is_worker_process() -> bool:
-    """True in a DDP worker process (global rank > 0), from the launcher's environment only: a signal
-    handler must not import torch (``alignbench.utils.distributed.rank`` reads the same variables)."""
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """True in a DDP/FSDP worker process (global rank > 0), from the launcher's environment only: a
+    signal handler must not import torch (``alignbench.utils.distributed.rank`` reads the same
+    variables; several SLURM tasks of one step are ranks by ``SLURM_PROCID``)."""
+    if any(int(os.environ.get(name, "0") or 0) > 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return True
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "0") or 0) if "SLURM_PROCID" in os.environ else 0
+    return "RANK" not in os.environ and slurm_tasks > 1 and int(os.environ["SLURM_PROCID"] or 0) > 0
 
 
 def signal_name(signum: int | None) -> str:
