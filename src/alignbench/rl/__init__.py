@@ -2,6 +2,10 @@
 
 Tensors are ``[B, T]`` over response tokens (right-padded) with a 0/1 ``mask``; costs follow the
 Safe RLHF sign convention (C > 0 unsafe). See ``docs/ALGORITHMS.md`` section 1.
+
+``rollout`` (decoding) and ``logprobs`` (scoring) are the plain paths, the model's own forward; the CPU
+speed paths (``fused_llama``'s fused decode and no-grad scoring, ``packed``'s padding-free scoring) sit
+behind one seam, ``speed``, which each plain path asks once.
 """
 
 from alignbench.rl.advantages import (
