@@ -22,8 +22,8 @@ from conftest import run_cli
 # as tests/test_ddp.py: near-greedy rollouts, no batch-level whitening, the smoke Safe RLHF run
 RL = ["algo=safe_rlhf", "experiment=smoke", "algo.steps=4", "algo.batch_size=8", "algo.whiten_advantages=false",
       "algo.rollout.temperature=1e-6", "logger=none"]
-TRACKED = ("train/lambda", "train/J_C", "losses/policy_loss", "losses/reward_critic_loss", "losses/cost_critic_loss",
-           "train/reward", "train/episode_cost")
+TRACKED = ("train/lambda", "train/J_C", "losses/policy/policy_loss", "losses/reward_critic/value_loss",
+           "losses/cost_critic/value_loss", "train/reward", "train/episode_cost")
 # The FSDP run decodes with the model's forward and scores with plain forwards; one process uses the
 # fused CPU passes, packed scoring and shared prompts. Same maths, different float rounding: 1e-3 relative.
 TOLERANCE = dict(rel=1e-3, abs=1e-4)
