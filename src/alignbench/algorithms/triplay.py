@@ -31,11 +31,11 @@ Every GRPO step samples ``group_size`` = k outputs per prompt with the role bein
 two frozen), scores them, and updates with
 
     A_i = (r_i - mean_g r) / (std_g r + eps)                       (``rl.advantages.grpo_advantages``)
-    L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_coef * KL_k3(pi || pi_anchor)
+    L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_loss_coef * KL_k3(pi || pi_anchor)
 
-(``rl.experience.actor_loss`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy uses
-``rl.losses.clipped_policy_loss`` and ``kl_penalty`` directly). Red updates add
-``attacker_ptx_coeff`` x the warm-up cross-entropy (PTX-style): on ``model=tiny`` the attacker's
+(the one policy update of ``rl.update`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy
+runs it with its own loss from ``rl.losses.clipped_policy_loss`` and ``kl_penalty``). Red updates add
+``attacker_ptx_coef`` x the warm-up cross-entropy (PTX-style): on ``model=tiny`` the attacker's
 copy-the-request skill is fragile and RL alone erodes it. The PTX cross-entropy covers only the
 request's tokens (``attacker_ptx_request_only``), so it keeps the copy skill without pulling the wrapper
 choice back to the warm-up's uniform one.
@@ -89,20 +89,22 @@ import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.sft import response_cross_entropy
-from alignbench.algorithms.text import encode_prompt_response
+from alignbench.algorithms.triplay_config import PHASES, TriPlayConfig, check_fair_panel
 from alignbench.algorithms.triplay_metrics import TriPlayHeldoutMetrics
 from alignbench.algorithms.triplay_rewards import (
-    PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, attack_reward, build_judge_panel,
-    check_fair_panel, label_scores, panel_labels, panel_votes, weighted_outcome,
+    AttackPool, Embedder, SelfBLEU, attack_reward, build_judge_panel, label_scores, panel_labels, panel_votes,
+    weighted_outcome,
 )
 from alignbench.config import ConfigError, GenerationConfig
 from alignbench.data.schema import LABELS
 from alignbench.models.compute import METER, Counts
 from alignbench.models.roles import REFERENCE, RoleSpec
+from alignbench.models.text import encode, encode_prompt_response
 from alignbench.registry import register_algorithm
 from alignbench.rl.advantages import grpo_advantages
-from alignbench.rl.experience import actor_loss, collect, mean_of, minibatches
+from alignbench.rl.experience import collect
 from alignbench.rl.losses import clipped_policy_loss, kl_penalty
+from alignbench.rl.update import clipped_surrogate, policy_update
 from alignbench.signals.labels import label_logits, label_token_ids, predict_labels
 from alignbench.utils.distributed import world_size
 
@@ -173,7 +175,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         plan = [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
         for iteration in range(1, cfg.iterations + 1):
             for phase in cfg.phases:
-                plan += [(iteration, phase)] * cfg.phase_steps[phase]
+                plan += [(iteration, str(phase))] * cfg.phase_steps[phase]
         return plan
 
     @property
@@ -287,18 +289,19 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         advantages = grpo_advantages(scores, k, scale=cfg.grpo_scale)[:, None]
         rows, actions = torch.arange(len(texts), device=old.device).repeat_interleave(k), actions.reshape(-1)
         mask = torch.ones_like(advantages)
-        updates = []
-        for _ in range(cfg.epochs):
+
+        def loss_of(_rows) -> tuple[torch.Tensor, dict[str, float]]:  # the whole batch at every step
             logp = torch.log_softmax(self.label_logits("evaluator", texts), -1)[rows, actions][:, None]
             loss, stats = clipped_policy_loss(logp, old[rows, actions][:, None], advantages, mask,
                                               clip_eps=cfg.clip_eps)
             kl = kl_penalty(logp, ref[rows, actions][:, None], cfg.kl_estimator).mean()
-            loss = loss + cfg.kl_coef * kl
-            grad_norm = host.optimize("evaluator", loss)["grad_norm"]
-            updates.append({"losses/evaluator/policy_loss": float(loss.detach()),
-                            "losses/evaluator/kl_loss": float(kl.detach()), "losses/evaluator/grad_norm": grad_norm,
-                            **{f"losses/evaluator/{n}": float(v) for n, v in stats.items()}})
-        return {**mean_of(updates), "train/evaluator/reward": float(scores.mean()),
+            diagnostics = {"policy_loss": float(loss.detach()), "kl_loss": float(kl.detach()),
+                           **{name: float(value) for name, value in stats.items()}}
+            return loss + cfg.kl_loss_coef * kl, diagnostics
+
+        metrics = policy_update(host, "evaluator", [len(rows)], loss_of, epochs=cfg.epochs, minibatches=1,
+                                generator=None)
+        return {**metrics, "train/evaluator/reward": float(scores.mean()),
                 "train/evaluator/entropy": float(-(old.exp() * old).sum(-1).mean())}
 
     def _grpo(self, host, role: str, prompts: list[str], score_fn, generation: GenerationConfig, ptx=None):
@@ -314,19 +317,10 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         scores_t = torch.as_tensor(np.asarray(scores), dtype=torch.float32, device=exp.mask.device)
         advantages = grpo_advantages(scores_t, k, scale=cfg.grpo_scale)
         token_adv = advantages[:, None] * exp.mask.to(advantages.dtype)
-        updates = []
-        for _ in range(cfg.epochs):
-            for index in minibatches(exp.size, cfg.minibatches, self.generator):
-                loss, stats = actor_loss(self.roles, role, exp.select(index), token_adv[index], clip_eps=cfg.clip_eps,
-                                         kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
-                                         temperature=generation.temperature)
-                if ptx is not None:
-                    ptx_loss = ptx()
-                    loss = loss + ptx_loss
-                    stats["losses/ptx_loss"] = float(ptx_loss.detach())
-                stats["losses/grad_norm"] = host.optimize(role, loss)["grad_norm"]
-                updates.append(stats)
-        metrics = {key.replace("losses/", f"losses/{role}/"): v for key, v in mean_of(updates).items()}
+        # the rollout's experience carries its temperature: the loss scores softmax(z / T) as it sampled
+        metrics = policy_update(host, role, [exp.size], clipped_surrogate(self.roles, role, [(exp, token_adv)], cfg,
+                                                                          extra_loss=ptx),
+                                epochs=cfg.epochs, minibatches=cfg.minibatches, generator=self.generator)
         metrics.update({f"train/{role}/reward": float(np.mean(scores)),
                         f"train/{role}/reward_std_in_group": float(np.asarray(scores).reshape(-1, k).std(1).mean()),
                         "perf/gen_tokens": float(exp.mask.sum()),
@@ -378,8 +372,6 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
         The first response token always goes (with no text before the request it is the strategy choice).
         """
-        from alignbench.algorithms.text import encode
-
         mask = response_mask.clone()
         for row, example in enumerate(examples):
             before, after = (part.strip() for part in self.world.wrappers[example["wrapper"]][0].split("{request}"))
@@ -446,10 +438,12 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             state["pool"] = [(t, s) for t, s, ok in zip(texts, repeated, successful) if ok]
             return reward, info
 
-        ptx = (lambda: self.cfg.attacker_ptx_coeff * self._supervised_loss("attacker", self.cfg.attacker_ptx_request_only)) \
-            if self.cfg.attacker_ptx_coeff else None
+        def ptx() -> tuple[torch.Tensor, dict[str, float]]:
+            loss = self._supervised_loss("attacker", self.cfg.attacker_ptx_request_only)
+            return self.cfg.attacker_ptx_coef * loss, {"ptx_loss": float(loss.detach())}
+
         metrics = self._grpo(host, "attacker", [self.world.attacker_prompt(s) for s in seeds], score,
-                             self.cfg.attacker_rollout, ptx=ptx)
+                             self.cfg.attacker_rollout, ptx=ptx if self.cfg.attacker_ptx_coef else None)
         texts, seeds_ok = [t for t, _ in state["pool"]], [s for _, s in state["pool"]]
         self.pool.add(texts, self._requests(seeds_ok))  # after scoring: an attack is never compared with itself
         metrics["train/red/pool_size"] = float(len(self.pool))
@@ -565,7 +559,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
         return PolicyResponder(self.ctx, self.roles, role="defender")
 
-    def eval_extras(self) -> dict[str, float]:
+    def summary_metrics(self) -> dict[str, float]:
         extras = dict(self.stage_outputs.metrics)
         extras.update(self.last_metrics)
         extras.update({k.replace("triplay/", "triplay/initial/", 1): v for k, v in self.first_metrics.items()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from alignbench.algorithms.text import encode_prompts
+from alignbench.models.text import encode_prompts
 from alignbench.config import EvalConfig, GenerationConfig
 from alignbench.eval.metrics import SampleOutcome, aggregate
 from alignbench.rl.rollout import generate_rollout
