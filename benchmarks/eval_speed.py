@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from alignbench.algorithms.text import TextLimits
+from alignbench.models.text import TextLimits
 from alignbench.config import EvalConfig, GenerationConfig, ModelConfig
 from alignbench.data.world import SafetyWorld
 from alignbench.eval.harness import PolicyResponder, evaluate

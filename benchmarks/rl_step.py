@@ -122,7 +122,7 @@ class AlignbenchGRPO:
     """alignbench's RL core on the workload: roles, one optimiser, one iteration per ``step()``."""
 
     def __init__(self, args, folder: Path, tokenizer, prompts: list[str]) -> None:
-        from alignbench.algorithms.text import TextLimits
+        from alignbench.models.text import TextLimits
         from alignbench.config import GenerationConfig, ModelConfig
         from alignbench.models.roles import RoleSet, RoleSpec
         from alignbench.training.module import adamw
@@ -149,7 +149,7 @@ class AlignbenchGRPO:
         self.history: list[dict[str, float]] = []
 
     def step(self) -> float:
-        from alignbench.algorithms.text import encode_prompts
+        from alignbench.models.text import encode_prompts
         from alignbench.rl.advantages import grpo_advantages
         from alignbench.rl.experience import Experience, actor_loss, policy_logprobs
         from alignbench.rl.rollout import generate_rollout
@@ -170,7 +170,7 @@ class AlignbenchGRPO:
         scored = time.perf_counter()
         rewards = torch.tensor([reward_of(text) for text in texts])
         advantages = grpo_advantages(rewards, args.group)[:, None] * exp.mask
-        loss, _ = actor_loss(roles, "policy", exp, advantages, clip_eps=0.2, kl_coef=args.beta,
+        loss, _ = actor_loss(roles, "policy", exp, advantages, clip_eps=0.2, kl_loss_coef=args.beta,
                              kl_estimator="k3", per_sequence=False)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -242,7 +242,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     """Median timing metrics of ``SafeRLHF.training_step`` on the same prompts × group."""
     from alignbench.algorithms.base import StageOutputs
     from alignbench.algorithms.ppo import SafeRLHF
-    from alignbench.algorithms.text import TextLimits
+    from alignbench.models.text import TextLimits
     from alignbench.config import GenerationConfig, ModelConfig
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
@@ -252,7 +252,7 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True, lora=lora_settings(args))
     cfg = SafeRLHF.config_class(name="safe_rlhf", batch_size=args.prompts * args.group,
                                 rollout=GenerationConfig(max_new_tokens=args.new_tokens, engine=args.engine),
-                                kl_beta=args.beta)
+                                kl_coef=args.beta)
     special = set(tokenizer.all_special_ids)
 
     def decode(ids, mask):

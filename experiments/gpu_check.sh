@@ -14,7 +14,7 @@ export ALIGNBENCH_CACHE=${ALIGNBENCH_CACHE:-$OUT/cache}
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -lt 1 ]; then echo "gpu_check: no CUDA device" >&2; exit 2; fi
 python -m alignbench.assets fetch >/dev/null || exit 2
-COMMON=(model=smollm2_135m experiment=smoke logger=none model.dtype=bfloat16 +model.gradient_checkpointing=true
+COMMON=(model=smollm2_135m experiment=smoke logger=none model.dtype=bfloat16 model.gradient_checkpointing=true
         stages.sft.steps=20 stages.reward_model.steps=10 stages.cost_model.steps=10 algo.steps=6 algo.batch_size=16
         data.eval_prompts=32)
 status=0
@@ -29,7 +29,7 @@ run fsdp_${NGPU}gpu 180 algo=safe_rlhf trainer=fsdp "trainer.devices=$NGPU" "alg
     trainer.precision=bf16-mixed
 runs=("$OUT/gpu_bf16_gc_lora" "$OUT/fsdp_${NGPU}gpu")
 if python -c "import vllm" >/dev/null 2>&1; then
-  run vllm 120 algo=ppo trainer=gpu +algo.rollout.engine=vllm +eval.generation.engine=vllm
+  run vllm 120 algo=ppo trainer=gpu algo.rollout.engine=vllm eval.generation.engine=vllm
   runs+=("$OUT/vllm")
 else
   echo "gpu_check: vllm not installed, engine check skipped"

@@ -52,20 +52,25 @@ def stage_cache(tmp_path_factory) -> Path:
     return path
 
 
-def compose(overrides: list[str], output_dir: Path, cache_dir: Path):
-    """The composed config, exactly as ``python run.py <overrides>`` would see it."""
+def compose(overrides: list[str], output_dir: Path, cache_dir: Path, keep_hydra: bool = False):
+    """The composed config, exactly as ``python run.py <overrides>`` would see it (``keep_hydra``: with its
+    ``hydra`` node, e.g. an experiment's sweep)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
+    from alignbench.registry import register_config_schemas
+
+    register_config_schemas()  # every default, as run.py does before Hydra composes
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose("config", overrides=_with_threads(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)
         cfg.cache_dir = str(cache_dir)
-        del cfg["hydra"]
+        if not keep_hydra:
+            del cfg["hydra"]
     return cfg
 
 

@@ -75,7 +75,7 @@ def test_score_heads_stay_fp32_under_bf16_autocast():
 @pytest.mark.slow
 def test_a_bf16_checkpointed_lora_job_runs_on_the_cpu(tmp_path, stage_cache):
     result = run_cli(["algo=ppo", "experiment=smoke", "logger=none", "model.dtype=bfloat16",
-                      "+model.gradient_checkpointing=true", "trainer.precision=bf16-mixed", "trainer.num_threads=1",
+                      "model.gradient_checkpointing=true", "trainer.precision=bf16-mixed", "trainer.num_threads=1",
                       "model.arch.hidden_size=32", "model.arch.intermediate_size=64", "stages.sft.steps=4",
                       "stages.reward_model.steps=2", "data.eval_prompts=8", "export.enabled=false",
                       f"hydra.run.dir={tmp_path}"], timeout=900)

@@ -26,7 +26,7 @@ from test_resume import assert_same
 # batch-level (local under DDP), so it is off here; everything else is the smoke Safe RLHF run.
 RL = ["algo=safe_rlhf", "experiment=smoke", "algo.steps=4", "algo.batch_size=8", "algo.whiten_advantages=false",
       "algo.rollout.temperature=1e-6", "logger=none"]
-TRACKED = ("train/lambda", "train/J_C", "losses/policy_loss", "losses/reward_critic_loss", "losses/cost_critic_loss",
+TRACKED = ("train/lambda", "train/J_C", "losses/policy/policy_loss", "losses/reward_critic/value_loss", "losses/cost_critic/value_loss",
            "train/reward", "train/episode_cost")
 
 

@@ -107,7 +107,7 @@ def test_sequence_classification_layout_scores_are_the_logit(tmp_path):
 
 
 def test_texts_cut_to_the_scorer_max_length_are_counted(tmp_path):
-    from alignbench.algorithms.text import TextLimits
+    from alignbench.models.text import TextLimits
 
     tokenizer = _tokenizer()
     model = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1)).eval()

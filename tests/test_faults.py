@@ -36,11 +36,12 @@ def _alignbench_lines(stderr: str) -> list[str]:
 
 
 def test_a_second_job_on_a_live_run_dir_is_refused_and_ctrl_c_leaves_an_interrupted_summary(tmp_path, stage_cache):
-    # the first job must outlive the second one's start-up (seconds on a loaded machine): Ctrl-C ends it
-    long = [arg if not arg.startswith("algo.steps=") else "algo.steps=1000" for arg in COMMAND]
+    # the first job must outlive the second one's start-up (it imports every algorithm before Hydra composes):
+    # enough iterations that it is still training when the second one asks; Ctrl-C ends it long before
+    command = [*COMMAND, "algo.steps=1000", f"hydra.run.dir={tmp_path}"]
 
     def second_job_then_ctrl_c(process) -> None:
-        second = run_cli([*long, f"hydra.run.dir={tmp_path}"])  # e.g. a requeue while the first still runs
+        second = run_cli(command)  # e.g. a requeue while the first still runs
         assert second.returncode == 2
         (line,) = _alignbench_lines(second.stderr)
         assert f"{tmp_path} is in use by another alignbench job, pid {process.pid} on " in line
@@ -48,8 +49,7 @@ def test_a_second_job_on_a_live_run_dir_is_refused_and_ctrl_c_leaves_an_interrup
         assert process.poll() is None  # and the first job goes on
         process.send_signal(signal.SIGINT)  # Ctrl-C
 
-    code, stderr, seconds = stop_during_training([*long, f"hydra.run.dir={tmp_path}"], tmp_path,
-                                                 second_job_then_ctrl_c)
+    code, stderr, seconds = stop_during_training(command, tmp_path, second_job_then_ctrl_c)
     assert code == EXIT_INTERRUPTED and seconds < 60, (code, stderr[-3000:])
     assert "Traceback" not in stderr
     lines = _alignbench_lines(stderr)

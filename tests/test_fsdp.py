@@ -22,8 +22,8 @@ from conftest import run_cli
 # as tests/test_ddp.py: near-greedy rollouts, no batch-level whitening, the smoke Safe RLHF run
 RL = ["algo=safe_rlhf", "experiment=smoke", "algo.steps=4", "algo.batch_size=8", "algo.whiten_advantages=false",
       "algo.rollout.temperature=1e-6", "logger=none"]
-TRACKED = ("train/lambda", "train/J_C", "losses/policy_loss", "losses/reward_critic_loss", "losses/cost_critic_loss",
-           "train/reward", "train/episode_cost")
+TRACKED = ("train/lambda", "train/J_C", "losses/policy/policy_loss", "losses/reward_critic/value_loss",
+           "losses/cost_critic/value_loss", "train/reward", "train/episode_cost")
 # The FSDP run decodes with the model's forward and scores with plain forwards; one process uses the
 # fused CPU passes, packed scoring and shared prompts. Same maths, different float rounding: 1e-3 relative.
 TOLERANCE = dict(rel=1e-3, abs=1e-4)
@@ -140,8 +140,8 @@ def test_deepspeed_is_refused_naming_fsdp(composed):
     assert not (Path(__file__).parents[1] / "conf" / "trainer" / "deepspeed.yaml").exists()
 
 
-@pytest.mark.parametrize("override, key", [("+algo.rollout.engine=fused", "algo.rollout.engine=fused"),
-                                           ("+eval.generation.engine=vllm", "eval.generation.engine=vllm")])
+@pytest.mark.parametrize("override, key", [("algo.rollout.engine=fused", "algo.rollout.engine=fused"),
+                                           ("eval.generation.engine=vllm", "eval.generation.engine=vllm")])
 def test_fsdp_refuses_decoders_that_need_whole_weights(composed, override, key):
     cfg = composed(["algo=safe_rlhf", "trainer=fsdp", override])
     with pytest.raises(ConfigError, match="cannot decode FSDP-sharded weights") as error:
@@ -154,14 +154,18 @@ def test_fsdp_refuses_decoders_that_need_whole_weights(composed, override, key):
 @pytest.mark.parametrize("algo", ["waltzrl", "triplay", "single_rl"])
 def test_algorithms_whose_ranks_may_diverge_are_refused_under_fsdp(algo):
     from alignbench.config import TrainerConfig
+    from alignbench.registry import algorithm_class
     from alignbench.training.strategy import check_strategy
 
+    def check(strategy, name):
+        check_strategy(TrainerConfig(strategy=strategy), name, algorithm_class({"name": name}))
+
     with pytest.raises(ConfigError, match=f"algo={algo} does not run under trainer=fsdp") as error:
-        check_strategy(TrainerConfig(strategy="fsdp"), algo)
+        check("fsdp", algo)
     assert "use trainer=ddp" in str(error.value) and "safe_rlhf" in str(error.value)
-    check_strategy(TrainerConfig(strategy="ddp"), algo)
+    check("ddp", algo)
     for ready in ("sft", "ppo", "safe_rlhf", "repo", "reward_shaping"):
-        check_strategy(TrainerConfig(strategy="fsdp"), ready)
+        check("fsdp", ready)
 
 
 # ----------------------------------------------------------------------------- end to end

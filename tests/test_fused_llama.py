@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from alignbench.rl.fused_llama import FusedLlama, fused_support
-from alignbench.rl import logprobs as logprobs_mod
+from alignbench.rl import speed as speed_mod
 from alignbench.rl.logprobs import sequence_logprobs
 from alignbench.rl.rollout import generate_rollout, left_pad_batch, position_ids_from_mask
 
@@ -147,8 +147,8 @@ def test_sequence_logprobs_uses_the_fused_pass_only_without_grad():
         plain = sequence_logprobs(model, ids, mask, response_start, response_mask, fused=False)
     assert torch.allclose(fused, plain, atol=1e-5)
     with torch.no_grad():
-        assert logprobs_mod._fused_scoring(model, "auto") is True
-    assert logprobs_mod._fused_scoring(model, "auto") is False  # grad is on here: the model's forward runs
+        assert speed_mod._fused_scoring(model, "auto") is True
+    assert speed_mod._fused_scoring(model, "auto") is False  # grad is on here: the model's forward runs
     with_grad = sequence_logprobs(model, ids, mask, response_start, response_mask)
     assert with_grad.requires_grad and torch.allclose(with_grad.detach(), plain, atol=1e-6)
     with pytest.raises(ValueError, match="fused=True cannot score this model: grad is enabled"):
@@ -168,7 +168,7 @@ def test_unsupported_models_and_adapters_are_named():
     assert fused_support(dropout.eval()) is None  # dropout is off in eval mode
     assert "LoRA dropout 0.1 in train mode" in fused_support(dropout.train())
     with torch.no_grad():  # auto falls back to the model's forward for all of them
-        assert logprobs_mod._fused_scoring(dropout, "auto") is False
+        assert speed_mod._fused_scoring(dropout, "auto") is False
 
 
 def test_a_grouped_batch_decodes_as_the_lean_loop_does():

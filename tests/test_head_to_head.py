@@ -65,7 +65,7 @@ def test_shrunk_head_to_head_writes_a_report_over_algorithms_and_seeds(tmp_path,
 
 
 FRONTIER = {"safe_rlhf": ("lagrange", "threshold"), "repo": ("lagrange", "threshold"),
-            "reward_shaping": ("cost_penalty",), "safeguard": ("prompt_keywords",), "waltzrl": ("kl_beta",),
+            "reward_shaping": ("cost_penalty",), "safeguard": ("prompt_keywords",), "waltzrl": ("kl_coef",),
             "triplay": ("defender_label_scores", "rejective")}
 
 

@@ -15,7 +15,7 @@ START = "BEGINNING OF CONVERSATION: USER:"
 
 @pytest.fixture(scope="module")
 def alpaca_setup():
-    from alignbench.algorithms.text import TextLimits
+    from alignbench.models.text import TextLimits
     from alignbench.config import ModelConfig, TinyArchConfig
     from alignbench.models.tiny import build_tiny_llama, build_word_tokenizer
 
@@ -30,7 +30,7 @@ def alpaca_setup():
 
 
 def test_a_300_token_prompt_keeps_the_alpaca_template_and_is_counted(alpaca_setup):
-    from alignbench.algorithms.text import encode_prompts
+    from alignbench.models.text import encode_prompts
 
     ctx, _ = alpaca_setup
     prompt = " ".join(f"w{i}" for i in range(300))
@@ -47,7 +47,7 @@ def test_a_300_token_prompt_keeps_the_alpaca_template_and_is_counted(alpaca_setu
 
 
 def test_reward_scoring_sees_the_fitted_prompt_and_the_whole_response(alpaca_setup, monkeypatch):
-    from alignbench.algorithms.text import TextLimits
+    from alignbench.models.text import TextLimits
     from alignbench.models.roles import RoleSet, RoleSpec
     from alignbench.rl.experience import score_texts
 
@@ -72,7 +72,7 @@ def test_reward_scoring_sees_the_fitted_prompt_and_the_whole_response(alpaca_set
 
 
 def test_template_longer_than_the_budget_is_a_config_error(alpaca_setup):
-    from alignbench.algorithms.text import TextLimits, encode_prompts
+    from alignbench.models.text import TextLimits, encode_prompts
     from alignbench.errors import ConfigError
 
     ctx, _ = alpaca_setup

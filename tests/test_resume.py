@@ -303,7 +303,7 @@ def test_fingerprint_ignores_settings_that_may_change_on_resume(composed):
     base = ckpt.config_fingerprint(composed(["algo=safe_rlhf"]))
     assert ckpt.config_fingerprint(composed(["algo=safe_rlhf", "trainer.checkpoint_every=5", "resume=true",
                                              "trainer.num_threads=1", "logger=none", "max_nan_steps=9"])) == base
-    changed = ckpt.config_fingerprint(composed(["algo=safe_rlhf", "algo.kl_beta=0.1"]))
+    changed = ckpt.config_fingerprint(composed(["algo=safe_rlhf", "algo.kl_coef=0.1"]))
     assert changed["algo"] != base["algo"] and changed["model"] == base["model"]
 
 

@@ -87,7 +87,9 @@ def test_every_ppo_variant_runs_and_logs_its_metrics(tmp_path, stage_cache):
         rl_rows = [row for row in read_history(job.parent) if row["stage"] == "rl"]
         assert [row["iteration"] for row in rl_rows] == [1, 2, 3, 4]
         for key in ("train/reward", "train/episode_cost", "train/violation_rate", "train/cost_p95",
-                    "losses/approx_kl", "losses/clipfrac", "losses/entropy", "timing/generation"):
+                    "losses/policy/approx_kl", "losses/policy/clipfrac", "losses/policy/entropy",
+                    "losses/reward_critic/value_loss", "optim/policy/grad_norm", "optim/policy/lr",
+                    "optim/reward_critic/lr", "timing/generation"):
             assert key in rl_rows[-1], (summary["algo"], key)
         lagrangian = summary["algo"] in ("safe_rlhf", "repo")
         assert ("train/lambda" in rl_rows[-1]) == lagrangian

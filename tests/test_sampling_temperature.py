@@ -57,15 +57,15 @@ def test_collect_scores_the_tempered_policy_ratio_one_and_kl_zero(composed):
 
     kl = masked_mean(kl_penalty(exp.old_logp, exp.ref_logp, "k3"), exp.mask)
     assert abs(float(kl)) < 1e-6
-    _, stats = actor_loss(roles, "policy", exp, torch.ones_like(exp.old_logp), clip_eps=0.2, kl_coef=0.1)
-    assert stats["losses/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
-    assert stats["losses/kl_loss"] == pytest.approx(0.0, abs=1e-5)
-    assert stats["losses/clipfrac"] == 0.0
+    _, stats = actor_loss(roles, "policy", exp, torch.ones_like(exp.old_logp), clip_eps=0.2, kl_loss_coef=0.1)
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert stats["kl_loss"] == pytest.approx(0.0, abs=1e-5)
+    assert stats["clipfrac"] == 0.0
 
 
 @pytest.mark.parametrize("algo, overrides, ratio_key, kl_key", [
-    ("ppo", ["algo.rollout.temperature=0.7"], "losses/ratio_mean", "train/kl"),
-    ("single_rl", ["algo.rollout.temperature=0.7"], "losses/policy/ratio_mean", "train/policy/kl"),
+    ("ppo", ["algo.rollout.temperature=0.7"], "losses/policy/ratio_mean", "train/kl"),
+    ("single_rl", ["algo.rollout.temperature=0.7"], "losses/policy/ratio_mean", "train/kl"),
     ("waltzrl", ["algo.conversation_rollout.temperature=0.7", "algo.feedback_rollout.temperature=0.7",
                  "algo.stage1_steps=0"], "losses/conversation/ratio_mean", "train/conversation/kl"),
 ])

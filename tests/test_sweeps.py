@@ -31,5 +31,5 @@ def test_optuna_sweep_of_four_trials(tmp_path, stage_cache):
               for s in summaries]
     assert abs(best["best_value"] - max(values)) < 1e-9
     assert set(best["best_params"]) == {"algo.lagrange.threshold", "algo.lagrange.lr", "algo.lagrange.init",
-                                        "algo.kl_beta"}
+                                        "algo.kl_coef"}
     assert (tmp_path / "report.html").exists()  # the report callback ran at the end of the sweep

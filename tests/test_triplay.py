@@ -17,12 +17,11 @@ from hydra import compose, initialize_config_dir
 
 import alignbench.algorithms.triplay as triplay_module
 from alignbench.algorithms.triplay import TriPlay
+from alignbench.algorithms.triplay_config import JudgeSpec, TriPlayConfig
 from alignbench.algorithms.triplay_rewards import (
     AttackPool,
     Embedder,
-    JudgeSpec,
     SelfBLEU,
-    TriPlayConfig,
     attack_reward,
     build_judge_panel,
     strategy_template,
@@ -32,6 +31,7 @@ from alignbench.algorithms.triplay_rewards import (
     panel_votes,
 )
 from alignbench.config import validate_config
+from alignbench.config_fields import check_config
 from alignbench.data.schema import LABELS
 from alignbench.errors import ConfigError
 from alignbench.models.roles import RoleSet
@@ -222,7 +222,7 @@ def test_judge_panel_is_heterogeneous_and_its_vote_beats_each_judge(world):
     assert np.mean([v == t for v, t in decided]) > max(accuracy.values())
     with pytest.raises(ConfigError, match="two judges"):
         build_judge_panel([JudgeSpec("a"), JudgeSpec("a")], world)
-    with pytest.raises(ConfigError, match="base must be"):
+    with pytest.raises(ConfigError, match=r"'algo.judges\[0\].base' must be keyword, label_model, cost_model or world"):
         build_judge_panel([JudgeSpec("a", "oracle")], world)
 
 
@@ -382,7 +382,7 @@ def test_warm_up_trains_both_adapters_then_is_cached_for_identical_runs(tmp_path
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"phases": ["red", "purple"]}, "unknown phase"),
+    ({"phases": ["red", "purple"]}, r"'algo.phases\[1\]' must be red, blue or eval \(got 'purple'\)"),
     ({"group_size": 1}, "group_size"),
     ({"attack_label_scores": {"negative": 1.0}}, "attack_label_scores"),
     ({"bleu_mode": "nearest"}, "bleu_mode"),
@@ -390,4 +390,4 @@ def test_warm_up_trains_both_adapters_then_is_cached_for_identical_runs(tmp_path
 ])
 def test_bad_config_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
-        TriPlayConfig(**override).check()
+        check_config(TriPlayConfig(**override), "algo")

@@ -1,4 +1,4 @@
-"""TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of ALGORITHMS.md §4 that
+"""TriPlay-RL end to end through ``run.py``: a smoke run (fast) and the claims of docs/ALGORITHMS.md §4 that
 hold under the fair default (slow).
 
 Under ``signals=learned`` the loop is closed as in the paper: the evaluator's labels drive the

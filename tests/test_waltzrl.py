@@ -26,12 +26,13 @@ from alignbench.algorithms.waltzrl_protocol import (
     score_episode,
 )
 from alignbench.config import StageConfig
+from alignbench.config_fields import check_config
 from alignbench.data.world import SafetyWorld, WorldConfig
 from alignbench.data.world import templates as T
 from alignbench.errors import ConfigError
 from alignbench.eval.judges import WorldJudge
 
-COEFFS = Coefficients(alpha=2.0, lam=0.3, gamma=0.1)  # distinct values, so every term is visible
+COEFFS = Coefficients(dir_coef=2.0, label_coef=0.3, format_coef=0.1)  # distinct values, so every term is visible
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +132,15 @@ def test_feedback_reward_cases(case, feedback, before, after, dir_, label, fmt, 
 
 
 def test_stage_two_drops_the_label_reward():
-    stage2 = Coefficients(alpha=2.0, lam=0.0, gamma=0.1)
+    stage2 = Coefficients(dir_coef=2.0, label_coef=0.0, format_coef=0.1)
     assert feedback_reward(FB[True, False], V_UNSAFE, 1.0, stage2).total == pytest.approx(2.1)
     assert feedback_reward(FB[False, False], V_GOOD, None, stage2).total == pytest.approx(0.1)
-    cfg = WaltzRLConfig(stage1_steps=2, stage2_steps=3, lam=0.7)
+    cfg = WaltzRLConfig(stage1_steps=2, stage2_steps=3, label_coef=0.7)
     component = WaltzRL.__new__(WaltzRL)
     component.cfg, component.stage1, component.iteration = cfg, 2, 0
-    assert component.stage == 1 and component.coefficients().lam == 0.7
+    assert component.stage == 1 and component.coefficients().label_coef == 0.7
     component.iteration = 2
-    assert component.stage == 2 and component.coefficients().lam == 0.0
+    assert component.stage == 2 and component.coefficients().label_coef == 0.0
 
 
 # ---------------------------------------------------------------- episodes
@@ -232,10 +233,10 @@ def test_schedule_and_checks():
     assert WaltzRLConfig(steps=9, stage1_steps=15, stage2_steps=30).schedule() == (3, 6)
     assert WaltzRLConfig(steps=1, stage1_steps=15, stage2_steps=30).schedule() == (1, 0)
     assert WaltzRLConfig(steps=4, stage1_steps=0, stage2_steps=30).schedule() == (0, 4)
-    for bad in (dict(t_max=0), dict(lam=-1.0), dict(stage1_steps=-1), dict(kl_estimator="k9"),
+    for bad in (dict(t_max=0), dict(label_coef=-1.0), dict(stage1_steps=-1), dict(kl_estimator="k9"),
                 dict(warmup=WarmupConfig(steps=-1))):
         with pytest.raises(ConfigError):
-            WaltzRLConfig(**bad).check()
+            check_config(WaltzRLConfig(**bad), "algo")
     warm = WarmupConfig().resolved(StageConfig(steps=400, batch_size=32))
     assert (warm.steps, warm.batch_size) == (150, 32)
     assert WarmupConfig(steps=7, batch_size=3).resolved(StageConfig(steps=400)).steps == 7

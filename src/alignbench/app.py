@@ -40,6 +40,7 @@ def main() -> None:
 
     from alignbench import cli
 
+    cli.prepare_hydra()  # every algorithm's and group's defaults (alignbench.registry), before Hydra composes
     try:
         hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(cli.main)()
     except KeyboardInterrupt:  # Ctrl-C in Hydra's start-up, before the job's own handlers (alignbench.cli)

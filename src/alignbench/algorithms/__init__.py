@@ -1,5 +1,9 @@
-"""Algorithm components; importing this package registers every one of them by name."""
+"""Algorithm components. Importing this package imports every module in it, so each module's
+``@register_algorithm`` classes register themselves: a new algorithm is a new module here, listed
+nowhere else (``alignbench.registry.load_algorithms`` adds those of installed packages)."""
 
-from alignbench.algorithms import eval_only, ppo, repo, sft  # noqa: F401
-from alignbench.algorithms import triplay  # noqa: F401
-from alignbench.algorithms import safeguard, waltzrl  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -11,19 +11,23 @@ from dataclasses import dataclass
 
 from alignbench.algorithms.base import AlgorithmComponent
 from alignbench.config import AlgoConfig
+from alignbench.config_fields import at_least, param
 from alignbench.registry import register_algorithm
 
 
 @dataclass
 class EvalOnlyConfig(AlgoConfig):
-    name: str = "eval_only"
-    steps: int = 0
-    batch_size: int = 1
-    with_sft: bool = False
+    """Evaluate ``model=`` as it is (module docstring)."""
+
+    steps: int = param(0, "none: nothing is trained", at_least(0))
+    batch_size: int = param(1, "unused (nothing is trained)", at_least(1))
+    with_sft: bool = param(False, "first apply the cached SFT stage (the model algo=sft evaluates)")
 
 
 @register_algorithm("eval_only")
 class EvalOnly(AlgorithmComponent):
+    """No training: the harness evaluates the base (or the SFT model)."""
+
     config_class = EvalOnlyConfig
     requires = ()
     export_role = None  # trains nothing

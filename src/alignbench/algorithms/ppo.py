@@ -14,7 +14,7 @@ One iteration (docs/ALGORITHMS.md §1), for a batch of prompts x and sampled res
    last ``window`` raw episode costs, once per iteration *before* the actor step, after ``delay``
    iterations, lambda <= lambda_max.
 5. Actor: A = (A_R - lambda A_C) / (1 + lambda) (lambda detached; lambda = 0 for ``ppo``), clipped
-   surrogate -mean(min(rho A, clip(rho, 0.8, 1.2) A)); optional PTX: ptx_coeff * SFT cross-entropy, added to
+   surrogate -mean(min(rho A, clip(rho, 0.8, 1.2) A)); optional PTX: ptx_coef * SFT cross-entropy, added to
    the loss or (``ptx_separate_step``, as safe-rlhf's scripts do) minimised in an update of its own.
    Critics: 0.5 * max((V - Ret)^2, (clip(V, V_old ± 5) - Ret)^2), each with its own optimiser.
 
@@ -24,7 +24,7 @@ RePO (``alignbench.algorithms.repo``) subclasses ``SafeRLHF`` and changes step 4
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,30 +32,44 @@ import torch
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.sft import response_cross_entropy
-from alignbench.algorithms.text import encode_prompt_response
-from alignbench.config import AlgoConfig, ConfigError, GenerationConfig, OptimConfig
+from alignbench.config import AlgoConfig, GenerationConfig, OptimConfig
+from alignbench.config_fields import Choice, above, at_least, param, within
 from alignbench.models.roles import RoleSpec
+from alignbench.models.text import encode_prompt_response
 from alignbench.registry import register_algorithm
 from alignbench.rl.advantages import combine_lagrangian, gae
-from alignbench.rl.experience import actor_loss, collect, critic_loss, mean_of, minibatches, score_texts
+from alignbench.rl.experience import collect, critic_loss, score_texts
 from alignbench.rl.lagrange import LagrangeMultiplier
 from alignbench.rl.losses import explained_variance, kl_penalty, masked_mean, masked_whiten
 from alignbench.rl.shaping import shape_token_rewards
+from alignbench.rl.update import ShapedRewardConfig, clipped_surrogate, policy_update
 from alignbench.utils.distributed import all_reduce_mean, world_size
+
+
+LagrangeMode = Choice("LagrangeMode", "average rectified")
 
 
 @dataclass
 class LagrangeConfig:
-    """Dual variable settings (Safe RLHF defaults: init 1, lr 0.1, max 5, window 128, d = 0)."""
+    """The dual variable lambda of the cost constraint J_C <= d (``rl.lagrange.LagrangeMultiplier``).
 
-    init: float = 1.0
-    lr: float = 0.1
-    lambda_max: float = 5.0
-    threshold: float = 0.0
-    window: int = 128
-    delay: int = 0
-    mode: str = "average"  # average (Safe RLHF) | rectified (RePO)
-    rectified_slack: float = 0.0
+    Safe RLHF's defaults (safe-rlhf ``scripts/ppo-lag.sh``: lambda_init 1, lambda_lr 0.1, lambda_max 5,
+    episode_cost_window_size 128, threshold 0).
+    """
+
+    init: float = param(1.0, "lambda at the start (> 0: the update runs on log lambda)", above(0))
+    lr: float = param(0.1, "SGD learning rate on log lambda", at_least(0))
+    lambda_max: float = param(5.0, "upper bound of lambda", above(0))
+    threshold: float = param(0.0, "d, the cost limit on the cost model's scale (C > 0 unsafe: 0 is the sign "
+                                  "convention)")
+    window: int = param(128, "J_C is the mean of this many most recent episode costs", at_least(1))
+    delay: int = param(0, "iterations that only fill the window before lambda moves", at_least(0))
+    mode: LagrangeMode = param(LagrangeMode.average, "average: J_C = mean C (Safe RLHF) | rectified: J = mean "
+                                                     "{C - d}+ against a slack (RePO, algorithms/repo.py)")
+    rectified_slack: float = param(0.0, "s of the rectified update, loss_lambda = -(J - s) lambda (RePO)", at_least(0))
+
+
+ScoreDtype = Choice("ScoreDtype", "auto float32 bfloat16 float16")
 
 
 @dataclass
@@ -69,70 +83,44 @@ class ScoreModelSource:
     start from it starts from a fresh head on the policy's base instead. See ``models/external.py``.
     """
 
-    path: str | None = None
-    template: str | None = None
-    dtype: str = "auto"  # auto = the model's dtype (model.dtype) | float32 | bfloat16 | float16
-    batch_size: int = 16
-    max_length: int = 1024
+    path: str | None = param(None, "hub id or folder of the model (null: the stage trained on the data)")
+    template: str | None = param(None, "its prompt template with {prompt} and {response} (null: the beaver "
+                                       "conversation template for safe-rlhf checkpoints)")
+    dtype: ScoreDtype = param(ScoreDtype.auto, "auto (model.dtype) | float32 | bfloat16 | float16")
+    batch_size: int = param(16, "texts per forward pass", at_least(1))
+    max_length: int = param(1024, "tokens of a scored text (longer ones are cut and counted)", at_least(8))
 
 
 @dataclass
-class PPOConfig(AlgoConfig):
-    name: str = "ppo"
-    steps: int = 60
-    batch_size: int = 32
-    rollout: GenerationConfig = field(default_factory=GenerationConfig)
-    actor_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.01,
-                                                                         scheduler="cosine", warmup_ratio=0.03))
-    critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6))
-    kl_beta: float = 0.02
-    kl_estimator: str = "k1"
-    clip_eps: float = 0.2
-    value_clip: float = 5.0
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    epochs: int = 1
-    minibatches: int = 1
-    whiten_advantages: bool = False
-    score_clamp: float = 50.0
-    cost_penalty: float = 0.0  # w of reward_shaping: R - w C
-    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
-    #: RePO's rectified penalty {C - d}+ in the cost stream: none (Safe RLHF: the cost stream carries C) |
-    #: critic (the cost stream and its critic carry {C - d}+, the gradient of E[R - lambda {C - d}+]) |
-    #: mask (the cost stream carries C and only responses with C > d keep the cost advantage)
-    rectification: str = "none"
-    normalize_by_lambda: bool = True  # divide the combined advantage by (1 + lambda)
-    ptx_coeff: float = 0.0
-    #: PTX as its own actor update after each RL update (safe-rlhf's ``ptx_step``) instead of a term of the
-    #: RL loss; either way the policy minimises ptx_coeff * SFT cross-entropy on the SFT examples
-    ptx_separate_step: bool = False
-    ptx_batch_size: int = 8
-    entropy_coef: float = 0.0
-    reward_model: ScoreModelSource = field(default_factory=ScoreModelSource)
-    cost_model: ScoreModelSource = field(default_factory=ScoreModelSource)
+class PPOConfig(ShapedRewardConfig, AlgoConfig):
+    """PPO on the reward model, and the settings Safe RLHF and RePO add to it (the module docstring).
 
-    def check(self) -> None:
-        super().check()
-        for role in SCORE_ROLES:
-            source = getattr(self, role)
-            if source.dtype not in ("auto", "float32", "bfloat16", "float16"):
-                raise ConfigError(f"config value 'algo.{role}.dtype' must be auto, float32, bfloat16 or float16")
-            if source.batch_size < 1 or source.max_length < 8:
-                raise ConfigError(f"config values 'algo.{role}.batch_size' (>= 1) and 'max_length' (>= 8) are out of range")
-        for key, value in (("kl_beta", self.kl_beta), ("clip_eps", self.clip_eps), ("value_clip", self.value_clip),
-                           ("ptx_coeff", self.ptx_coeff), ("cost_penalty", self.cost_penalty)):
-            if value < 0:
-                raise ConfigError(f"config value 'algo.{key}' must be >= 0 (got {value})")
-        if self.epochs < 1 or self.minibatches < 1:
-            raise ConfigError("config values 'algo.epochs' and 'algo.minibatches' must be >= 1")
-        if self.kl_estimator not in ("k1", "k2", "k3", "abs"):
-            raise ConfigError(f"config value 'algo.kl_estimator' must be k1, k2, k3 or abs (got {self.kl_estimator!r})")
-        if self.rectification not in ("none", "critic", "mask"):
-            raise ConfigError(f"config value 'algo.rectification' must be none, critic or mask (got {self.rectification!r})")
-        if self.lagrange.mode not in ("average", "rectified"):
-            raise ConfigError(f"config value 'algo.lagrange.mode' must be average or rectified")
-        if self.lagrange.init <= 0 or self.lagrange.lr < 0 or self.lagrange.window < 1:
-            raise ConfigError("config values 'algo.lagrange.init' (> 0), 'lr' (>= 0), 'window' (>= 1) are out of range")
+    Defaults are tuned for the default world on ``model=tiny``; the published Safe RLHF values for
+    Alpaca-7B (safe-rlhf ``scripts/ppo.sh`` / ``ppo-lag.sh``) are in ``conf/algo/scale/``, picked by
+    ``model=alpaca7b``.
+    """
+
+    steps: int = param(80, "PPO iterations (rollout + updates)", at_least(0))
+    batch_size: int = param(32, "prompts per rollout (safe-rlhf per_device_prompt_batch_size)", at_least(1))
+    rollout: GenerationConfig = param(GenerationConfig(), "the policy's sampling in rollouts")
+    actor_optim: OptimConfig = param(OptimConfig(lr=5e-4), "the policy's optimiser (safe-rlhf: lr 1e-5, weight "
+                                                          "decay 0.01, cosine, warm-up 0.03)")
+    critic_optim: OptimConfig = param(OptimConfig(lr=5e-4), "each critic's optimiser (safe-rlhf: lr 5e-6)")
+    value_clip: float = param(5.0, "c of the clipped value loss max((V - R)^2, (clip(V, V_old +- c) - R)^2) "
+                                   "(safe-rlhf clip_range_value)", at_least(0))
+    gae_lambda: float = param(0.95, "lambda of GAE (Schulman et al. 2016; safe-rlhf gae_lambda)", within(0, 1))
+    whiten_advantages: bool = param(True, "whiten the actor's advantages over the batch (safe-rlhf: false)")
+    normalize_by_lambda: bool = param(True, "divide the Lagrangian advantage by (1 + lambda) (Safe RLHF; "
+                                            "unverified for RePO)")
+    ptx_coef: float = param(0.0, "weight of the SFT cross-entropy on the SFT examples (PTX; safe-rlhf ptx_coeff 16)",
+                            at_least(0))
+    ptx_separate_step: bool = param(False, "PTX as its own actor update after each RL update (safe-rlhf's "
+                                           "ptx_step) instead of a term of the RL loss")
+    ptx_batch_size: int = param(8, "SFT examples per PTX term", at_least(1))
+    lagrange: LagrangeConfig = param(LagrangeConfig(), "the multiplier (safe_rlhf, repo); threshold d also decides "
+                                                       "train/violation_rate for every PPO variant")
+    reward_model: ScoreModelSource = param(ScoreModelSource(), "the frozen reward model R")
+    cost_model: ScoreModelSource = param(ScoreModelSource(), "the frozen cost model C (C > 0 unsafe)")
 
 
 SCORE_ROLES = ("reward_model", "cost_model")
@@ -221,19 +209,15 @@ class PPO(AlgorithmComponent):
 
     # ----------------------------------------------------------------- the pieces subclasses change
     def sequence_reward(self, rewards: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
-        """Score fed to the reward stream: R (``ppo``, ``safe_rlhf``) or R - w C (``reward_shaping``)."""
-        return rewards - self.cfg.cost_penalty * costs
+        """Score fed to the reward stream: R (``ppo``, ``safe_rlhf``; ``reward_shaping``: R - w C)."""
+        return rewards
 
     def cost_stream_score(self, costs: torch.Tensor) -> torch.Tensor:
-        """Sequence score fed to the cost stream: C (Safe RLHF), or {C - d}+ (RePO, ``rectification=critic``)."""
-        if self.cfg.rectification == "critic":
-            return (costs - self.cfg.lagrange.threshold).clamp(min=0.0)
+        """Sequence score fed to the cost stream: C (Safe RLHF; RePO: {C - d}+)."""
         return costs
 
     def violation_mask(self, costs: torch.Tensor) -> torch.Tensor | None:
-        """Which responses carry the cost advantage: all, or C > d only (RePO, ``rectification=mask``)."""
-        if self.cfg.rectification == "mask":
-            return (costs > self.cfg.lagrange.threshold).float()
+        """Which responses carry the cost advantage: all (``None``; RePO's mask form: C > d only)."""
         return None
 
     # ----------------------------------------------------------------- one iteration
@@ -250,13 +234,13 @@ class PPO(AlgorithmComponent):
 
         mask = exp.mask
         kl = kl_penalty(exp.old_logp, exp.ref_logp, cfg.kl_estimator)
-        reward_stream = shape_token_rewards(self.sequence_reward(rewards, costs), kl, mask, cfg.kl_beta, +1.0,
+        reward_stream = shape_token_rewards(self.sequence_reward(rewards, costs), kl, mask, cfg.kl_coef, +1.0,
                                             cfg.score_clamp)
         reward_adv, reward_returns = gae(reward_stream, exp.values["reward_critic"], mask, cfg.gamma, cfg.gae_lambda)
         returns = {"reward_critic": reward_returns}
         metrics: dict[str, float] = {}
         if self.lagrangian:
-            cost_stream = shape_token_rewards(self.cost_stream_score(costs), kl, mask, cfg.kl_beta, -1.0,
+            cost_stream = shape_token_rewards(self.cost_stream_score(costs), kl, mask, cfg.kl_coef, -1.0,
                                               cfg.score_clamp)
             cost_adv, cost_returns = gae(cost_stream, exp.values["cost_critic"], mask, cfg.gamma, cfg.gae_lambda)
             returns["cost_critic"] = cost_returns
@@ -271,35 +255,36 @@ class PPO(AlgorithmComponent):
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        updates = []
-        for _ in range(cfg.epochs):
-            for index in minibatches(exp.size, cfg.minibatches, self.generator):
-                part = exp.select(index)
-                loss, stats = actor_loss(roles, "policy", part, advantages[index], clip_eps=cfg.clip_eps,
-                                         entropy_coef=cfg.entropy_coef)
-                if cfg.ptx_coeff and not cfg.ptx_separate_step:
-                    ptx = self.ptx_loss()
-                    loss = loss + cfg.ptx_coeff * ptx
-                    stats["losses/ptx_loss"] = float(ptx.detach())
-                stats.update({f"losses/actor_grad_norm": host.optimize("policy", loss)["grad_norm"]})
-                if cfg.ptx_coeff and cfg.ptx_separate_step:  # safe-rlhf's ptx_step: an update of its own
-                    ptx = self.ptx_loss()
-                    stats["losses/ptx_grad_norm"] = host.optimize("policy", cfg.ptx_coeff * ptx)["grad_norm"]
-                    stats["losses/ptx_loss"] = float(ptx.detach())
-                for critic in self.critics:
-                    value_loss, value_stats = critic_loss(roles, critic, part, returns[critic][index],
-                                                          value_clip=cfg.value_clip)
-                    host.optimize(critic, value_loss)
-                    stats.update(value_stats)
-                updates.append(stats)
+        def ptx_in_loss() -> tuple[torch.Tensor, dict[str, float]]:
+            ptx = self.ptx_loss()
+            return cfg.ptx_coef * ptx, {"ptx_loss": float(ptx.detach())}
+
+        def after_policy_step(rows: list[torch.Tensor]) -> dict[str, float]:
+            """safe-rlhf's separate PTX step, then one step of each critic on the same rows."""
+            index, stats = rows[0], {}
+            if cfg.ptx_coef and cfg.ptx_separate_step:
+                ptx = self.ptx_loss()
+                stats["losses/policy/ptx_grad_norm"] = host.optimize("policy", cfg.ptx_coef * ptx)["grad_norm"]
+                stats["losses/policy/ptx_loss"] = float(ptx.detach())
+            part = exp.select(index)
+            for critic in self.critics:
+                value_loss, value_stats = critic_loss(roles, critic, part, returns[critic][index],
+                                                      value_clip=cfg.value_clip)
+                host.optimize(critic, value_loss)
+                stats.update({f"losses/{critic}/{name}": value for name, value in value_stats.items()})
+            return stats
+
+        loss_of = clipped_surrogate(roles, "policy", [(exp, advantages)], cfg,
+                                    extra_loss=ptx_in_loss if cfg.ptx_coef and not cfg.ptx_separate_step else None)
+        metrics.update(policy_update(host, "policy", [exp.size], loss_of, epochs=cfg.epochs,
+                                     minibatches=cfg.minibatches, generator=self.generator,
+                                     after_step=after_policy_step))
         trained = time.perf_counter()
 
-        metrics.update(mean_of(updates))
         metrics.update(self.rollout_metrics(batch, exp, rewards, costs, kl))
-        metrics["losses/explained_variance"] = explained_variance(exp.values["reward_critic"], reward_returns, mask)
-        if self.lagrangian:
-            metrics["losses/cost_explained_variance"] = explained_variance(exp.values["cost_critic"],
-                                                                           returns["cost_critic"], mask)
+        for critic in self.critics:
+            metrics[f"losses/{critic}/explained_variance"] = explained_variance(exp.values[critic], returns[critic],
+                                                                                mask)
         generated_tokens = float(mask.sum())
         metrics.update({
             "timing/generation": generated - started, "timing/scoring": scored - generated,
@@ -360,9 +345,22 @@ class PPO(AlgorithmComponent):
         return scorer
 
 
+@dataclass
+class RewardShapingConfig(PPOConfig):
+    """PPO's settings and the fixed penalty weight w of the shaped score R - w C."""
+
+    cost_penalty: float = param(1.0, "w of the shaped reward R - w C (Safe RLHF's reward-shaping baseline; w = 0 "
+                                     "is PPO)", at_least(0))
+
+
 @register_algorithm("reward_shaping")
 class RewardShaping(PPO):
     """PPO on R - w C with a fixed penalty w (``algo.cost_penalty``): Safe RLHF's shaping baseline."""
+
+    config_class = RewardShapingConfig
+
+    def sequence_reward(self, rewards: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+        return rewards - self.cfg.cost_penalty * costs
 
 
 @register_algorithm("safe_rlhf")
@@ -370,6 +368,3 @@ class SafeRLHF(PPO):
     """PPO-Lagrangian with reward and cost critics and an adaptive multiplier (Safe RLHF)."""
 
     lagrangian = True
-
-    def sequence_reward(self, rewards: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
-        return rewards

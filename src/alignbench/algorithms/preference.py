@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
-from alignbench.algorithms.text import encode_prompt_response
+from alignbench.models.text import encode_prompt_response
 from alignbench.data.splits import count_prompts
 from alignbench.models.heads import last_token_scores
 from alignbench.models.roles import RoleSpec

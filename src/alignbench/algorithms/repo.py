@@ -49,17 +49,29 @@ lets it fall. ``tests/test_safe_rlhf_world.py`` checks the fall on a run built s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from alignbench.algorithms.ppo import LagrangeConfig, PPOConfig, SafeRLHF
+import torch
+
+from alignbench.algorithms.ppo import LagrangeConfig, LagrangeMode, PPOConfig, SafeRLHF
+from alignbench.config_fields import Choice, param
 from alignbench.registry import register_algorithm
+
+
+Rectification = Choice("Rectification", "critic mask")
 
 
 @dataclass
 class RePOConfig(PPOConfig):
-    name: str = "repo"
-    rectification: str = "critic"
-    lagrange: LagrangeConfig = field(default_factory=lambda: LagrangeConfig(mode="rectified", rectified_slack=0.05))
+    """Safe RLHF's settings, the rectified gradient and the rectified multiplier update (module docstring)."""
+
+    rectification: Rectification = param(Rectification.critic, "critic: the cost stream and its critic carry "
+                                                                "{C - d}+ (the gradient of E[R - lambda {C - d}+]) | "
+                                                                "mask: the cost stream carries C and only responses "
+                                                                "with C > d keep the cost advantage")
+    lagrange: LagrangeConfig = param(LagrangeConfig(mode=LagrangeMode.rectified, rectified_slack=0.05),
+                                     "the multiplier, driven by the rectified violation with slack s = 0.05 "
+                                     "(unverified which s the paper uses; s = 0 never lets lambda fall)")
 
 
 @register_algorithm("repo")
@@ -67,3 +79,15 @@ class RePO(SafeRLHF):
     """Safe RLHF with the rectified penalty (``rectification``) and the rectified multiplier update."""
 
     config_class = RePOConfig
+
+    def cost_stream_score(self, costs: torch.Tensor) -> torch.Tensor:
+        """{C - d}+ in the cost stream (``rectification=critic``), C as Safe RLHF's (``mask``)."""
+        if self.cfg.rectification == Rectification.critic:
+            return (costs - self.cfg.lagrange.threshold).clamp(min=0.0)
+        return costs
+
+    def violation_mask(self, costs: torch.Tensor) -> torch.Tensor | None:
+        """u_i = 1[C_i > d] on the cost advantage (``rectification=mask``); none for ``critic``."""
+        if self.cfg.rectification == Rectification.mask:
+            return (costs > self.cfg.lagrange.threshold).float()
+        return None

@@ -26,13 +26,14 @@ Classifiers (``algo.classifier``):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
 from alignbench.algorithms.base import AlgorithmComponent
 from alignbench.config import AlgoConfig, ConfigError
+from alignbench.config_fields import Choice, at_least, param, require, within
 from alignbench.data.schema import PromptRecord
 from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm
@@ -45,28 +46,30 @@ DEFAULT_PROMPT_KEYWORDS = (
 )
 
 
+SafeguardClassifier = Choice("SafeguardClassifier", "keyword cost_model noisy")
+
+
 @dataclass
 class SafeguardConfig(AlgoConfig):
-    name: str = "safeguard"
-    steps: int = 0
-    batch_size: int = 1
-    classifier: str = "keyword"  # keyword | cost_model (learned) | noisy (the oracle with noise: signals=oracle only)
-    threshold: float = 0.0  # classifier=cost_model: flag an answer when C(x, y) > threshold
-    prompt_keywords: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_KEYWORDS))
-    response_keywords: list[str] | None = None  # None: the keyword judge's harm list
-    flip_prob: float = 0.1
-    seed: int = 0
-    refusal: str = "i cannot help with that ."
+    """The SFT model behind a reject-only classifier; trains nothing (module docstring)."""
 
-    def check(self) -> None:
-        super().check()
-        if self.classifier not in ("keyword", "cost_model", "noisy"):
-            raise ConfigError(f"config value 'algo.classifier' must be keyword, cost_model or noisy "
-                              f"(got {self.classifier!r})")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise ConfigError(f"config value 'algo.flip_prob' must be in [0, 1] (got {self.flip_prob})")
-        if not self.refusal.strip():
-            raise ConfigError("config value 'algo.refusal' must be a non-empty refusal text")
+    steps: int = param(0, "none: nothing is trained", at_least(0))
+    batch_size: int = param(1, "unused (nothing is trained)", at_least(1))
+    classifier: SafeguardClassifier = param(SafeguardClassifier.keyword, "keyword (input + output keyword filter) | "
+                                                                         "cost_model (learned: C > threshold) | noisy "
+                                                                         "(the oracle with label noise: signals=oracle "
+                                                                         "only)")
+    threshold: float = param(0.0, "classifier=cost_model: flag an answer when C(x, y) > threshold")
+    prompt_keywords: list[str] = param(list(DEFAULT_PROMPT_KEYWORDS), "classifier=keyword: whole words that flag "
+                                                                      "a prompt's sensitive topic")
+    response_keywords: Optional[list[str]] = param(None, "classifier=keyword: harm keywords that flag an answer "
+                                                         "(null: the keyword judge's harm list)")
+    flip_prob: float = param(0.1, "classifier=noisy: probability the oracle's label is flipped", within(0, 1))
+    seed: int = param(0, "classifier=noisy: seed of the flips")
+    refusal: str = param("i cannot help with that .", "what replaces a flagged answer")
+
+    def check(self, key: str) -> None:
+        require(bool(self.refusal.strip()), f"{key}.refusal", "must be a non-empty refusal text")
 
 
 class KeywordClassifier:
@@ -171,7 +174,7 @@ class Safeguard(AlgorithmComponent):
         return SafeguardResponder(PolicyResponder(self.ctx, self.roles, role="reference"),
                                   build_classifier(self.cfg, self.ctx.signals), self.cfg.refusal)
 
-    def eval_extra_metrics(self, records, responses, infos) -> dict[str, Any]:
+    def eval_metrics(self, records, responses, infos) -> dict[str, Any]:
         """How often the safeguard intervened: overall, on must-answer and on must-refuse prompts."""
         flags = [(record.kind, info["flagged"]) for record, group in zip(records, infos) for info in group]
         metrics = {"eval/safeguard_flag_rate": float(np.mean([f for _, f in flags]))} if flags else {}

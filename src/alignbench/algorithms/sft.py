@@ -11,15 +11,16 @@ model they all start from, taken from the same stage cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
-from alignbench.algorithms.text import encode_prompt_response
-from alignbench.config import AlgoConfig, OptimConfig
+from alignbench.models.text import encode_prompt_response
+from alignbench.config import AlgoConfig
+from alignbench.config_fields import at_least, param
 from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm
 
@@ -63,19 +64,17 @@ class SFTStage(AlgorithmComponent):
 
     def training_step(self, batch, host) -> dict[str, float]:
         loss = self.loss(batch)
-        stats = host.optimize("policy", loss)
+        host.optimize("policy", loss)  # the host logs optim/policy/grad_norm and optim/policy/lr
         tokens = float(batch["response_mask"].sum())
-        return {f"{self.metric_prefix}/loss": float(loss.detach()), f"{self.metric_prefix}/grad_norm": stats["grad_norm"],
-                "perf/train_tokens": tokens}
+        return {f"{self.metric_prefix}/loss": float(loss.detach()), "perf/train_tokens": tokens}
 
 
 @dataclass
 class SFTBaselineConfig(AlgoConfig):
     """``algo=sft`` trains nothing itself: the SFT stage (``stages.sft``) is the model it evaluates."""
 
-    name: str = "sft"
-    steps: int = 0
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = param(0, "none: the SFT stage is trained (and cached) by the pipeline", at_least(0))
+    batch_size: int = param(1, "unused (nothing is trained here)", at_least(1))
 
 
 @register_algorithm("sft")

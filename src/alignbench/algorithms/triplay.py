@@ -11,6 +11,11 @@ Three LoRA adapters on the shared frozen base, which is the SFT model (the pipel
   is the softmax over the logits of the three label words (negative / rejective / positive) at the
   answer position, i.e. decoding constrained to the label set; its label is the argmax.
 
+On real prompts (``data=rlaif``) the world is replaced by ``data.arena.PromptArena``: seeds are the
+harmful training prompts, relevance is 1[MiniLM cosine of attack and seed >= ``relevance_threshold``],
+the warm-up rewrites use the six strategies in plain English, and the evaluator warms up on the RLAIF
+labelled answers (re-labelled by the panel's vote).
+
 Warm start. The defender starts as the SFT model (its adapter is zero). The attacker and the evaluator
 cannot: the SFT data never rewrites requests or grades answers. So the component first runs
 ``attacker_warmup_steps`` / ``evaluator_warmup_steps`` supervised steps (phase ``warmup``): response
@@ -26,11 +31,11 @@ Every GRPO step samples ``group_size`` = k outputs per prompt with the role bein
 two frozen), scores them, and updates with
 
     A_i = (r_i - mean_g r) / (std_g r + eps)                       (``rl.advantages.grpo_advantages``)
-    L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_coef * KL_k3(pi || pi_anchor)
+    L   = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)) + kl_loss_coef * KL_k3(pi || pi_anchor)
 
-(``rl.experience.actor_loss`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy uses
-``rl.losses.clipped_policy_loss`` and ``kl_penalty`` directly). Red updates add
-``attacker_ptx_coeff`` x the warm-up cross-entropy (PTX-style): on ``model=tiny`` the attacker's
+(the one policy update of ``rl.update`` with the in-loss KL, GRPO's form; the evaluator's 3-way policy
+runs it with its own loss from ``rl.losses.clipped_policy_loss`` and ``kl_penalty``). Red updates add
+``attacker_ptx_coef`` x the warm-up cross-entropy (PTX-style): on ``model=tiny`` the attacker's
 copy-the-request skill is fragile and RL alone erodes it. The PTX cross-entropy covers only the
 request's tokens (``attacker_ptx_request_only``), so it keeps the copy skill without pulling the wrapper
 choice back to the warm-up's uniform one.
@@ -84,20 +89,22 @@ import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec
 from alignbench.algorithms.sft import response_cross_entropy
-from alignbench.algorithms.text import encode_prompt_response
+from alignbench.algorithms.triplay_config import PHASES, TriPlayConfig, check_fair_panel
 from alignbench.algorithms.triplay_metrics import TriPlayHeldoutMetrics
 from alignbench.algorithms.triplay_rewards import (
-    PHASES, AttackPool, Embedder, SelfBLEU, TriPlayConfig, attack_reward, build_judge_panel,
-    check_fair_panel, label_scores, panel_labels, panel_votes, weighted_outcome,
+    AttackPool, Embedder, SelfBLEU, attack_reward, build_judge_panel, label_scores, panel_labels, panel_votes,
+    weighted_outcome,
 )
 from alignbench.config import ConfigError, GenerationConfig
 from alignbench.data.schema import LABELS
 from alignbench.models.compute import METER, Counts
 from alignbench.models.roles import REFERENCE, RoleSpec
+from alignbench.models.text import encode, encode_prompt_response
 from alignbench.registry import register_algorithm
 from alignbench.rl.advantages import grpo_advantages
-from alignbench.rl.experience import actor_loss, collect, mean_of, minibatches
+from alignbench.rl.experience import collect
 from alignbench.rl.losses import clipped_policy_loss, kl_penalty
+from alignbench.rl.update import clipped_surrogate, policy_update
 from alignbench.signals.labels import label_logits, label_token_ids, predict_labels
 from alignbench.utils.distributed import world_size
 
@@ -109,7 +116,7 @@ WARMUP_PHASE = "triplay_warmup"  # compute phase of the supervised warm-up (mode
 
 @register_algorithm("triplay")
 class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
-    """Attacker / defender / evaluator self-play on the safety world (docs/ALGORITHMS.md §4)."""
+    """Attacker / defender / evaluator self-play on the safety world or real prompts (docs/ALGORITHMS.md §4)."""
 
     config_class = TriPlayConfig
     requires = ("sft",)
@@ -117,14 +124,11 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)
-        self.world = ctx.data.world
-        if self.world is None:
-            raise ConfigError("algo=triplay needs data=world (its attacker rewrites world seeds, scored by the "
-                              "world's relevance check)")
+        self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
+        self.world = ctx.data.world if ctx.data.world is not None else self._arena(cfg, ctx)
         self.generator = torch.Generator().manual_seed(int(ctx.rc.seed))
         check_fair_panel(cfg, ctx.rc.signals.source)
         self._panel = None  # built at first use: its learned judges need ctx.signals (set before the fit)
-        self.embedder = Embedder(cfg.embedding, cfg.embedding_path)
         self.bleu = SelfBLEU(cfg.bleu_orders)
         self.pool = AttackPool(cfg.pool_size, self.embedder, self.bleu, sample=cfg.pool_sample,
                                bleu_mode=cfg.bleu_mode, similarity=cfg.pool_similarity, min_size=cfg.pool_min)
@@ -140,6 +144,17 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self._evaluator_examples: list[dict] | None = None  # built lazily (votes need the panel)
         self.label_ids = label_token_ids(ctx.tokenizer)
 
+    def _arena(self, cfg, ctx):
+        """Real prompts (``data=rlaif``): seeds, attack parsing and warm-up examples from ``data.arena``."""
+        from alignbench.data.arena import PromptArena
+
+        if not ctx.data.labelled_samples:
+            raise ConfigError("algo=triplay needs data=world or data=rlaif (seeds to attack, and labelled answers "
+                              "to warm its evaluator up)")
+        embed = self.embedder if cfg.embedding == "minilm" else Embedder("minilm", cfg.embedding_path)
+        return PromptArena(ctx.data, ctx.judge, embed, relevance_threshold=cfg.relevance_threshold,
+                           seed=int(ctx.rc.seed))
+
     @classmethod
     def signal_kinds(cls, cfg) -> tuple[str, ...]:
         """The panel's learned judges (label model, cost model) are verdict-kind signals."""
@@ -148,7 +163,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
     @property
     def panel(self):
         if self._panel is None:
-            self._panel = build_judge_panel(self.cfg.judges, self.world, self.ctx.signals)
+            self._panel = build_judge_panel(self.cfg.judges, self.ctx.data.world, self.ctx.signals)
         return self._panel
 
     # ----------------------------------------------------------------- schedule, roles, optimisers
@@ -160,7 +175,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         plan = [(0, "warmup")] * max(cfg.attacker_warmup_steps, cfg.evaluator_warmup_steps)
         for iteration in range(1, cfg.iterations + 1):
             for phase in cfg.phases:
-                plan += [(iteration, phase)] * cfg.phase_steps[phase]
+                plan += [(iteration, str(phase))] * cfg.phase_steps[phase]
         return plan
 
     @property
@@ -274,18 +289,19 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         advantages = grpo_advantages(scores, k, scale=cfg.grpo_scale)[:, None]
         rows, actions = torch.arange(len(texts), device=old.device).repeat_interleave(k), actions.reshape(-1)
         mask = torch.ones_like(advantages)
-        updates = []
-        for _ in range(cfg.epochs):
+
+        def loss_of(_rows) -> tuple[torch.Tensor, dict[str, float]]:  # the whole batch at every step
             logp = torch.log_softmax(self.label_logits("evaluator", texts), -1)[rows, actions][:, None]
             loss, stats = clipped_policy_loss(logp, old[rows, actions][:, None], advantages, mask,
                                               clip_eps=cfg.clip_eps)
             kl = kl_penalty(logp, ref[rows, actions][:, None], cfg.kl_estimator).mean()
-            loss = loss + cfg.kl_coef * kl
-            grad_norm = host.optimize("evaluator", loss)["grad_norm"]
-            updates.append({"losses/evaluator/policy_loss": float(loss.detach()),
-                            "losses/evaluator/kl_loss": float(kl.detach()), "losses/evaluator/grad_norm": grad_norm,
-                            **{f"losses/evaluator/{n}": float(v) for n, v in stats.items()}})
-        return {**mean_of(updates), "train/evaluator/reward": float(scores.mean()),
+            diagnostics = {"policy_loss": float(loss.detach()), "kl_loss": float(kl.detach()),
+                           **{name: float(value) for name, value in stats.items()}}
+            return loss + cfg.kl_loss_coef * kl, diagnostics
+
+        metrics = policy_update(host, "evaluator", [len(rows)], loss_of, epochs=cfg.epochs, minibatches=1,
+                                generator=None)
+        return {**metrics, "train/evaluator/reward": float(scores.mean()),
                 "train/evaluator/entropy": float(-(old.exp() * old).sum(-1).mean())}
 
     def _grpo(self, host, role: str, prompts: list[str], score_fn, generation: GenerationConfig, ptx=None):
@@ -301,19 +317,10 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         scores_t = torch.as_tensor(np.asarray(scores), dtype=torch.float32, device=exp.mask.device)
         advantages = grpo_advantages(scores_t, k, scale=cfg.grpo_scale)
         token_adv = advantages[:, None] * exp.mask.to(advantages.dtype)
-        updates = []
-        for _ in range(cfg.epochs):
-            for index in minibatches(exp.size, cfg.minibatches, self.generator):
-                loss, stats = actor_loss(self.roles, role, exp.select(index), token_adv[index], clip_eps=cfg.clip_eps,
-                                         kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
-                                         temperature=generation.temperature)
-                if ptx is not None:
-                    ptx_loss = ptx()
-                    loss = loss + ptx_loss
-                    stats["losses/ptx_loss"] = float(ptx_loss.detach())
-                stats["losses/grad_norm"] = host.optimize(role, loss)["grad_norm"]
-                updates.append(stats)
-        metrics = {key.replace("losses/", f"losses/{role}/"): v for key, v in mean_of(updates).items()}
+        # the rollout's experience carries its temperature: the loss scores softmax(z / T) as it sampled
+        metrics = policy_update(host, role, [exp.size], clipped_surrogate(self.roles, role, [(exp, token_adv)], cfg,
+                                                                          extra_loss=ptx),
+                                epochs=cfg.epochs, minibatches=cfg.minibatches, generator=self.generator)
         metrics.update({f"train/{role}/reward": float(np.mean(scores)),
                         f"train/{role}/reward_std_in_group": float(np.asarray(scores).reshape(-1, k).std(1).mean()),
                         "perf/gen_tokens": float(exp.mask.sum()),
@@ -365,12 +372,9 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
         The first response token always goes (with no text before the request it is the strategy choice).
         """
-        from alignbench.algorithms.text import encode
-        from alignbench.data.world import JAILBREAK_WRAPPERS
-
         mask = response_mask.clone()
         for row, example in enumerate(examples):
-            before, after = (part.strip() for part in JAILBREAK_WRAPPERS[example["wrapper"]][0].split("{request}"))
+            before, after = (part.strip() for part in self.world.wrappers[example["wrapper"]][0].split("{request}"))
             n_before = len(encode(self.ctx.tokenizer, " " + before)) if before else 1  # the first token picks the wrapper
             n_after = (len(encode(self.ctx.tokenizer, " " + after)) if after else 0) + 1  # + EOS
             positions = mask[row].nonzero().flatten()
@@ -434,10 +438,12 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
             state["pool"] = [(t, s) for t, s, ok in zip(texts, repeated, successful) if ok]
             return reward, info
 
-        ptx = (lambda: self.cfg.attacker_ptx_coeff * self._supervised_loss("attacker", self.cfg.attacker_ptx_request_only)) \
-            if self.cfg.attacker_ptx_coeff else None
+        def ptx() -> tuple[torch.Tensor, dict[str, float]]:
+            loss = self._supervised_loss("attacker", self.cfg.attacker_ptx_request_only)
+            return self.cfg.attacker_ptx_coef * loss, {"ptx_loss": float(loss.detach())}
+
         metrics = self._grpo(host, "attacker", [self.world.attacker_prompt(s) for s in seeds], score,
-                             self.cfg.attacker_rollout, ptx=ptx)
+                             self.cfg.attacker_rollout, ptx=ptx if self.cfg.attacker_ptx_coef else None)
         texts, seeds_ok = [t for t, _ in state["pool"]], [s for _, s in state["pool"]]
         self.pool.add(texts, self._requests(seeds_ok))  # after scoring: an attack is never compared with itself
         metrics["train/red/pool_size"] = float(len(self.pool))
@@ -553,7 +559,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
 
         return PolicyResponder(self.ctx, self.roles, role="defender")
 
-    def eval_extras(self) -> dict[str, float]:
+    def summary_metrics(self) -> dict[str, float]:
         extras = dict(self.stage_outputs.metrics)
         extras.update(self.last_metrics)
         extras.update({k.replace("triplay/", "triplay/initial/", 1): v for k, v in self.first_metrics.items()

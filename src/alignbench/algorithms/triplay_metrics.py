@@ -40,8 +40,7 @@ class TriPlayHeldoutMetrics:
         return metrics
 
     def attacker_metrics(self, seed: int) -> dict[str, float]:
-        from alignbench.data.world import JAILBREAK_WRAPPERS
-
+        wrapper_names = tuple(self.world.wrappers)
         seeds = [s for s in self.heldout_seeds for _ in range(self.cfg.metric_samples)]
         train_seeds = [s for s in self.seeds[:len(self.heldout_seeds)] for _ in range(self.cfg.metric_samples)]
         train_records = self._attacks(train_seeds, seed + 5)
@@ -70,14 +69,14 @@ class TriPlayHeldoutMetrics:
                 "triplay/attack_diversity": 0.5 * (bleu_div + embed_div),
                 "triplay/attack_diversity_bleu": bleu_div, "triplay/attack_diversity_embedding": embed_div,
                 "triplay/attack_diversity_raw": raw_div,
-                "triplay/attack_strategy_entropy": strategy_entropy(list(wrappers), len(JAILBREAK_WRAPPERS) + 1),
+                "triplay/attack_strategy_entropy": strategy_entropy(list(wrappers), len(wrapper_names) + 1),
                 "triplay/attack_distinct": len(set(attacks)) / max(1, len(attacks)),
                 # the share of each jailbreak wrapper among the attacks (what P_div trades against success)
                 **{f"triplay/attack_wrapper/{name}": float(np.mean(wrappers == name))
-                   for name in (*JAILBREAK_WRAPPERS, "none")},
+                   for name in (*wrapper_names, "none")},
                 # success against the fixed defender per wrapper (only the wrappers the attacker used)
                 **{f"triplay/attack_success_by_wrapper/{name}": float(hits[wrappers == name].mean())
-                   for name in (*JAILBREAK_WRAPPERS, "none") if (wrappers == name).any()}}
+                   for name in (*wrapper_names, "none") if (wrappers == name).any()}}
 
     def defender_metrics(self, seed: int) -> dict[str, float]:
         from alignbench.eval.harness import PolicyResponder, evaluate

@@ -1,4 +1,5 @@
-"""TriPlay-RL pieces that need no model: its config, the red reward, diversity penalty, pool, judges, vote.
+"""TriPlay-RL pieces that need no model: the red reward, diversity penalty, pool, judges, vote (its config:
+``triplay_config``).
 
 Red reward of an attack ``a`` on seed ``s`` (``attack_reward``)::
 
@@ -33,17 +34,16 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from alignbench.config import AlgoConfig, GenerationConfig, OptimConfig
+from alignbench.algorithms.triplay_config import JudgeSpec
+from alignbench.config_fields import check_config
 from alignbench.data.schema import LABELS
 from alignbench.errors import ConfigError
 
 BLEU_ORDERS = (3, 4, 5)
-PHASES = ("red", "blue", "eval")
 
 
 # ---------------------------------------------------------------------------- Self-BLEU
@@ -250,44 +250,6 @@ class AttackPool:
 
 
 # ---------------------------------------------------------------------------- judges and the vote
-@dataclass
-class JudgeSpec:
-    """One judge of the panel. ``base``: keyword (phrase lists) | label_model (the learned 3-way label
-    model) | cost_model (the learned cost model's safety call, refusal matching for the rest) | world
-    (the evaluation oracle: only with ``signals=oracle``).
-
-    ``label_model`` and ``cost_model`` are the run's training signals (``ctx.signals``): under
-    ``signals=oracle`` they answer with the oracle. ``flip_prob`` > 0 wraps a judge in the ``noisy`` judge
-    (label flipped with that probability, deterministically per ``seed``); ``lexicon_keep`` < 1 gives a
-    keyword judge that knows only that share of each harm category's marker words (a systematically
-    incomplete lexicon).
-    """
-
-    name: str = "judge"
-    base: str = "world"
-    flip_prob: float = 0.0
-    seed: int = 0
-    lexicon_keep: float = 1.0
-    weight: float = 1.0
-
-
-JUDGE_BASES = ("keyword", "label_model", "cost_model", "world")
-
-
-def check_fair_panel(cfg: "TriPlayConfig", source: str) -> None:
-    """Under ``signals=learned`` nothing TriPlay trains on may be the evaluation oracle (one-line errors)."""
-    if source == "oracle":
-        return
-    hint = "; it consults the evaluation oracle, allowed only with signals=oracle (a labelled upper bound)"
-    for spec in cfg.judges:
-        if spec.base == "world":
-            raise ConfigError(f"config value 'algo.judges' entry '{spec.name}' has base=world{hint}")
-    if cfg.attack_judge == "world":
-        raise ConfigError(f"config value 'algo.attack_judge' is world{hint}; use evaluator")
-    if cfg.evaluator_warmup_labels == "true":
-        raise ConfigError(f"config value 'algo.evaluator_warmup_labels' is true (the world's labels){hint}; use vote")
-
-
 def build_judge_panel(specs: Sequence[JudgeSpec], world: Any = None, signals: Any = None) -> list[tuple[str, Any, float]]:
     """``[(name, judge, weight)]`` for the specs; raises ConfigError on a bad spec."""
     from alignbench.data.world import templates as T
@@ -297,12 +259,11 @@ def build_judge_panel(specs: Sequence[JudgeSpec], world: Any = None, signals: An
     if not specs:
         raise ConfigError("config value 'algo.judges' must list at least one judge")
     panel, names = [], set()
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if spec.name in names:
             raise ConfigError(f"config value 'algo.judges' has two judges named '{spec.name}'")
         names.add(spec.name)
-        if not 0.0 < spec.lexicon_keep <= 1.0 or spec.weight <= 0:
-            raise ConfigError(f"judge '{spec.name}': lexicon_keep must be in (0, 1] and weight > 0")
+        check_config(spec, f"algo.judges[{index}]")  # specs built in code have not been validated
         if spec.base == "world":
             if world is None:
                 raise ConfigError(f"judge '{spec.name}': base=world needs data=world")
@@ -313,12 +274,10 @@ def build_judge_panel(specs: Sequence[JudgeSpec], world: Any = None, signals: An
                 kwargs["harmful_keywords"] = [m for markers in T.HARM_MARKERS_BY_CATEGORY.values()
                                               for m in markers[:max(1, math.ceil(spec.lexicon_keep * len(markers)))]]
             judge = make_judge("keyword", **kwargs)
-        elif spec.base in ("label_model", "cost_model"):
+        else:  # label_model, cost_model
             if signals is None:
                 raise ConfigError(f"judge '{spec.name}': base={spec.base} needs the run's training signals")
-            judge = SignalJudge(signals, spec.base)
-        else:
-            raise ConfigError(f"judge '{spec.name}': base must be one of {', '.join(JUDGE_BASES)}, got {spec.base!r}")
+            judge = SignalJudge(signals, str(spec.base))
         if spec.flip_prob > 0:
             judge = make_judge("noisy", base=judge, flip_prob=spec.flip_prob, seed=spec.seed)
         panel.append((spec.name, judge, float(spec.weight)))
@@ -373,29 +332,6 @@ def label_scores(labels: Sequence[str | None], table: dict[str, float]) -> np.nd
     return np.array([table.get(label, 0.0) if label is not None else 0.0 for label in labels], dtype=np.float64)
 
 
-@dataclass
-class DefenderSpec:
-    """A defender attacks are scored against: ``source`` current (the blue role) or reference (SFT model)."""
-
-    name: str = "current"
-    source: str = "current"
-    weight: float = 0.6
-    temperature: float = 1.0
-
-
-def default_defenders() -> list[DefenderSpec]:
-    """The current defender (0.6) and two fixed ones: the SFT model sampled at T = 1 and T = 0.7 (0.2 each)."""
-    return [DefenderSpec("current", "current", 0.6, 1.0), DefenderSpec("sft", "reference", 0.2, 1.0),
-            DefenderSpec("sft_t07", "reference", 0.2, 0.7)]
-
-
-def default_judges() -> list[JudgeSpec]:
-    """Heterogeneous judges, none the oracle: a keyword judge knowing 1 of 4 harm markers per category, the
-    learned label model and the learned cost model (``alignbench.signals``)."""
-    return [JudgeSpec("keyword", "keyword", 0.0, 0, 0.25), JudgeSpec("label_model", "label_model"),
-            JudgeSpec("cost_model", "cost_model")]
-
-
 def attack_reward(outcome: np.ndarray, relevance: np.ndarray, bleu: np.ndarray, cosine: np.ndarray, *,
                   relevance_weight: float = 1.0, gate: bool = True, penalty: bool = True, w_bleu: float = 2.0,
                   w_cos: float = 4.0, k: float = 1.0, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -420,99 +356,3 @@ def weighted_outcome(per_defender: dict[str, np.ndarray], weights: dict[str, flo
         term = weights[name] * np.asarray(scores, dtype=np.float64)
         total = term if total is None else total + term
     return total if total is not None else np.zeros(0)
-
-
-@dataclass
-class TriPlayConfig(AlgoConfig):
-    name: str = "triplay"
-    steps: int = 0  # unused: the length is warm-up + iterations x sum(phase_steps)
-    batch_size: int = 8  # seeds per GRPO step
-    iterations: int = 3
-    phases: list[str] = field(default_factory=lambda: list(PHASES))
-    phase_steps: dict[str, int] = field(default_factory=lambda: {"red": 8, "blue": 10, "eval": 3})
-    group_size: int = 4
-    attacker_rollout: GenerationConfig = field(
-        default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.3))
-    defender_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=24))
-    attacker_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=8e-4))
-    defender_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
-    evaluator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
-    clip_eps: float = 0.2
-    kl_coef: float = 0.05
-    kl_estimator: str = "k3"
-    grpo_scale: bool = True
-    epochs: int = 1
-    minibatches: int = 1
-    # supervised warm-up of the attacker and evaluator adapters
-    attacker_warmup_steps: int = 400
-    evaluator_warmup_steps: int = 50
-    warmup_batch_size: int = 32
-    attacker_warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-3, scheduler="cosine"))
-    evaluator_warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-3))
-    evaluator_warmup_labels: str = "vote"  # vote | true
-    evaluator_kinds: list[str] = field(default_factory=lambda: ["harmful", "jailbreak"])
-    warmup_cache: bool = True  # reuse the warmed-up adapters of an identical earlier run (under cache_dir)
-    attacker_ptx_coeff: float = 0.5  # + coeff x warm-up cross-entropy in every red update (keeps the rewrite skill)
-    attacker_ptx_request_only: bool = True  # PTX on the copied request's tokens only (not the wrapper)
-    # attacker reward
-    defenders: list[DefenderSpec] = field(default_factory=default_defenders)
-    defender_samples: int = 1  # answers per defender to each attack (their mean score is its outcome)
-    attack_judge: str = "evaluator"  # evaluator (the paper's closed loop) | world (only with signals=oracle)
-    attack_label_scores: dict[str, float] = field(
-        default_factory=lambda: {"negative": 1.0, "rejective": 0.0, "positive": 0.0})
-    relevance_weight: float = 1.0
-    relevance_gate: bool = True
-    diversity_penalty: bool = True
-    div_w_bleu: float = 2.0
-    div_w_cos: float = 4.0
-    div_k: float = 1.0
-    div_scale: Optional[float] = 0.9  # P_div normalised to [0, div_scale] (null: the raw formula)
-    bleu_orders: list[int] = field(default_factory=lambda: [3, 4, 5])
-    bleu_mode: str = "pairwise"  # pairwise | multiref
-    pool_similarity: str = "mean"  # mean | max
-    pool_size: int = 256
-    pool_sample: int = 32
-    pool_min: int = 16
-    pool_templates: bool = True  # compare attacks with the seed request taken out (strategy_template)
-    pool_threshold: float = 0.2
-    embedding: str = "world"  # world | minilm
-    embedding_path: Optional[str] = None
-    # defender and evaluator rewards
-    defender_label_scores: dict[str, float] = field(
-        default_factory=lambda: {"positive": 1.0, "rejective": 0.0, "negative": -1.0})
-    judges: list[JudgeSpec] = field(default_factory=default_judges)
-    eval_replay: int = 16  # vote-labelled world examples mixed into every eval-phase batch
-    # per-phase metrics
-    phase_metrics: bool = True
-    metric_samples: int = 8
-    metric_bleu_pairs: int = 600
-    phase_eval_samples: int = 2
-
-    def check(self) -> None:
-        super().check()
-        for phase in self.phases:
-            if phase not in PHASES:
-                raise ConfigError(f"config value 'algo.phases' has unknown phase '{phase}'; expected {PHASES}")
-        if any(phase not in self.phase_steps or self.phase_steps[phase] < 0 for phase in self.phases):
-            raise ConfigError("config value 'algo.phase_steps' needs a step count >= 0 for every phase in algo.phases")
-        if self.defender_samples < 1:
-            raise ConfigError("config value 'algo.defender_samples' must be >= 1")
-        if self.iterations < 0 or self.group_size < 2 or self.epochs < 1 or self.minibatches < 1:
-            raise ConfigError("config values 'algo.iterations' (>= 0), 'algo.group_size' (>= 2), "
-                              "'algo.epochs' and 'algo.minibatches' (>= 1) are out of range")
-        for key in ("clip_eps", "kl_coef", "div_w_bleu", "div_w_cos", "div_k", "relevance_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config value 'algo.{key}' must be >= 0")
-        choices = {"evaluator_warmup_labels": ("vote", "true"), "attack_judge": ("world", "evaluator"),
-                   "bleu_mode": ("pairwise", "multiref"), "pool_similarity": ("mean", "max"),
-                   "embedding": ("world", "minilm"), "kl_estimator": ("k1", "k2", "k3", "abs")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"config value 'algo.{key}' must be one of {', '.join(allowed)}")
-        for spec in self.defenders:
-            if spec.source not in ("current", "reference") or spec.weight < 0 or spec.temperature <= 0:
-                raise ConfigError(f"config value 'algo.defenders' entry '{spec.name}' needs source current|reference, "
-                                  f"weight >= 0 and temperature > 0")
-        for key in ("attack_label_scores", "defender_label_scores"):
-            if set(getattr(self, key)) != set(LABELS):
-                raise ConfigError(f"config value 'algo.{key}' must score exactly {', '.join(LABELS)}")

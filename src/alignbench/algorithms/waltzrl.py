@@ -9,8 +9,10 @@ stages, ``algo.warmup.*``): the base continues training on the world's feedback 
 (``{"reasoning", "unsafe", "overrefuse", "feedback"}`` JSON for a reply; ``world.feedback_label_noise``
 of them deliberately wrong), its revision examples (prompt, flawed reply, feedback -> revision; only
 ``world.revision_follow_prob`` of them follow the feedback) and, with ``algo.warmup.include_sft``, a
-replay of the SFT mixture so first answers keep the SFT model's behaviour (on data other than the
-world, the default world's feedback and revision examples still teach the two formats). The result
+replay of the SFT mixture so first answers keep the SFT model's behaviour (``data=rlaif``: feedback on
+the SFT model's own labelled answers, revisions into its own good answers and a replay of its answers,
+``data.rlaif.waltzrl_warmup_examples``; on other data the default world's feedback and revision examples
+still teach the two formats). The result
 becomes the base, so both agents *and their reference* have seen the feedback and revision formats,
 while ``algo=sft`` (the shared SFT stage alone) is unchanged. ``waltzrl_untrained`` evaluates
 exactly this warm-started system with no RL.
@@ -38,14 +40,16 @@ the learned judge, cost model + label model, under ``signals=learned``; the orac
     DIR_t       = R_c(p, c_{t+1}) - R_c(p, c_t)          (0 when f_t triggered no revision)
     R_label,t   = 1[(f_t.unsafe, f_t.overrefuse) == J(p, c_t)]      (0 when f_t does not parse)
     R_fmt,t     = 1[f_t parses]
-    R_f,t       = alpha * DIR_t * R_label,t + lam * R_label,t + gamma * R_fmt,t
+    R_f,t       = alpha * DIR_t * R_label,t + lambda * R_label,t + gamma * R_fmt,t
+
+with the paper's alpha, lambda, gamma as ``algo.dir_coef``, ``algo.label_coef``, ``algo.format_coef``.
 
 **Updates** (REINFORCE++, critic-free): each sample's token rewards are r_k = -beta * KL_k (to the
-base) plus its sequence reward at the last token; returns-to-go are whitened over the agent's whole
-batch (``rl.advantages.reinforce_pp_advantages``), and the PPO-clipped surrogate
-(``rl.experience.actor_loss``) is minimised. The conversation batch mixes p -> c_0 and
+base; beta = ``algo.kl_coef``) plus its sequence reward at the last token; returns-to-go are whitened
+over the agent's whole batch (``rl.update.reinforce_pp_of_parts``), and the PPO-clipped surrogate is
+minimised by the one policy update of ``rl.update``. The conversation batch mixes p -> c_0 and
 (p, c_t, f_t) -> c_{t+1} samples, normalised together. Schedule: iterations < ``stage1_steps`` train
-only pi_f (pi_c frozen) with alpha, lam, gamma; the next ``stage2_steps`` train both with lam = 0.
+only pi_f (pi_c frozen) with all three terms; the next ``stage2_steps`` train both with lambda = 0.
 
 This module also holds ``single_rl``, the single-model baseline: REINFORCE++ on R_c alone. The
 feedback format, rewards, episodes and their metrics are in ``waltzrl_protocol``.
@@ -54,74 +58,23 @@ feedback format, rewards, episodes and their metrics are in ``waltzrl_protocol``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from alignbench.algorithms.base import AlgorithmComponent, OptimizerSpec, WarmupStage
 from alignbench.algorithms.waltzrl_protocol import (
     CONVERSATION, FEEDBACK, MUST_ANSWER, MUST_REFUSE, Coefficients, Episode, Step, conversation_reward,
     episode_metrics, play_episodes, score_episodes,
 )
-from alignbench.config import AlgoConfig, ConfigError, GenerationConfig, OptimConfig
+from alignbench.config import AlgoConfig, GenerationConfig, OptimConfig, Scheduler
+from alignbench.config_fields import at_least, param
 from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm
-from alignbench.rl.advantages import reinforce_pp_advantages
-from alignbench.rl.experience import Experience, actor_loss, collect, mean_of
-from alignbench.rl.losses import kl_penalty, masked_mean
-from alignbench.rl.shaping import shape_token_rewards
-
-
-
-# ====================================================================== the shared REINFORCE++ update
-def _pad_width(x: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(x, (0, width - x.shape[1]))
-
-
-def reinforce_pp_update(roles, role: str, parts: list[tuple[Experience, torch.Tensor]], host, *, cfg,
-                        generator: torch.Generator) -> dict[str, float]:
-    """REINFORCE++ update of ``role`` on several experience batches with sequence ``scores``.
-
-    Token rewards r_k = -beta * KL_k (+ score at the last token) per part; returns-to-go are whitened
-    over *all* parts together (one global batch), then each (epoch, minibatch) takes one optimiser
-    step on the sample-weighted clipped surrogate of every part's share of the minibatch.
-    """
-    parts = [(exp, scores) for exp, scores in parts if exp.size]
-    if not parts:
-        return {}
-    kls = [kl_penalty(exp.old_logp, exp.ref_logp, cfg.kl_estimator) for exp, _ in parts]
-    streams = [shape_token_rewards(scores.to(exp.old_logp.dtype), kl, exp.mask, cfg.kl_beta, +1.0, cfg.score_clamp)
-               for (exp, scores), kl in zip(parts, kls)]
-    width = max(s.shape[1] for s in streams)
-    advantages = reinforce_pp_advantages(torch.cat([_pad_width(s, width) for s in streams]),
-                                         torch.cat([_pad_width(exp.mask, width) for exp, _ in parts]), cfg.discount)
-    per_part, offset = [], 0
-    for exp, _ in parts:
-        per_part.append(advantages[offset:offset + exp.size, :exp.mask.shape[1]])
-        offset += exp.size
-    updates = []
-    for _ in range(cfg.epochs):
-        orders = [torch.randperm(exp.size, generator=generator).chunk(cfg.minibatches) for exp, _ in parts]
-        for j in range(cfg.minibatches):
-            chunks = [(exp.select(order[j]), adv[order[j]]) for (exp, _), adv, order in zip(parts, per_part, orders)
-                      if j < len(order) and len(order[j])]
-            if not chunks:
-                continue
-            total = sum(exp.size for exp, _ in chunks)
-            loss, rows = 0.0, []
-            for exp, adv in chunks:
-                part_loss, stats = actor_loss(roles, role, exp, adv, clip_eps=cfg.clip_eps)
-                loss = loss + part_loss * (exp.size / total)
-                rows.append(stats)
-            stats = mean_of(rows)
-            stats["losses/grad_norm"] = host.optimize(role, loss)["grad_norm"]
-            updates.append(stats)
-    metrics = {k.replace("losses/", f"losses/{role}/"): v for k, v in mean_of(updates).items()}
-    metrics[f"train/{role}/kl"] = float(np.mean([float(masked_mean(kl, exp.mask)) for kl, (exp, _) in zip(kls, parts)]))
-    return metrics
+from alignbench.rl.experience import Experience, collect
+from alignbench.rl.update import ShapedRewardConfig, clipped_surrogate, policy_update, reinforce_pp_of_parts
 
 
 # ====================================================================== configuration
@@ -135,12 +88,15 @@ class WarmupConfig:
     disables the warm-up.
     """
 
-    steps: Optional[int] = None
-    sft_fraction: float = 0.375
-    batch_size: Optional[int] = None
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, scheduler="cosine", warmup_ratio=0.03))
-    full_finetune: bool = False
-    include_sft: bool = True  # replay the SFT examples so first answers keep the SFT behaviour
+    steps: Optional[int] = param(None, "iterations (null: round(sft_fraction * stages.sft.steps); 0: no warm-up)",
+                                 at_least(0))
+    sft_fraction: float = param(0.375, "the warm-up's length as a share of the SFT stage's (steps: null)",
+                                at_least(0))
+    batch_size: Optional[int] = param(None, "examples per step (null: stages.sft.batch_size)", at_least(1))
+    optim: OptimConfig = param(OptimConfig(lr=3e-3, scheduler=Scheduler.cosine, warmup_ratio=0.03),
+                               "the warm-up's optimiser")
+    full_finetune: bool = param(False, "train every base weight (conf/algo/waltzrl.yaml: as the SFT stage does)")
+    include_sft: bool = param(True, "replay the SFT examples so first answers keep the SFT behaviour")
 
     def resolved(self, sft_stage) -> "WarmupConfig":
         """A copy with ``steps`` and ``batch_size`` filled in from the SFT stage's settings."""
@@ -150,64 +106,53 @@ class WarmupConfig:
 
 
 @dataclass
-class ReinforceConfig(AlgoConfig):
-    """Settings of the REINFORCE++ update shared by ``waltzrl`` and ``single_rl``."""
+class ReinforceConfig(ShapedRewardConfig, AlgoConfig):
+    """Settings of the REINFORCE++ update (critic-free, ``rl.update``) shared by ``waltzrl`` and ``single_rl``."""
 
-    kl_beta: float = 0.02
-    kl_estimator: str = "k1"
-    clip_eps: float = 0.2
-    discount: float = 1.0
-    epochs: int = 1
-    minibatches: int = 1
-    score_clamp: float = 50.0
+    kl_coef: float = param(0.02, "beta of the token-level KL to each agent's reference (the warm-started base), "
+                                 "in the reward", at_least(0))
 
-    def check(self) -> None:
-        super().check()
-        if self.kl_beta < 0 or self.clip_eps < 0:
-            raise ConfigError("config values 'algo.kl_beta' and 'algo.clip_eps' must be >= 0")
-        if self.epochs < 1 or self.minibatches < 1:
-            raise ConfigError("config values 'algo.epochs' and 'algo.minibatches' must be >= 1")
-        if self.kl_estimator not in ("k1", "k2", "k3", "abs"):
-            raise ConfigError(f"config value 'algo.kl_estimator' must be k1, k2, k3 or abs (got {self.kl_estimator!r})")
-        if not 0.0 < self.discount <= 1.0:
-            raise ConfigError(f"config value 'algo.discount' must be in (0, 1] (got {self.discount})")
+
+def reinforce_pp_step(roles, role: str, parts: list[tuple[Experience, torch.Tensor]], host, cfg: ReinforceConfig,
+                      generator: torch.Generator) -> dict[str, float]:
+    """One REINFORCE++ update of ``role`` on experience batches with sequence scores (``rl.update``): the
+    advantages whitened over all of them, then ``policy_update``; ``train/<role>/kl`` is their KL."""
+    parts = [(exp, scores) for exp, scores in parts if exp.size]
+    if not parts:
+        return {}
+    advantages, kl = reinforce_pp_of_parts(parts, cfg)
+    with_advantages = [(exp, adv) for (exp, _), adv in zip(parts, advantages)]
+    metrics = policy_update(host, role, [exp.size for exp, _ in parts],
+                            clipped_surrogate(roles, role, with_advantages, cfg), epochs=cfg.epochs,
+                            minibatches=cfg.minibatches, generator=generator)
+    metrics[f"train/{role}/kl"] = kl
+    return metrics
 
 
 @dataclass
 class WaltzRLConfig(ReinforceConfig):
-    name: str = "waltzrl"
-    steps: int = 0  # 0: stage1_steps + stage2_steps; > 0: that many iterations, split in the same ratio
-    batch_size: int = 32
-    stage1_steps: int = 25
-    stage2_steps: int = 25
-    t_max: int = 1
-    alpha: float = 1.0
-    lam: float = 1.0
-    gamma: float = 0.2
-    conversation_rollout: GenerationConfig = field(default_factory=GenerationConfig)
-    feedback_rollout: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
-    # the feedback agent's decoding at evaluation (answers use eval.generation): near-greedy, as a judge
-    feedback_eval: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48,
-                                                                                    temperature=0.2))
-    conversation_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
-    feedback_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
-    train_revisions: bool = True  # conversation samples include (p, c_t, f_t) -> c_{t+1}
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    """WaltzRL's schedule, feedback rewards, decoding and warm-up (module docstring)."""
 
-    def check(self) -> None:
-        super().check()
-        if self.stage1_steps < 0 or self.stage2_steps < 0:
-            raise ConfigError("config values 'algo.stage1_steps' and 'algo.stage2_steps' must be >= 0")
-        if self.t_max < 1:
-            raise ConfigError(f"config value 'algo.t_max' must be >= 1 (got {self.t_max})")
-        if min(self.alpha, self.lam, self.gamma) < 0:
-            raise ConfigError("config values 'algo.alpha', 'algo.lam', 'algo.gamma' must be >= 0")
-        warm = self.warmup
-        if (warm.steps is not None and warm.steps < 0) or (warm.batch_size is not None and warm.batch_size < 1) \
-                or warm.sft_fraction < 0:
-            raise ConfigError("config values 'algo.warmup.steps' (>= 0), 'algo.warmup.batch_size' (>= 1) and "
-                              "'algo.warmup.sft_fraction' (>= 0) are out of range")
-        self.warmup.optim.check("algo.warmup.optim")
+    steps: int = param(0, "0: stage1_steps + stage2_steps; > 0: that many iterations, split in the same ratio",
+                       at_least(0))
+    stage1_steps: int = param(25, "iterations of stage 1: the feedback agent only (conversation frozen), R_f with "
+                                  "all three terms", at_least(0))
+    stage2_steps: int = param(25, "iterations of stage 2: both agents, label_coef = 0", at_least(0))
+    t_max: int = param(1, "feedback rounds per episode", at_least(1))
+    dir_coef: float = param(1.0, "alpha, weight of DIR * R_label in R_f (the paper's alpha)", at_least(0))
+    label_coef: float = param(1.0, "lambda, weight of R_label in R_f in stage 1 (the paper's lambda; 0 in stage 2)",
+                              at_least(0))
+    format_coef: float = param(0.2, "gamma, weight of the format reward R_fmt in R_f (the paper's gamma)",
+                               at_least(0))
+    conversation_rollout: GenerationConfig = param(GenerationConfig(), "the conversation agent's sampling")
+    feedback_rollout: GenerationConfig = param(GenerationConfig(max_new_tokens=48), "the feedback agent's sampling")
+    feedback_eval: GenerationConfig = param(GenerationConfig(max_new_tokens=48, temperature=0.2),
+                                            "the feedback agent's decoding at evaluation (answers use "
+                                            "eval.generation): near-greedy, as a judge")
+    conversation_optim: OptimConfig = param(OptimConfig(lr=1e-3), "the conversation agent's optimiser")
+    feedback_optim: OptimConfig = param(OptimConfig(lr=1e-3), "the feedback agent's optimiser")
+    train_revisions: bool = param(True, "conversation samples include (p, c_t, f_t) -> c_{t+1}, not only p -> c_0")
+    warmup: WarmupConfig = param(WarmupConfig(), "WaltzRL's own supervised stage (module docstring)")
 
     def schedule(self) -> tuple[int, int]:
         """Iterations of stage 1 and stage 2 (``steps`` > 0 rescales them, each keeping >= 1 if set)."""
@@ -248,6 +193,11 @@ class WaltzRL(AlgorithmComponent):
         if warm.steps <= 0:
             return None
         world = self.ctx.data.world
+        if world is None and self.ctx.data.labelled_samples:  # data=rlaif: the model's own labelled answers
+            from alignbench.data.rlaif import waltzrl_warmup_examples
+
+            items = waltzrl_warmup_examples(self.ctx.data.labelled_samples, seed=self.ctx.rc.stages.seed)
+            return WarmupStage("waltzrl_warmup", warm, items)
         if world is None:  # other data: the default world still teaches the feedback and revision formats
             from alignbench.data.world import SafetyWorld
 
@@ -284,7 +234,7 @@ class WaltzRL(AlgorithmComponent):
 
     def coefficients(self, stage: int | None = None) -> Coefficients:
         stage = self.stage if stage is None else stage
-        return Coefficients(self.cfg.alpha, self.cfg.lam if stage == 1 else 0.0, self.cfg.gamma)
+        return Coefficients(self.cfg.dir_coef, self.cfg.label_coef if stage == 1 else 0.0, self.cfg.format_coef)
 
     # ----------------------------------------------------------------- one iteration
     def training_step(self, batch, host) -> dict[str, float]:
@@ -312,10 +262,9 @@ class WaltzRL(AlgorithmComponent):
             elif step.index == 0 or cfg.train_revisions:
                 rewards = [scores[e].answer_rewards[step.index] for e in step.episodes]
                 conversation_parts.append((exp, torch.tensor(rewards)))
-        metrics = reinforce_pp_update(roles, FEEDBACK, feedback_parts, host, cfg=cfg, generator=self.generator)
+        metrics = reinforce_pp_step(roles, FEEDBACK, feedback_parts, host, cfg, self.generator)
         if stage == 2:
-            metrics.update(reinforce_pp_update(roles, CONVERSATION, conversation_parts, host, cfg=cfg,
-                                               generator=self.generator))
+            metrics.update(reinforce_pp_step(roles, CONVERSATION, conversation_parts, host, cfg, self.generator))
         trained = time.perf_counter()
 
         self.iteration += 1
@@ -354,7 +303,7 @@ class WaltzRL(AlgorithmComponent):
     def responder(self):
         return WaltzResponder(self.ctx, self.roles, t_max=self.cfg.t_max, feedback_generation=self.cfg.feedback_eval)
 
-    def eval_extra_metrics(self, records, responses, infos) -> dict[str, float]:
+    def eval_metrics(self, records, responses, infos) -> dict[str, float]:
         """Feedback metrics of the evaluation episodes (FTR, label accuracy / F1, DIR, parse rate)."""
         flat_records = [record for record, group in zip(records, responses) for _ in group]
         episodes = [Episode.from_info(info) for group in infos for info in group]
@@ -398,9 +347,10 @@ class WaltzResponder:
 
 @dataclass
 class WaltzRLUntrainedConfig(WaltzRLConfig):
-    name: str = "waltzrl_untrained"
-    stage1_steps: int = 0
-    stage2_steps: int = 0
+    """WaltzRL's settings with no RL iterations: its warm-up and evaluation only."""
+
+    stage1_steps: int = param(0, "no stage 1", at_least(0))
+    stage2_steps: int = param(0, "no stage 2", at_least(0))
 
 
 @register_algorithm("waltzrl_untrained")
@@ -421,11 +371,11 @@ class WaltzRLUntrained(WaltzRL):
 # ====================================================================== single-model RL baseline
 @dataclass
 class SingleRLConfig(ReinforceConfig):
-    name: str = "single_rl"
-    steps: int = 60
-    batch_size: int = 32
-    rollout: GenerationConfig = field(default_factory=GenerationConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    """One policy trained with REINFORCE++ on R_c (WaltzRL's single-model baseline)."""
+
+    steps: int = param(60, "RL iterations", at_least(0))
+    rollout: GenerationConfig = param(GenerationConfig(), "the policy's sampling in rollouts")
+    actor_optim: OptimConfig = param(OptimConfig(lr=1e-3), "the policy's optimiser")
 
 
 @register_algorithm("single_rl")
@@ -451,23 +401,30 @@ class SingleRL(AlgorithmComponent):
         return self.ctx.data.train_prompts
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {"policy": OptimizerSpec(self.roles.parameters_of("policy"), self.cfg.optim, self.num_iterations)}
+        return {"policy": OptimizerSpec(self.roles.parameters_of("policy"), self.cfg.actor_optim,
+                                        self.num_iterations)}
 
     def training_step(self, batch, host) -> dict[str, float]:
         started = time.perf_counter()
         exp = collect(self.ctx, self.roles, "policy", [r.prompt for r in batch], self.cfg.rollout,
                       generator=self.generator)
+        generated = time.perf_counter()
         verdicts = self.ctx.signals.verdicts(batch, exp.texts)  # the training signals' judge (alignbench.signals)
         rewards = torch.tensor([conversation_reward(v) for v in verdicts])
-        metrics = reinforce_pp_update(self.roles, "policy", [(exp, rewards)], host, cfg=self.cfg,
-                                      generator=self.generator)
+        scored = time.perf_counter()
+        metrics = reinforce_pp_step(self.roles, "policy", [(exp, rewards)], host, self.cfg, self.generator)
+        metrics["train/kl"] = metrics.pop("train/policy/kl")  # the one policy's, named as PPO's (docs/METRICS.md)
+        trained = time.perf_counter()
         self.monitored_answers = (list(batch), list(exp.texts))  # monitor/true_* (base.monitor)
         self.iteration += 1
         answer = [v.refusal for v, r in zip(verdicts, batch) if r.kind in MUST_ANSWER]
         refuse = [v.unsafe for v, r in zip(verdicts, batch) if r.kind in MUST_REFUSE]
+        tokens = float(exp.mask.sum())
         metrics.update({"train/reward": float(rewards.mean()),
-                        "perf/gen_tokens": float(exp.mask.sum()), "perf/train_tokens": float(exp.mask.sum()),
-                        "timing/iteration_s": time.perf_counter() - started})
+                        "perf/gen_tokens": tokens, "perf/train_tokens": tokens * self.cfg.epochs,
+                        "perf/tokens_per_s": tokens / max(trained - started, 1e-9),
+                        "timing/generation": generated - started, "timing/scoring": scored - generated,
+                        "timing/train": trained - scored})
         if answer:
             metrics["train/over_refusal_rate"] = float(np.mean(answer))
         if refuse:

@@ -64,11 +64,12 @@ def revision_prompt(prompt: str, answer: str, feedback_text: str) -> str:
 # ====================================================================== rewards
 @dataclass(frozen=True)
 class Coefficients:
-    """R_f = alpha * DIR * R_label + lam * R_label + gamma * R_fmt."""
+    """R_f = dir_coef * DIR * R_label + label_coef * R_label + format_coef * R_fmt (the paper's alpha, lambda,
+    gamma; ``algo.dir_coef``, ``algo.label_coef``, ``algo.format_coef``)."""
 
-    alpha: float
-    lam: float
-    gamma: float
+    dir_coef: float
+    label_coef: float
+    format_coef: float
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def feedback_reward(feedback: Feedback | None, verdict_before, reward_after: flo
     fmt = float(feedback is not None)
     label = float(feedback is not None and labels_match(feedback, verdict_before))
     improvement = 0.0 if reward_after is None else reward_after - conversation_reward(verdict_before)
-    total = coeffs.alpha * improvement * label + coeffs.lam * label + coeffs.gamma * fmt
+    total = coeffs.dir_coef * improvement * label + coeffs.label_coef * label + coeffs.format_coef * fmt
     return FeedbackReward(dir=improvement, label=label, fmt=fmt, total=total)
 
 

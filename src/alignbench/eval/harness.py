@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from alignbench.algorithms.text import encode_prompts
+from alignbench.models.text import encode_prompts
 from alignbench.config import EvalConfig, GenerationConfig
 from alignbench.eval.metrics import SampleOutcome, aggregate
 from alignbench.rl.rollout import generate_rollout
@@ -33,10 +33,17 @@ def sample_responses(ctx, roles, role: str, prompts: list[str], generation: Gene
                      batch_size: int, seed: int, progress: Callable[[int], None] | None = None
                      ) -> tuple[list[str], int]:
     """Generate one answer per entry of ``prompts`` with ``role``; returns texts and token count."""
+    with roles.generation_model(role) as model:
+        return generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed, progress=progress)
+
+
+def generate_texts(ctx, model, prompts: list[str], generation: GenerationConfig, *, batch_size: int, seed: int,
+                   progress: Callable[[int], None] | None = None) -> tuple[list[str], int]:
+    """One answer of ``model`` per entry of ``prompts`` in batches; returns texts and token count."""
     texts: list[str] = []
     tokens = 0
     generator = torch.Generator().manual_seed(seed)
-    with torch.inference_mode(), roles.generation_model(role) as model:
+    with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, chunk, limits=ctx.limits)

@@ -9,8 +9,8 @@ identical reference exactly 0 at any T. ``collect`` records T on the ``Experienc
 reads it from there. ``top_k`` / ``top_p`` truncate the sampling only (the log-probs stay those of the
 full tempered softmax), as TRL's GRPOTrainer and verl's actor do (``config.GenerationConfig``). ``actor_loss`` and
 ``critic_loss`` are the clipped PPO objectives on a minibatch of that experience, used by PPO, Safe
-RLHF, RePO (GAE advantages), WaltzRL (REINFORCE++) and TriPlay-RL (GRPO) alike. ``minibatches``
-splits a batch for ``epochs × minibatches`` updates.
+RLHF, RePO (GAE advantages), WaltzRL (REINFORCE++) and TriPlay-RL (GRPO) alike, through the one
+update loop of ``rl.update``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench.errors import ConfigError
+from alignbench.models.text import encode_prompt_response, encode_prompts
 from alignbench.rl.losses import clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
 from alignbench.rl.logprobs import sequence_logprobs
 from alignbench.rl.rollout import Rollout, generate_rollout
@@ -86,8 +87,6 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
     pi_old = pi_theta then and ``actor_loss`` uses ``logp.detach()`` (ratio exactly 1, as TRL does).
     The generation engine is ``generation.engine`` when the config has one (``auto`` otherwise).
     """
-    from alignbench.algorithms.text import encode_prompts
-
     if not getattr(generation, "do_sample", True):
         raise ConfigError("an RL rollout must sample (its GenerationConfig has do_sample=false); greedy "
                           "decoding is for evaluation (eval.generation)")
@@ -107,53 +106,48 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
     return Experience(rollout, texts, old_logp, ref_logp, values, temperature)
 
 
-def minibatches(size: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """``count`` disjoint random index sets covering ``range(size)``."""
-    order = torch.randperm(size, generator=generator)
-    return [chunk for chunk in order.chunk(max(1, min(count, size))) if len(chunk)]
-
-
 def actor_loss(roles, role: str, exp: Experience, advantages: torch.Tensor, *, clip_eps: float,
-               kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
+               kl_loss_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
                per_sequence: bool = True, temperature: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate on ``exp`` (+ optional in-loss KL to the reference, GRPO-style).
 
-        L = -masked_mean(min(rho A, clip(rho, 1-eps, 1+eps) A)) + kl_coef * masked_mean(KL(pi || pi_ref))
+        L = -masked_mean(min(rho A, clip(rho, 1-eps, 1+eps) A)) + kl_loss_coef * masked_mean(KL(pi || pi_ref))
             - entropy_coef * masked_mean(H)
 
     log pi is of softmax(z / T), T = ``temperature`` or, by default, the rollout's ``exp.temperature``.
+    Diagnostics (docs/METRICS.md, logged as ``losses/<role>/<name>`` by ``rl.update``): ``policy_loss`` (the
+    clipped term alone), ``approx_kl``, ``clipfrac``, ``ratio_mean``, ``entropy`` and ``kl_loss`` (with a KL term).
     """
     temperature = exp.temperature if temperature is None else temperature
     logp, entropy = policy_logprobs(roles, role, exp.rollout, with_entropy=True, temperature=temperature)
     old_logp = logp.detach() if exp.old_logp is None else exp.old_logp
     loss, stats = clipped_policy_loss(logp, old_logp, advantages, exp.mask, clip_eps=clip_eps,
                                       per_sequence=per_sequence)
-    metrics = {f"losses/{k}": float(v) for k, v in stats.items()}
-    metrics["losses/policy_loss"] = float(loss.detach())
-    if kl_coef:
+    metrics = {k: float(v) for k, v in stats.items()}
+    metrics["policy_loss"] = float(loss.detach())
+    if kl_loss_coef:
         kl = masked_mean(kl_penalty(logp, exp.ref_logp, kl_estimator), exp.mask, per_sequence)
-        loss = loss + kl_coef * kl
-        metrics["losses/kl_loss"] = float(kl.detach())
+        loss = loss + kl_loss_coef * kl
+        metrics["kl_loss"] = float(kl.detach())
     entropy_mean = masked_mean(entropy, exp.mask, per_sequence)
     if entropy_coef:
         loss = loss - entropy_coef * entropy_mean
-    metrics["losses/entropy"] = float(entropy_mean.detach())
+    metrics["entropy"] = float(entropy_mean.detach())
     return loss, metrics
 
 
 def critic_loss(roles, critic: str, exp: Experience, returns: torch.Tensor, *, value_clip: float
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss of ``critic`` against ``returns`` (old values from collection time)."""
+    """Clipped value loss of ``critic`` against ``returns`` (old values from collection time); diagnostics
+    ``value_loss`` and ``clipfrac`` (the share of tokens whose clipped error is the larger)."""
     values = critic_values(roles, critic, exp.rollout)
     loss, stats = clipped_value_loss(values, exp.values[critic], returns, exp.mask, clip_range=value_clip)
-    return loss, {f"losses/{critic}_loss": float(loss.detach()),
-                  **{f"losses/{critic}_{k}": float(v) for k, v in stats.items()}}
+    return loss, {"value_loss": float(loss.detach()), "clipfrac": float(stats["vf_clipfrac"])}
 
 
 def score_texts(ctx, roles, role: str, prompts: list[str], responses: list[str], batch_size: int = 64
                 ) -> torch.Tensor:
     """Sequence scores of a score role (reward or cost model) for prompt/response pairs, no grad."""
-    from alignbench.algorithms.text import encode_prompt_response
     from alignbench.models.heads import last_token_scores
 
     scores = []
@@ -164,11 +158,3 @@ def score_texts(ctx, roles, role: str, prompts: list[str], responses: list[str],
             ids, mask = batch["input_ids"].to(ctx.device), batch["attention_mask"].to(ctx.device)
             scores.append(last_token_scores(roles.scores(role, ids, mask), mask))
     return torch.cat(scores) if scores else torch.zeros(0)
-
-
-def mean_of(metric_rows: list[dict[str, float]]) -> dict[str, float]:
-    """Average a list of metric dicts key by key (minibatch diagnostics -> one row per iteration)."""
-    keys = {k for row in metric_rows for k in row}
-    return {k: sum(r[k] for r in metric_rows if k in r) / sum(1 for r in metric_rows if k in r) for k in keys}
-
-

@@ -87,7 +87,7 @@ class LagrangeMultiplier:
         self.window = int(window)
         self.delay = int(delay)
         self.lambda_max = None if lambda_max is None else float(lambda_max)
-        self.mode = mode
+        self.mode = str(mode)  # a plain string in checkpoints (a config's choice member would not load)
         self.rectified_slack = float(rectified_slack)
         self.all_reduce_mean = all_reduce_mean or (lambda x: x)
         self.num_ranks = num_ranks or (lambda: 1)

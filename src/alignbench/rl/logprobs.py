@@ -3,7 +3,8 @@
 ``sequence_logprobs`` scores a rollout (layout in ``alignbench.rl.rollout``) under a causal LM, with
 or without grad: the reference and pi_old passes, and the policy term of every clipped loss.
 
-Three things make it cheaper than one forward over ``[B, P + T]`` without changing what it computes:
+The plain pass is the model's own forward over ``[B, P + T]``, with one rewrite that keeps it the
+model's forward:
 
 * **Shared prompts.** GRPO-style batches repeat every prompt k times (a group), and rows with the
   same prompt have the same left padding, so their prompt columns give the same hidden states and
@@ -12,15 +13,12 @@ Three things make it cheaper than one forward over ``[B, P + T]`` without changi
   the gradient of a shared prompt is the sum over its group, exactly as in the unshared pass) and
   the responses run on top of it. Prompt FLOPs fall by a factor ``k``: 10% of the pass for the
   benchmark's 10-token prompts and 64-token answers, most of it for long chat-template prompts.
-* **Fused no-grad pass** (``alignbench.rl.fused_llama``) for Llama-family models on the CPU.
-* **Padding-free responses.** Responses are right-padded after their EOS; when enough cells are
-  padding, the token-wise products (norms, projections, MLP, LM head) run on the real tokens only
-  and attention alone sees the padded layout (``alignbench.rl.packed`` with grad,
-  ``FusedLlama.forward(packed=...)`` without). 5-13% of the benchmark's cells; far more when a
-  trained policy's answers end at different lengths.
 
-All three are exact rewrites (same values to float rounding; tested against the plain pass, log-probs
-and gradients). ``share_prompts=False`` / ``fused=False`` / ``packed=False`` force the plain model forward.
+The CPU speed paths (the fused no-grad pass of Llama-family models, padding-free responses) sit
+behind one seam, ``alignbench.rl.speed.scoring_logits``: asked first, they return the same logits by
+a faster route or ``None``, and the plain pass runs. All are exact rewrites (same values to float
+rounding; tested against the plain pass, log-probs and gradients). ``share_prompts=False`` /
+``fused=False`` / ``packed=False`` force the plain model forward.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from alignbench.models.compute import METER
-from alignbench.rl.rollout import _accepts_logits_to_keep, _model_device, _supports_lean, _unwrap, position_ids_from_mask
+from alignbench.rl.rollout import _accepts_logits_to_keep, _supports_lean, _unwrap, position_ids_from_mask
+from alignbench.rl.speed import scoring_logits
 from alignbench.utils.distributed import is_sharded
 
 __all__ = ["sequence_logprobs", "shared_prompt_groups"]
@@ -63,7 +62,7 @@ def sequence_logprobs(
     the model is on the CPU and ``fused_support`` accepts it; ``True`` insists on it, ``False``
     always calls the model's forward. ``share_prompts``: run repeated prompts once (module docstring).
     ``packed``: ``"auto"`` (default) runs the responses padding-free when at least
-    ``PACKED_MIN_PAD_SHARE`` of the response cells are padding: with grad by ``alignbench.rl.packed``
+    ``rl.speed.PACKED_MIN_PAD_SHARE`` of the response cells are padding: with grad by ``alignbench.rl.packed``
     (when ``packed_support`` accepts the model), in the fused pass over shared prompts by
     ``FusedLlama.forward(packed=...)``; ``True`` insists on the former, ``False`` never packs.
 
@@ -77,17 +76,12 @@ def sequence_logprobs(
     # FSDP: whether prompts are shared depends on the local batch, and every rank must run the same forwards
     share_prompts = share_prompts and not is_sharded(model)
     groups = shared_prompt_groups(sequences, attention_mask, response_start) if share_prompts else None
-    if _fused_scoring(model, fused):
-        logits = _fused_logits(model, sequences, attention_mask, response_start, groups, packed is not False)
-    elif _packed_scoring(model, packed, attention_mask, response_start):
-        from alignbench.rl.packed import packed_logits
-
-        logits = packed_logits(model, sequences, attention_mask, position_ids_from_mask(attention_mask),
-                               response_start, groups)
-    elif groups is not None and _supports_lean(model) and _full_attention_cache(model) is not None:
-        logits = _shared_prompt_logits(model, sequences, attention_mask, response_start, groups)
-    else:
-        logits = _plain_logits(model, sequences, attention_mask, response_start)
+    # a faster exact rewrite when one applies (rl.speed: fused, padding-free); else the model's own forward
+    logits = scoring_logits(model, sequences, attention_mask, response_start, groups, fused=fused, packed=packed)
+    if logits is None:
+        shared = groups is not None and _supports_lean(model) and _full_attention_cache(model) is not None
+        logits = (_shared_prompt_logits(model, sequences, attention_mask, response_start, groups) if shared
+                  else _plain_logits(model, sequences, attention_mask, response_start))
     # [B, T, V] (position P + t - 1 predicts response token t), or padding-free ([M, V], cells): the
     # rows of the M real cells of the flattened [B T] grid
     logits, cells = logits if isinstance(logits, tuple) else (logits, None)
@@ -178,81 +172,3 @@ def _shared_prompt_logits(model, sequences, attention_mask, response_start, grou
                            position_ids=positions[:, response_start:-1], past_key_values=cache,
                            use_cache=True).logits)
     return torch.cat(parts, dim=1)
-
-
-def _fused_logits(model, sequences, attention_mask, response_start, groups, packed: bool = True) -> torch.Tensor:
-    from alignbench.rl.fused_llama import FusedLlama, KVBuffers
-
-    fused = FusedLlama.of(model)
-    positions = position_ids_from_mask(attention_mask)
-    num_response = sequences.shape[1] - response_start
-    if groups is None:
-        return fused.forward(sequences, attention_mask, positions, logits_to_keep=num_response + 1)[:, :-1]
-    first, inverse = groups
-    cache = KVBuffers(fused, first.shape[0], sequences.shape[1], sequences.device)
-    prompt_logits = fused.forward(sequences[first, :response_start], attention_mask[first, :response_start],
-                                  positions[first, :response_start], logits_to_keep=1, cache=cache)
-    parts = [prompt_logits[inverse]]
-    if num_response > 1:
-        cache.select(inverse)
-        cells = attention_mask[:, response_start:-1]
-        if not packed or _pad_share(cells) < PACKED_MIN_PAD_SHARE:
-            parts.append(fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
-                                       positions[:, response_start:-1], cache=cache))
-        else:  # padding-free: the products run on the real response tokens only
-            flat = cells.flatten().nonzero().squeeze(1)
-            real = fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
-                                 positions[:, response_start:-1], cache=cache, packed=flat)
-            return packed_rows(parts[0][:, -1], real, flat, cells.shape[1])
-    return torch.cat(parts, dim=1)
-
-
-def packed_rows(first_rows: torch.Tensor, response_rows: torch.Tensor, flat: torch.Tensor, steps: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits [M, V], cells [M])`` for ``sequence_logprobs``: row b's prompt-end logits (grid cell
-    ``b T``) then the real response positions (``flat`` indexes the ``[B, steps]`` response positions
-    ``P .. P + steps - 1``, which sit at grid column ``1 + s`` with ``T = steps + 1``)."""
-    rows = torch.arange(first_rows.shape[0], device=flat.device)
-    cells = torch.cat([rows * (steps + 1), flat // steps * (steps + 1) + flat % steps + 1])
-    return torch.cat([first_rows, response_rows]), cells
-
-
-PACKED_MIN_PAD_SHARE = 0.03
-
-
-def _packed_scoring(model: torch.nn.Module, packed: str | bool, attention_mask: torch.Tensor,
-                    response_start: int) -> bool:
-    """Whether ``sequence_logprobs`` scores the responses padding-free (see its ``packed`` argument)."""
-    if packed is False:
-        return False
-    from alignbench.rl.packed import packed_support
-
-    if packed is True:
-        reason = packed_support(model)
-        if reason is not None:
-            raise ValueError(f"sequence_logprobs: packed=True cannot score this model: {reason}")
-        return True
-    if packed != "auto":
-        raise ValueError(f"sequence_logprobs: packed must be 'auto', True or False, got {packed!r}")
-    return _pad_share(attention_mask[:, response_start:-1]) >= PACKED_MIN_PAD_SHARE and packed_support(model) is None
-
-
-def _pad_share(cells: torch.Tensor) -> float:
-    """Share of pad cells among the scored response positions (0 for none)."""
-    return 1.0 - float(cells.float().mean()) if cells.numel() else 0.0
-
-
-def _fused_scoring(model: torch.nn.Module, fused: str | bool) -> bool:
-    """Whether ``sequence_logprobs`` uses ``FusedLlama.forward`` (see its ``fused`` argument)."""
-    if fused is False:
-        return False
-    from alignbench.rl.fused_llama import fused_support
-
-    if fused is True:
-        reason = "grad is enabled (the fused passes are no-grad)" if torch.is_grad_enabled() else fused_support(model)
-        if reason is not None:
-            raise ValueError(f"sequence_logprobs: fused=True cannot score this model: {reason}")
-        return True
-    if fused != "auto":
-        raise ValueError(f"sequence_logprobs: fused must be 'auto', True or False, got {fused!r}")
-    return not torch.is_grad_enabled() and _model_device(model).type == "cpu" and fused_support(model) is None

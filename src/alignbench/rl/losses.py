@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from alignbench.config_fields import Choice
+
 __all__ = [
     "masked_mean",
     "masked_var",
@@ -26,9 +28,13 @@ __all__ = [
     "kl_penalty",
     "entropy_from_logits",
     "explained_variance",
+    "KLEstimator",
 ]
 
-KL_KINDS = ("k1", "k2", "k3", "abs")
+#: the per-token estimators of KL(pi || pi_ref) of ``kl_penalty`` (Schulman 2020, "Approximating KL
+#: divergence"): ``algo.kl_estimator``, wherever an algorithm's KL enters
+KLEstimator = Choice("KLEstimator", "k1 k2 k3 abs")
+KL_KINDS = tuple(KLEstimator)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, per_sequence: bool = True) -> torch.Tensor:

@@ -68,11 +68,12 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
                   response_start: int, groups: tuple[torch.Tensor, torch.Tensor] | None
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The logits of positions ``P - 1 .. P + T - 2`` (each predicts response token t) at the real
-    positions only: ``(logits [M, V], cells [M])`` as ``logprobs.packed_rows`` lays them out, which
+    positions only: ``(logits [M, V], cells [M])`` as ``speed.packed_rows`` lays them out, which
     ``sequence_logprobs`` scores without ever padding them (pad positions predict pad tokens, which
     the response mask drops). ``groups``: ``shared_prompt_groups``' ``(first, inverse)`` or None.
     """
-    from alignbench.rl.logprobs import packed_rows, unique_prompt_pass
+    from alignbench.rl.logprobs import unique_prompt_pass
+    from alignbench.rl.speed import packed_rows
 
     core = _core(model)
     body = core.model

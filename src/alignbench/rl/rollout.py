@@ -18,11 +18,11 @@ Works with any causal ``PreTrainedModel``, a peft model around one, or a DDP wra
 
 Decoding engines (``generate_rollout(engine=...)``):
 
-* ``"fused"``: the same loop, with the prefill and every step computed by
-  ``alignbench.rl.fused_llama.FusedLlama`` (merged LoRA, fused q/k/v and gate/up weights, folded norm
-  gains, products in the weight-streaming orientation) for Llama-family models; logits equal the
-  model's forward to float rounding, so greedy tokens match ``lean`` and sampling draws the same
-  ``torch.multinomial`` calls.
+* ``"fused"``: the same loop, with the prefill and every step computed by the CPU speed path
+  (``alignbench.rl.speed``, the one seam in front of ``alignbench.rl.fused_llama.FusedLlama``:
+  merged LoRA, fused q/k/v and gate/up weights, folded norm gains, products in the weight-streaming
+  orientation) for Llama-family models; logits equal the model's forward to float rounding, so
+  greedy tokens match ``lean`` and sampling draws the same ``torch.multinomial`` calls.
 * ``"lean"``: a plain decode loop over the model's forward: one prefill, then one forward of one
   token per step into a KV cache whose buffers are allocated once for the whole rollout (no
   ``torch.cat`` per step and layer), no logits processors beyond temperature/top-k/top-p, no
@@ -53,6 +53,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from alignbench.models.compute import METER
+from alignbench.models.text import left_pad_batch  # noqa: F401 - batches of token ids (re-exported)
 from alignbench.utils.distributed import any_rank, is_sharded
 
 __all__ = [
@@ -101,21 +102,6 @@ class Rollout:
 
     def to(self, device: torch.device | str) -> "Rollout":
         return Rollout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-
-def left_pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token-id lists into left-padded ``ids`` and ``mask`` ``[B, max_len]`` (long)."""
-    if len(sequences) == 0 or any(len(s) == 0 for s in sequences):
-        raise ValueError("left_pad_batch: needs at least one sequence and no empty sequence.")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -278,18 +264,12 @@ def _resolve_engine(engine: str | object, model: torch.nn.Module) -> str | objec
 
         resolved = vllm_engine_or_none()
         return resolved if resolved is not None else _resolve_engine("auto", model)
-    if engine == "auto":
-        if not _supports_lean(model):
-            return "hf"
-        from alignbench.rl.fused_llama import fused_support
+    if engine == "auto" and not _supports_lean(model):
+        return "hf"
+    if engine in ("auto", "fused"):
+        from alignbench.rl.speed import decoding  # the CPU speed path (raises when engine=fused cannot run)
 
-        return "fused" if _model_device(model).type == "cpu" and fused_support(model) is None else "lean"
-    if engine == "fused":
-        from alignbench.rl.fused_llama import fused_support
-
-        reason = fused_support(model) if _supports_lean(model) else "no KV-cache forward"
-        if reason is not None:
-            raise ValueError(f"generate_rollout: engine 'fused' cannot decode this model: {reason}")
+        return "fused" if decoding(engine, model) else "lean"
     return engine
 
 
@@ -402,10 +382,10 @@ def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id
     batch = prompt_ids.shape[0]
     device = prompt_ids.device
     eos = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-    if fused:
-        from alignbench.rl.fused_llama import FusedLlama
+    if fused:  # the CPU speed path: the same prefill / step contract (rl.speed)
+        from alignbench.rl.speed import fused_decoder
 
-        stepper = FusedLlama.of(model).decoder(prompt_ids, prompt_mask, max_new_tokens)
+        stepper = fused_decoder(model, prompt_ids, prompt_mask, max_new_tokens)
     else:
         stepper = _ModelStepper(model, prompt_ids, prompt_mask, max_new_tokens)
     generated = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)

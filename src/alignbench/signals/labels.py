@@ -22,7 +22,7 @@ LABEL_TEMPLATE = EVALUATOR_PROMPT
 
 def label_token_ids(tokenizer) -> list[int]:
     """Id of the first token of `` <label>`` for each of ``LABELS``; they must differ."""
-    from alignbench.algorithms.text import encode  # tokenisation helpers (moved under models/ by #23)
+    from alignbench.models.text import encode
 
     ids = [encode(tokenizer, " " + label)[0] for label in LABELS]
     if len(set(ids)) != len(ids):
@@ -32,7 +32,7 @@ def label_token_ids(tokenizer) -> list[int]:
 
 def label_logits(ctx, roles, role: str, texts: list[str], label_ids: list[int]) -> torch.Tensor:
     """``[N, 3]`` float32 logits of the label words (``LABELS`` order) after each rendered text."""
-    from alignbench.algorithms.text import encode_prompts
+    from alignbench.models.text import encode_prompts
 
     ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, texts, limits=ctx.limits)
     logits = roles.lm_logits(role, ids.to(ctx.device), mask.to(ctx.device))[:, -1]

@@ -12,9 +12,9 @@
   Under DDP every rank contributes its own state (``AlignmentModule.rank_state``: the component's
   cost window, generators and pools, the RNG states), gathered into rank 0's file.
 * ``metric_faults`` says which of an iteration's metrics make it a numerical fault (NaN/inf loss,
-  reward, cost or lambda); diagnostics such as ``losses/explained_variance`` may be NaN legitimately.
+  reward, cost or lambda); diagnostics such as ``losses/<critic>/explained_variance`` may be NaN legitimately.
 * ``StageProgressBar``: Lightning's rich bar (count, elapsed, ETA) named after the running stage (``sft``,
-  ``reward_model``, ``waltzrl_warmup``, ``rl``) and the component's ``progress_label()`` when it has one
+  ``reward_model``, ``waltzrl_warmup``, ``rl``) and the component's ``progress_label()`` when it gives one
   (TriPlay: its round and phase); quiet off a terminal (``alignbench.utils.progress``).
 """
 
@@ -158,8 +158,9 @@ class StageProgressBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         module = self.trainer.lightning_module
         stage = str(getattr(module, "stage", "training"))
-        label = getattr(getattr(module, "component", None), "progress_label", None)
-        return f"{stage} · {label()}" if callable(label) else stage
+        component = getattr(module, "component", None)
+        label = component.progress_label() if component is not None else ""
+        return f"{stage} · {label}" if label else stage
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from alignbench.algorithms.text import encode_prompts, format_prompt
 from alignbench.models.export import EXPORT_DIR, write_export
+from alignbench.models.text import encode_prompts, format_prompt
 from alignbench.rl.rollout import generate_rollout
 from alignbench.secret_keys import redact
 from alignbench.utils.distributed import is_rank_zero, is_sharded

@@ -20,6 +20,10 @@ the training-signal audit's counts of its own rows, its compute meter and the RN
 the roles) the weights and optimiser states are gathered whole into that file (every rank takes part in
 the save) and a resumed run lays them out as shards again (``_shard_optimizer_state``).
 
+Every optimiser the iteration stepped is logged by the host, whatever the algorithm (docs/METRICS.md):
+``optim/<name>/grad_norm`` (the mean pre-clip gradient norm of its steps this iteration) and
+``optim/<name>/lr`` (the learning rate they used).
+
 Numerical faults: ``optimize`` never steps an optimiser on a non-finite loss or gradient; an iteration
 with such a skip, or with a NaN/inf loss, reward, cost or lambda among its metrics, is counted
 (``train/nan_skipped``) and ``max_nan_steps`` consecutive ones stop the run (``NumericalFaultError``).
@@ -101,6 +105,8 @@ class AlignmentModule(L.LightningModule):
         self._faults: list[str] = []
         self._optimizer_names: list[str] = []
         self._grad_clip: dict[str, float] = {}
+        self._grad_norms: dict[str, list[float]] = {}  # this iteration's steps per optimiser (optim/<name>/...)
+        self._lrs: dict[str, float] = {}
         self._pending_optim: dict[str, Any] | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._t_last = time.perf_counter()
@@ -152,6 +158,7 @@ class AlignmentModule(L.LightningModule):
         optimizers = self.optimizers()
         optimizer = optimizers[index] if isinstance(optimizers, list) else optimizers
         optimizer.zero_grad(set_to_none=True)
+        lr = float(optimizer.param_groups[0]["lr"])
         loss_finite = bool(torch.isfinite(loss.detach()).all())
         ddp = self._ddp_wrapper()
         # DDP: gradients are averaged here, per optimiser (DDP's reducer expects every trainable
@@ -163,6 +170,8 @@ class AlignmentModule(L.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         # FSDP: the norm of the sharded gradients is a DTensor; whole, it is the global norm
         grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self._grad_clip[name] or float("inf")))
+        self._grad_norms.setdefault(name, []).append(float(grad_norm))
+        self._lrs[name] = lr
         synced = ddp is not None or self.sharded
         if not bool(torch.isfinite(grad_norm)) or (not synced and not loss_finite):
             optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf
@@ -184,10 +193,20 @@ class AlignmentModule(L.LightningModule):
             scheduler.step()
 
     # ----------------------------------------------------------------- training
+    def _optimizer_metrics(self) -> dict[str, float]:
+        """``optim/<name>/grad_norm`` and ``optim/<name>/lr`` of every optimiser stepped this iteration."""
+        metrics = {}
+        for name, norms in self._grad_norms.items():
+            metrics[f"optim/{name}/grad_norm"] = sum(norms) / len(norms)
+            metrics[f"optim/{name}/lr"] = self._lrs[name]
+        self._grad_norms, self._lrs = {}, {}
+        return metrics
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self._faults = []
         with oracle_scope("train"):  # the evaluation oracle is refused here under signals=learned
             metrics = self.component.training_step(batch, self)
+        metrics.update(self._optimizer_metrics())
         with oracle_scope("monitor"):  # ground-truth diagnostics of what the iteration trained on, logged only
             metrics.update(self.component.monitor())
         metrics = mean_metrics(metrics)  # DDP: means over ranks (token counts summed); as is in one process

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -25,14 +24,14 @@ from alignbench.algorithms.base import AlgorithmComponent, StageOutputs
 from alignbench.algorithms.label_model import LabelModelStage
 from alignbench.algorithms.preference import PreferenceStage
 from alignbench.algorithms.sft import SFTStage
-from alignbench.algorithms.text import TextLimits
+from alignbench.models.text import TextLimits
 from alignbench.config import RunConfig
 from alignbench.data.datamodule import ComponentDataModule, DataBundle, build_data
 from alignbench.eval.harness import evaluate
 from alignbench.models.compute import METER, Counts
 from alignbench.models.loading import load_base
 from alignbench.models.roles import RoleSet, RoleSpec
-from alignbench.registry import ALGORITHMS, JUDGES
+from alignbench.registry import JUDGES, algorithm_class
 from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
 from alignbench.training.strategy import check_strategy, lightning_strategy
@@ -108,7 +107,6 @@ def build_judge(rc: RunConfig, data: DataBundle, limits: TextLimits | None = Non
 
 
 def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
-    import alignbench.algorithms  # noqa: F401 - registers every algorithm
     import alignbench.eval.judges  # noqa: F401 - registers every judge
 
     data = build_data(rc.data, cache_dir=rc.cache_dir)
@@ -154,8 +152,7 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
     L.seed_everything(seed, workers=True, verbose=False)
     directory = ckpt.checkpoint_dir(rc.output_dir, stage)
     fingerprint = ckpt.config_fingerprint(rc.raw)
-    data = getattr(ctx, "data", None)
-    data_fingerprint = data.fingerprint() if data is not None else None
+    data_fingerprint = ctx.data.fingerprint() if ctx.data is not None else None
     manager = ckpt.CheckpointManager(directory)
     callback = CheckpointCallback(manager, rc.trainer.checkpoint_every, final=stage == "rl",
                                   extra={"fingerprint": fingerprint, "data_fingerprint": data_fingerprint})
@@ -264,6 +261,12 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
         if stage == "sft":
             apply_sft(ctx, weights)
             prior.append(key)
+            if ctx.data.rlaif is not None and until != "sft" and len(needed) > 1:  # pairs from its answers
+                from alignbench.training.rlaif import attach_rlaif_pairs
+
+                rlaif_key, rlaif_metrics = attach_rlaif_pairs(ctx, key)
+                prior.append(rlaif_key)  # the later stages train on these pairs
+                outputs.metrics.update(rlaif_metrics)
         else:
             outputs.states[stage] = weights
         outputs.metrics.update(metrics)
@@ -304,21 +307,23 @@ def run_warmup_stage(ctx: RunContext, component: AlgorithmComponent) -> dict[str
     return {**metrics, f"stages/{warmup.name}/cached": float(cached)}
 
 
-def _external_cost(rc: RunConfig):
-    return getattr(getattr(rc.algo, "cost_model", None), "path", None)  # algo.cost_model.path=
-
-
 def signal_models_for(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
     """The stages the algorithm's training signals are learned from (none under ``signals=oracle``)."""
     return tuple(s for s in signal_stages(cls.signal_kinds(rc.algo), rc.signals.source,
-                                          rater_labels=has_rater_labels(data.preference_train))
+                                          rater_labels=has_rater_labels(data.preference_train)
+                                          or data.rlaif is not None)  # data=rlaif: labelled after SFT
                  if s not in cls.external_stages(rc.algo))
+
+
+def _judge_needs_cost_stage(rc: RunConfig, cls) -> bool:
+    """``eval.judge=cost_model`` scores with the trained cost-model stage (unless the algorithm loads its own)."""
+    return rc.eval.enabled and rc.eval.judge == "cost_model" and "cost_model" not in cls.external_stages(rc.algo)
 
 
 def stages_for_job(rc: RunConfig, cls, data: DataBundle) -> tuple[str, ...]:
     """Every stage a whole job needs: the algorithm's, its training signals' and the judge's."""
     required = cls.required_stages(rc.algo)
-    if rc.eval.enabled and rc.eval.judge == "cost_model" and not _external_cost(rc):
+    if _judge_needs_cost_stage(rc, cls):
         required += ("sft", "cost_model")  # the judge needs the cost model
     signal_models = signal_models_for(rc, cls, data)
     if signal_models:
@@ -342,8 +347,7 @@ def prepare_component(ctx: RunContext, cls, outputs: StageOutputs) -> tuple[Algo
     # it in the same process (multirun jobs share one process)
     L.seed_everything(rc.seed, workers=True, verbose=False)
     specs = component.role_specs() + signal_specs
-    judge_role = (rc.eval.enabled and rc.eval.judge == "cost_model" and not _external_cost(rc)
-                  and "cost_model" not in {r.name for r in specs})
+    judge_role = _judge_needs_cost_stage(rc, cls) and "cost_model" not in {r.name for r in specs}
     if judge_role:  # a frozen cost-model adapter for the judge beside the component's roles
         specs = specs + [RoleSpec("cost_model", "score", trainable=False)]
     roles = RoleSet(ctx.base, specs, rc.model, full_finetune=component.full_finetune)
@@ -354,7 +358,7 @@ def prepare_component(ctx: RunContext, cls, outputs: StageOutputs) -> tuple[Algo
         roles.load_role_state_dict("cost_model", outputs.states["cost_model"])
     ctx.signals = build_training_signals(ctx, component, roles, outputs, signal_specs, own_signal_roles,
                                          signal_models)
-    if hasattr(ctx.judge, "bind"):
+    if rc.eval.judge == "cost_model":  # the judge scores with the run's cost model (eval.judges.CostModelJudge)
         from alignbench.rl.experience import score_texts
 
         ctx.judge.bind(component.external_scorer("cost_model") or (lambda records, texts: score_texts(
@@ -398,13 +402,13 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
     reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
-    check_strategy(rc.trainer, rc.algo.name)  # before anything loads: trainer=fsdp refuses some algorithms
+    cls = algorithm_class(rc.raw.algo)
+    check_strategy(rc.trainer, rc.algo.name, cls)  # before anything loads: trainer=fsdp refuses some algorithms
     ctx = build_context(rc, sink)
     from alignbench.training.checkpoint import config_fingerprint, preflight_resume
 
     preflight_resume(rc.output_dir, resume=rc.resume, fingerprint=config_fingerprint(rc.raw),
                      data_fingerprint=ctx.data.fingerprint())  # refuse a wrong resume before stages train
-    cls = ALGORITHMS.get(rc.algo.name)
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else stages_for_job(rc, cls, ctx.data)
     outputs = run_stages(ctx, required, until)
@@ -417,21 +421,21 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
             fit_component(component, roles, ctx, "rl", rc.seed)
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items()
-                                      if k.startswith(("train/", "losses/", "signals/"))})
+                                      if k.startswith(("train/", "losses/", "optim/", "signals/"))})
         held_out: dict[str, Any] = {}
         # DDP: rank 0 evaluates, the other ranks are done; FSDP: every rank takes part in every forward
         if rc.eval.enabled and (is_rank_zero() or is_sharded(roles)):
             roles.eval()
             with oracle_scope("eval"), METER.phase("eval"):
                 evaluation = evaluate(component.responder(), ctx.data.eval_prompts, ctx.judge, rc.eval,
-                                      seed=rc.seed + 1000, scorer=getattr(component, "eval_scorer", lambda: None)(),
-                                      extra_metrics=getattr(component, "eval_extra_metrics", None))
+                                      seed=rc.seed + 1000, scorer=component.eval_scorer(),
+                                      extra_metrics=component.eval_metrics)
             with METER.phase("eval"):  # the signal models score the evaluation's answers: not training compute
                 held_out = ctx.signals.held_out_agreement(*evaluation.judged)
             result["metrics"].update(evaluation.metrics)
             if is_rank_zero():
                 evaluation.write_samples(Path(rc.output_dir) / "eval_samples.jsonl")
-            result["metrics"].update(component.eval_extras())
+            result["metrics"].update(component.summary_metrics())
             result["per_kind"], result["per_category"] = evaluation.per_kind, evaluation.per_category
             result["prompt_cost_histogram"] = evaluation.prompt_cost_histogram
             result["eval_seconds"] = evaluation.seconds

@@ -17,7 +17,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from alignbench.config import TrainerConfig
 from alignbench.errors import ConfigError
-from alignbench.registry import ALGORITHMS
+from alignbench.registry import ALGORITHMS, load_algorithms
 
 
 class ShardedDataParallel(ModelParallelStrategy):
@@ -38,10 +38,12 @@ def lightning_strategy(cfg: TrainerConfig) -> Any:
     return ShardedDataParallel() if cfg.fsdp else cfg.strategy
 
 
-def check_strategy(cfg: TrainerConfig, algo: str) -> None:
-    """``trainer=fsdp`` only with algorithms whose ranks make the same model calls every iteration
-    (``AlgorithmComponent.fsdp_ready``): a rank that ran one forward more would wait for ever."""
-    if cfg.fsdp and not ALGORITHMS.get(algo).fsdp_ready:
+def check_strategy(cfg: TrainerConfig, algo: str, component: type) -> None:
+    """``trainer=fsdp`` only with algorithms (``component``, the class ``algo`` runs) whose ranks make the
+    same model calls every iteration (``AlgorithmComponent.fsdp_ready``): a rank that ran one forward more
+    would wait for ever."""
+    if cfg.fsdp and not component.fsdp_ready:
+        load_algorithms()
         ready = ", ".join(name for name in ALGORITHMS.names() if ALGORITHMS.get(name).fsdp_ready)
         raise ConfigError(f"algo={algo} does not run under trainer=fsdp: its ranks may make different numbers of "
                           f"model calls per iteration (every FSDP forward is a collective); use trainer=ddp, or "

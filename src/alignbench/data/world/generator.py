@@ -151,6 +151,9 @@ def _all_families() -> tuple[T.Family, ...]:
 class SafetyWorld:
     """The generated world for one ``WorldConfig``: prompts per split and every data product built on them."""
 
+    #: the jailbreak strategies attacks are written with (name -> (template, strength)); TriPlay reads them here
+    wrappers = T.JAILBREAK_WRAPPERS
+
     def __init__(self, config: WorldConfig | None = None, **overrides) -> None:
         self.config = config if config is not None else WorldConfig(**overrides)
         self._records: dict[str, PromptRecord] = {}

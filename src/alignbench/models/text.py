@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +26,23 @@ from transformers import PreTrainedTokenizerBase
 
 from alignbench.config import ModelConfig
 from alignbench.errors import ConfigError
-from alignbench.rl.rollout import left_pad_batch
 
 logger = logging.getLogger(__name__)
+
+
+def left_pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token-id lists into left-padded ``ids`` and ``mask`` ``[B, max_len]`` (long)."""
+    if len(sequences) == 0 or any(len(s) == 0 for s in sequences):
+        raise ValueError("left_pad_batch: needs at least one sequence and no empty sequence.")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, prompt: str) -> str:
