@@ -19,13 +19,10 @@ from conftest import run_cli
 ALGOS = ("sft", "ppo", "reward_shaping", "safe_rlhf", "repo", "waltzrl", "safeguard", "triplay")
 
 
-def test_overlay_sweeps_every_algorithm_over_two_seeds(composed):
-    from hydra import compose as hydra_compose, initialize_config_dir
+def test_overlay_sweeps_every_algorithm_over_five_seeds(tmp_path, stage_cache):
+    from conftest import compose
 
-    from conftest import CONF
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["experiment=head_to_head"], return_hydra_config=True)
+    cfg = compose(["experiment=head_to_head"], tmp_path, stage_cache, keep_hydra=True)
     params = cfg.hydra.sweeper.params
     assert tuple(params.algo.split(",")) == ALGOS and params.seed == "1,2,3,4,5"
     assert cfg.hydra.mode.name == "MULTIRUN"
