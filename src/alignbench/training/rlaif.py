@@ -43,11 +43,13 @@ def sample_answers(ctx, prompts: list[str], generation, *, batch_size: int, seed
     from alignbench.eval.harness import generate_texts
     from alignbench.utils.progress import progress_bar
 
+    from alignbench.models.compute import METER
+
     model = ctx.base.to(ctx.device).eval()
-    with progress_bar(f"rlaif: sampling {len(prompts)} answers", len(prompts)) as advance:
-        texts, tokens = generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed,
-                                       progress=advance)
-    ctx.counters["gen_tokens"] += tokens
+    # the compute meter counts the sampling under its own phase (the job's training compute, like a stage)
+    with METER.phase("rlaif"), progress_bar(f"rlaif: sampling {len(prompts)} answers", len(prompts)) as advance:
+        texts, _ = generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed,
+                                  progress=advance)
     return texts
 
 
