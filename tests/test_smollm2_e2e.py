@@ -35,7 +35,8 @@ PER_ALGO = {
     "single_rl": PPO,
     "waltzrl": WALTZ,
     "waltzrl_untrained": WALTZ,  # the same warm-up (loaded from the stage cache), no RL
-    "triplay": ["algo.batch_size=2", "algo.phase_steps={red: 1, blue: 1, eval: 1}", "algo.attacker_warmup_steps=2",
+    # its seeds are the harmful training prompts outside the pairs' held-out side: 6 prompts leave none
+    "triplay": ["data.rlaif.train_prompts=12", "algo.batch_size=2", "algo.phase_steps={red: 1, blue: 1, eval: 1}", "algo.attacker_warmup_steps=2",
                 "algo.evaluator_warmup_steps=1", "algo.warmup_batch_size=2", "algo.attacker_rollout.max_new_tokens=16",
                 "algo.defender_rollout.max_new_tokens=8", "algo.eval_replay=2"],
 }
@@ -70,8 +71,10 @@ def test_every_algorithm_runs_on_smollm2_with_rlaif_signals(tmp_path, stage_cach
                                                  ("harmful", "borderline", "benign")] == [1, 1, 1], algo
         assert 0.0 <= metrics["eval/unsafe_rate"] <= 1.0 and 0.0 <= metrics["eval/over_refusal_rate"] <= 1.0
     # the RLAIF answers are labelled once (by the first job that needs pairs) and loaded by every later job
-    cached = [summaries[a]["metrics"]["stages/rlaif/cached"] for a in learners]
-    assert cached[0] in (0.0, 1.0) and all(c == 1.0 for c in cached[1:])
+    # (triplay samples its own 12 prompts; waltzrl_untrained trains nothing on pairs)
+    cached = [summaries[a]["metrics"]["stages/rlaif/cached"] for a in learners
+              if a != "triplay" and "stages/rlaif/cached" in summaries[a]["metrics"]]
+    assert len(cached) >= 6 and cached[0] in (0.0, 1.0) and all(c == 1.0 for c in cached[1:])
     first = summaries[learners[0]]["metrics"]
     assert first["stages/rlaif/samples"] == 12 and first["stages/rlaif/train_pairs"] >= 1
     assert 0.0 <= first["stages/rlaif/agreement/unsafe_accuracy"] <= 1.0
