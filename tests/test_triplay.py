@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import alignbench.algorithms.triplay as triplay_module
 from alignbench.algorithms.triplay import TriPlay
@@ -50,10 +49,10 @@ def make_component(tmp_path: Path, *overrides: str, cache: bool = False) -> TriP
     learned signals)."""
     from alignbench.signals import TrainingSignals
 
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=["algo=triplay", "logger=none", f"output_dir={tmp_path}",
-                                           f"cache_dir={tmp_path / 'cache'}", f"algo.warmup_cache={cache}",
-                                           "algo.batch_size=4", "algo.group_size=4", "signals=oracle", *overrides])
+    from conftest import compose  # the config as run.py composes it (schemas registered first)
+
+    cfg = compose(["algo=triplay", "logger=none", f"algo.warmup_cache={cache}", "algo.batch_size=4",
+                   "algo.group_size=4", "signals=oracle", *overrides], tmp_path, tmp_path / "cache")
     rc = validate_config(cfg, TriPlay.config_class)
     ctx = build_context(rc, None)
     ctx.signals = TrainingSignals(source="oracle", ctx=ctx, oracle=ctx.judge)
