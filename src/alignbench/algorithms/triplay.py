@@ -133,6 +133,9 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         self.pool = AttackPool(cfg.pool_size, self.embedder, self.bleu, sample=cfg.pool_sample,
                                bleu_mode=cfg.bleu_mode, similarity=cfg.pool_similarity, min_size=cfg.pool_min)
         self.seeds = self.world.prompts("train", ["harmful"])
+        if not self.seeds:  # e.g. data=rlaif with so few prompts that every harmful one is on the pairs' held-out side
+            raise ConfigError("algo=triplay has no harmful training prompt to attack: raise data.rlaif.train_prompts "
+                              "(or use data=world)")
         self.heldout_seeds = self.world.prompts("eval", ["harmful"])
         self.warmup_file = self._warmup_cache_file()
         self.warmup_cached = self.warmup_file is not None and self.warmup_file.exists()
