@@ -215,9 +215,9 @@ def generate_rollout(
         if isinstance(runner, str):
             if runner == "hf":
                 generated = _hf_decode(_strip_ddp(model), prompt_ids, prompt_mask, **options)
-            else:
-                generated = _lean_decode(_strip_ddp(model), prompt_ids, prompt_mask, fused=runner == "fused",
-                                         **options)
+            else:  # "lean", or "fused": the same loop over the CPU speed path's stepper
+                stepper = _stepper(runner, _strip_ddp(model), prompt_ids, prompt_mask, max_new_tokens)
+                generated = _decode(stepper, prompt_ids, **options)
         else:  # an engine object (vLLM): same contract, returns the generated ids [B, T']
             generated = runner.generate(model, prompt_ids, prompt_mask, **options)
 
@@ -354,6 +354,7 @@ class _ModelStepper:
         self.positions = position_ids_from_mask(prompt_mask)
         self.keep = dict(logits_to_keep=1) if _accepts_logits_to_keep(model) else {}
         self.prompt_ids, self.steps = prompt_ids, 0
+        self.synced = is_sharded(model)  # FSDP: every rank keeps stepping until all have finished
 
     def _scores(self, **inputs) -> torch.Tensor:
         logits = self.model(**inputs, past_key_values=self.cache, use_cache=True, **self.keep).logits
@@ -369,30 +370,35 @@ class _ModelStepper:
                             position_ids=self.positions[:, -1:] + self.steps)
 
 
-def _lean_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, pad_token_id, temperature,
-                 top_k, top_p, do_sample, fused: bool = False) -> torch.Tensor:
+def _stepper(runner: str, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):
+    """The prefill / step object ``_decode`` drives: the model's own forward, or (``"fused"``) the CPU
+    speed path's stepper with the same contract (``alignbench.rl.speed.fused_decoder``)."""
+    if runner == "fused":
+        from alignbench.rl.speed import fused_decoder
+
+        return fused_decoder(model, prompt_ids, prompt_mask, max_new_tokens)
+    return _ModelStepper(model, prompt_ids, prompt_mask, max_new_tokens)
+
+
+def _decode(stepper, prompt_ids: torch.Tensor, *, max_new_tokens, eos_token_id, pad_token_id, temperature,
+            top_k, top_p, do_sample) -> torch.Tensor:
     """Prefill + one-token steps with the KV cache; the same token choices as HF ``generate``.
 
-    The steps run through the model's forward (``lean``) or ``FusedLlama``'s decoder (``fused``).
-    Per step: ``scores = logits[:, -1]`` in float32, then (sampling) temperature, top-k, top-p in
-    HF's order, ``softmax`` and one ``torch.multinomial`` draw, or ``argmax`` (greedy); rows that
-    have emitted EOS get ``pad_token_id``; the loop stops when every row has finished (on every rank
-    when the model is FSDP-sharded: each step's forward is a collective, so the ranks step together).
+    ``stepper``: ``prefill()`` then ``step(tokens)``, each returning float32 scores [B, V] for the next
+    token. Per step: (sampling) temperature, top-k, top-p in HF's order, ``softmax`` and one
+    ``torch.multinomial`` draw, or ``argmax`` (greedy); rows that have emitted EOS get
+    ``pad_token_id``; the loop stops when every row has finished (on every rank when the stepper is
+    ``synced``, i.e. the model is FSDP-sharded: each step's forward is a collective, so the ranks step
+    together).
     """
     batch = prompt_ids.shape[0]
     device = prompt_ids.device
     eos = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-    if fused:  # the CPU speed path: the same prefill / step contract (rl.speed)
-        from alignbench.rl.speed import fused_decoder
-
-        stepper = fused_decoder(model, prompt_ids, prompt_mask, max_new_tokens)
-    else:
-        stepper = _ModelStepper(model, prompt_ids, prompt_mask, max_new_tokens)
     generated = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     scores = stepper.prefill()
     steps = 0
-    synced = not fused and is_sharded(model)
+    synced = getattr(stepper, "synced", False)
     for step in range(max_new_tokens):
         tokens = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
         tokens = torch.where(unfinished, tokens, pad_token_id)
