@@ -46,8 +46,14 @@ def torch_threads():
 
 @pytest.fixture(scope="session")
 def stage_cache(tmp_path_factory) -> Path:
-    """One stage cache for the whole session (exported so subprocess runs share it)."""
-    path = Path(os.environ.get("ALIGNBENCH_TEST_CACHE") or tmp_path_factory.mktemp("stage-cache"))
+    """One stage cache for the whole session (exported so subprocess runs share it), shared by the xdist
+    workers of one run (``pytest -n 2``): a stage two test files need trains once. Entries are locked per
+    key and written atomically (``training.stages``), so the workers never see half an entry."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # <base>/popen-gw<N>: the run's folder is one up
+        shared = shared.parent
+    path = Path(os.environ.get("ALIGNBENCH_TEST_CACHE") or shared / "stage-cache")
+    path.mkdir(parents=True, exist_ok=True)
     os.environ["ALIGNBENCH_CACHE"] = str(path)
     return path
 

@@ -44,7 +44,7 @@ def test_ddp_gives_the_single_process_trajectory(tmp_path):
     # the stages were written once, by rank 0, and both ranks trained them together
     assert sorted(p.name.split("-")[0] for p in (cache / "stages").iterdir() if not p.name.startswith(".")) == [
         "cost_model", "reward_model", "sft"]
-    assert not [p for p in (cache / "stages").iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert not [p for p in (cache / "stages").iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
     assert "GLOBAL_RANK: 1" in (tmp_path / "ddp" / "train_ddp_process_1.log").read_text()
 
     one = run_cli([*RL, "trainer.num_threads=1", "eval.enabled=false", f"hydra.run.dir={tmp_path / 'one'}"],
@@ -181,7 +181,7 @@ def test_a_worker_rank_never_waits_on_the_stage_lock(tmp_path, monkeypatch):
     def worker():
         done["result"] = cached_stage(str(tmp_path), "sft-abc", lambda: ({"w": torch.ones(1)}, {"m": 1.0}))
 
-    with open(root / ".lock", "w") as held:
+    with open(root / ".sft-abc.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # what rank 0 does around its training
         thread = threading.Thread(target=worker, daemon=True)
         thread.start()

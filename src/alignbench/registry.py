@@ -131,15 +131,27 @@ def _check_component(cls: Any, where: str) -> None:
         raise UserError(f"{where} is not an alignbench.algorithms.base.AlgorithmComponent subclass")
 
 
+_REGISTERED: dict[str, Any] = {}  # what the ConfigStore holds: name -> component class
+
+
 def register_config_schemas() -> None:
-    """Give Hydra every default before it composes (module docstring): call before ``hydra.main`` runs."""
+    """Give Hydra every default before it composes (module docstring): call before ``hydra.main`` runs.
+
+    Idempotent and cheap on repeat: an algorithm already stored with the same class is not rebuilt (a
+    process that composes many configs, a test session or a sweep, pays for the schemas once).
+    """
     from hydra.core.config_store import ConfigStore
 
     from alignbench.config import group_defaults
     from alignbench.config_fields import schema_defaults
 
     store = ConfigStore.instance()
-    store.store(name="alignbench_defaults", node=group_defaults())
+    if "" not in _REGISTERED:
+        store.store(name="alignbench_defaults", node=group_defaults())
+        _REGISTERED[""] = None
     for name, cls in load_algorithms()._entries.items():
+        if _REGISTERED.get(name) is cls:
+            continue
         node = {"_target_": target_of(cls), **schema_defaults(cls.config_class), "name": name}
         store.store(group=SCHEMA_GROUP, name=name, node=node)
+        _REGISTERED[name] = cls

@@ -106,6 +106,9 @@ class AlgorithmComponent:
     #: runs under trainer=fsdp: every rank makes the same sequence of model calls per iteration
     #: whatever its share of the batch holds (every FSDP forward is a collective)
     fsdp_ready: ClassVar[bool] = False
+    #: reads ``ctx.data.labelled_samples`` (data=rlaif: the SFT model's own labelled answers, e.g. for a
+    #: warm-up), so the pipeline labels or loads them even when no signal stage needs pairs
+    uses_labelled_answers: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, ctx: Any, stage_outputs: StageOutputs | None = None) -> None:
         self.cfg = cfg

@@ -121,6 +121,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
     config_class = TriPlayConfig
     requires = ("sft",)
     export_role = "defender"
+    uses_labelled_answers = True  # data=rlaif: seeds and the evaluator's warm-up come from the labelled answers
 
     def __init__(self, cfg, ctx, stage_outputs=None) -> None:
         super().__init__(cfg, ctx, stage_outputs)

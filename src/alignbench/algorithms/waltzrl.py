@@ -175,6 +175,7 @@ class WaltzRL(AlgorithmComponent):
     config_class = WaltzRLConfig
     requires = ("sft",)
     export_role = CONVERSATION  # the feedback agent's adapter stays in the checkpoint
+    uses_labelled_answers = True  # data=rlaif: the warm-up teaches the feedback format on the model's own answers
 
     @classmethod
     def signal_kinds(cls, cfg) -> tuple[str, ...]:

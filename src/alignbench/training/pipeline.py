@@ -241,8 +241,13 @@ def _drop_stage_checkpoints(ctx: RunContext, stage: str) -> None:
     CheckpointManager(checkpoint_dir(ctx.rc.output_dir, stage)).remove_all()
 
 
-def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = None) -> StageOutputs:
-    """Load or train the stages ``required`` needs (SFT first), in dependency order."""
+def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = None, *,
+               labelled_answers: bool = False) -> StageOutputs:
+    """Load or train the stages ``required`` needs (SFT first), in dependency order.
+
+    Under data=rlaif the SFT model's labelled answers are attached right after SFT when a later stage
+    trains on their pairs, or when ``labelled_answers`` (the component reads them itself).
+    """
     outputs = StageOutputs()
     needed = [s for s in STAGE_ORDER if s in required or (s == "sft" and required)]
     prior: list[str] = []
@@ -261,7 +266,7 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
         if stage == "sft":
             apply_sft(ctx, weights)
             prior.append(key)
-            if ctx.data.rlaif is not None and until != "sft" and len(needed) > 1:  # pairs from its answers
+            if ctx.data.rlaif is not None and until != "sft" and (len(needed) > 1 or labelled_answers):
                 from alignbench.training.rlaif import attach_rlaif_pairs
 
                 rlaif_key, rlaif_metrics = attach_rlaif_pairs(ctx, key)
@@ -411,7 +416,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
                      data_fingerprint=ctx.data.fingerprint())  # refuse a wrong resume before stages train
     until = None if rc.stage in ("all", "rl") else rc.stage
     required = tuple(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else stages_for_job(rc, cls, ctx.data)
-    outputs = run_stages(ctx, required, until)
+    outputs = run_stages(ctx, required, until, labelled_answers=until is None and cls.uses_labelled_answers)
     result: dict[str, Any] = {"metrics": dict(outputs.metrics), "skipped_rows": ctx.data.skipped,
                               "split": ctx.data.split}
     if until is None:

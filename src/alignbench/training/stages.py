@@ -9,8 +9,9 @@ stage's own settings, ``stages.seed``, the numeric precision it trains in (``tra
 a bf16-mixed stage is not an fp32 one) and the keys of the stages it builds on. A sweep over RL settings
 (or RL seeds) therefore trains the SFT, reward and cost models once and every job loads them. Entries
 are written to a temporary directory and renamed into place, so a job killed mid-save never leaves a
-half-written entry, and concurrent jobs use a file lock (a job that waits for it says which process
-holds it). A write that fails (full disk) raises ``StorageError`` naming the entry.
+half-written entry, and concurrent jobs take a file lock per entry (``stages/.<key>.lock``): a job
+waits only for another job training the same stage (and says which process holds it), never for one
+training a different stage. A write that fails (full disk) raises ``StorageError`` naming the entry.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def cached_stage(cache_dir: str, key: str, train: Callable[[], tuple[dict[str, t
     root = Path(cache_dir) / "stages"
     entry = root / key
     leader = is_rank_zero()
-    with HeldLock(root / ".lock", f"stage cache, {key}") if leader else contextlib.nullcontext():
+    with HeldLock(root / f".{key}.lock", f"stage cache, {key}") if leader else contextlib.nullcontext():
         hit = broadcast_object(reuse and (entry / "metrics.json").exists() and (entry / COMPUTE_FILE).exists())
         if hit:
             weights, metrics = load_entry(entry)

@@ -7,7 +7,7 @@ recorded holder is only read to say who is in the way:
 * the run-directory lock (``<output_dir>/.alignbench.lock``): one live job per run directory. A second
   process is refused at once (``RunDirBusyError`` naming the holder's pid), instead of both writing
   the same checkpoints and ``history.jsonl``.
-* the stage-cache lock: a job waits for another job training the same stages, and says whom it waits for.
+* the stage-cache lock (one per entry): a job waits for another job training the same stage, and says whom it waits for.
 
 ``write_failure`` turns a failed write (read-only directory, full disk, quota) into a ``StorageError``
 naming the path, the reason and the free space left there. ``WritableRunDir`` (a Hydra callback in
