@@ -93,6 +93,10 @@ def test_every_algorithm_runs_on_smollm2_with_rlaif_signals(tmp_path, stage_cach
         waltz = summaries[algo]["metrics"]
         assert waltz["stages/waltzrl_warmup/cached"] == cached and math.isfinite(waltz["stages/waltzrl_warmup/final_loss"])
         assert 0.0 <= waltz["eval/feedback_parse_rate"] <= 1.0, algo
+    waltz_history = [json.loads(line) for line in (tmp_path / "waltzrl" / "history.jsonl").read_text().splitlines()]
+    assert [row["train/waltz_stage"] for row in waltz_history if row.get("stage") == "rl"] == [1.0, 2.0]
+    assert all(key in summaries["waltzrl"]["metrics"] for key in (
+        "eval/feedback_trigger_rate", "eval/feedback_label_accuracy", "eval/feedback_f1", "eval/dir_mean"))
     triplay = [json.loads(line) for line in (tmp_path / "triplay" / "history.jsonl").read_text().splitlines()]
     phases = {row.get("train/triplay_phase") for row in triplay if row.get("stage") == "rl"}
     assert {0.0, 1.0, 2.0, 3.0} <= phases  # warm-up, red, blue, eval on real prompts

