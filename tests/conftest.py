@@ -25,8 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # ALIGNBENCH_TEST_THREADS=1 (or 2, ...): every job a test runs, in-process or through run.py, and the test
 # process itself use that many torch threads (trainer.num_threads), so a claim test can be checked on two
-# floating-point paths: ALIGNBENCH_TEST_THREADS=1 python -m pytest -m slow, then =2.
-TEST_THREADS = os.environ.get("ALIGNBENCH_TEST_THREADS", "")
+# floating-point paths: ALIGNBENCH_TEST_THREADS=1 python -m pytest -m slow, then =2. Under pytest-xdist
+# (`-n 2`, the README's command) it defaults to cores / workers, so the workers' jobs never ask for more
+# threads than the machine has (2 workers x 2 threads on 2 cores spend their time waiting on each other).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0) if os.environ.get("PYTEST_XDIST_WORKER") else 0
+TEST_THREADS = os.environ.get("ALIGNBENCH_TEST_THREADS") or (
+    str(max(1, (os.cpu_count() or 1) // _WORKERS)) if _WORKERS else "")
 
 
 def _with_threads(overrides: list[str]) -> list[str]:
