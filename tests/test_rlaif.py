@@ -158,3 +158,37 @@ def test_arena_reads_wrappers_and_scores_relevance_by_embedding():
     assert len(examples) == 3 and all(e["response"] == WRAPPERS[e["wrapper"]][0].format(request=seeds[0].prompt)
                                       for e in examples)
     assert [e["response"] for e in arena.evaluator_sft_examples("eval")] == ["negative"]
+
+
+def test_guided_answers_are_sampled_with_the_guide_and_paired_as_answers_to_the_plain_prompt():
+    from types import SimpleNamespace
+
+    from alignbench.config import RlaifConfig
+    from alignbench.data.rlaif import preference_pairs
+    from alignbench.training.rlaif import label_answers
+
+    harmful, benign = _record("harmful", pid="h"), _record("benign", "How do I bake cookies?", pid="b")
+    settings = RlaifConfig(samples_per_prompt=2, guided_samples=1, guide="Refuse harm.")
+    ctx = SimpleNamespace(data=SimpleNamespace(rlaif=settings, train_prompts=[harmful, benign]),
+                          rc=SimpleNamespace(stages=SimpleNamespace(seed=3)))
+    calls = []
+
+    def sample(ctx, prompts, generation, *, batch_size, seed):  # a model that complies unless told to refuse
+        calls.append((list(prompts), seed))
+        return ["I can't help with that." if p.startswith("Refuse harm.\n\n") and "bomb" in p else
+                f"Sure, step {i}: here is how." for i, p in enumerate(prompts)]
+
+    samples = label_answers(ctx, sample=sample)
+    assert [c[1] for c in calls] == [3, 4]  # the guided answers draw from their own seed
+    assert calls[1][0] == ["Refuse harm.\n\nHow do I make a bomb?", "Refuse harm.\n\nHow do I bake cookies?"]
+    assert len(samples) == 6 and [bool(s.get("guided")) for s in samples] == [False] * 4 + [True] * 2
+    # recorded against the plain prompt: the guide never reaches a pair
+    assert {s["prompt"] for s in samples} == {harmful.prompt, benign.prompt}
+    guided_harmful = samples[4]
+    assert guided_harmful["refusal"] and not guided_harmful["unsafe"]
+    pairs = [p for p in preference_pairs(samples) if p["prompt"] == harmful.prompt]
+    assert len(pairs) == 3  # two compliant answers differ (steps 0 and 1); each pairs with the refusal
+    with_refusal = [p for p in pairs if "I can't help with that." in (p["response_0"], p["response_1"])]
+    assert len(with_refusal) == 2
+    for pair in with_refusal:  # the refusal is the safer answer: a learned cost signal can now point to it
+        assert pair[f"response_{pair['safer_response_id']}"] == "I can't help with that."

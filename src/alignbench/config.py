@@ -156,8 +156,9 @@ class RlaifConfig:
     a ``heldout_share`` of them is for evaluation only, the rest is the training pool, so no
     evaluation prompt is ever trained on. The pairs are built after the SFT stage
     (``alignbench.training.rlaif``): ``samples_per_prompt`` answers of the SFT model to each training
-    prompt, sampled with ``generation``, labelled by ``labeller`` (never the evaluation judge;
-    ``alignbench.data.rlaif``), cached under ``cache_dir/rlaif``.
+    prompt, sampled with ``generation`` (plus ``guided_samples`` answers to ``guide`` + the prompt),
+    labelled by ``labeller`` (never the evaluation judge; ``alignbench.data.rlaif``), cached under
+    ``cache_dir/rlaif``.
     """
 
     harmful_sets: list[str] = param(["advbench", "harmbench"], "prompt sets whose prompts must be refused")
@@ -170,6 +171,15 @@ class RlaifConfig:
     generation: GenerationConfig = param(GenerationConfig(max_new_tokens=48, temperature=0.7),
                                          "sampling of the SFT model's answers (sampled, not greedy: a greedy "
                                          "instruct model answers every harmful prompt the same way)")
+    guided_samples: int = param(0, "more answers per training prompt, sampled with ``guide`` before the user's text "
+                                   "and labelled and paired as answers to the plain prompt (context distillation, "
+                                   "as in Constitutional AI / Llama 2's safety context distillation): candidates "
+                                   "that refuse when the plain answers all comply; 0: plain answers only",
+                                at_least(0))
+    guide: str = param("You are a careful assistant. If the request below could help someone cause harm, refuse "
+                       "it briefly and politely; otherwise answer it fully.",
+                       "the instruction put before the user's text of a guided answer (never seen in training: "
+                       "the pairs hold the plain prompt)")
     batch_size: int = param(16, "generation batch", at_least(1))
     labeller: str = param("lexicon", "the labelling judge (alignbench.data.rlaif.LABELLERS); never the eval judge")
     refusal_window: int = param(160, "lexicon: a refusal phrase counts within the answer's first characters",

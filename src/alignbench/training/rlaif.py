@@ -53,14 +53,26 @@ def sample_answers(ctx, prompts: list[str], generation, *, batch_size: int, seed
     return texts
 
 
-def label_answers(ctx) -> list[dict[str, Any]]:
-    """Sample ``samples_per_prompt`` answers per training prompt and label them (uncached)."""
+def label_answers(ctx, sample=sample_answers) -> list[dict[str, Any]]:
+    """Sample ``samples_per_prompt`` answers per training prompt (and ``guided_samples`` answers to the
+    guide + the prompt) and label them as answers to the plain prompt (uncached).
+
+    ``sample(ctx, prompts, generation, batch_size=, seed=)``: one answer per prompt (``sample_answers``).
+    """
     settings = ctx.data.rlaif
+    seed = int(ctx.rc.stages.seed)
     records = [r for r in ctx.data.train_prompts for _ in range(settings.samples_per_prompt)]
-    texts = sample_answers(ctx, [r.prompt for r in records], settings.generation, batch_size=settings.batch_size,
-                           seed=int(ctx.rc.stages.seed))
+    texts = sample(ctx, [r.prompt for r in records], settings.generation, batch_size=settings.batch_size, seed=seed)
+    guided = [r for r in ctx.data.train_prompts for _ in range(settings.guided_samples)]
+    if guided:  # context distillation: the guide steers the answer, the pair keeps the plain prompt
+        texts += sample(ctx, [f"{settings.guide}\n\n{r.prompt}" for r in guided], settings.generation,
+                        batch_size=settings.batch_size, seed=seed + 1)
     labeller = rlaif.make_labeller(settings.labeller, settings.refusal_window)
-    return [rlaif.labelled_sample(r, t, v) for r, t, v in zip(records, texts, labeller.judge_batch(records, texts))]
+    rows = records + guided
+    samples = [rlaif.labelled_sample(r, t, v) for r, t, v in zip(rows, texts, labeller.judge_batch(rows, texts))]
+    for row in samples[len(records):]:
+        row["guided"] = True
+    return samples
 
 
 def attach_rlaif_pairs(ctx, sft_key: str) -> tuple[str, dict[str, float]]:
@@ -87,7 +99,8 @@ def attach_rlaif_pairs(ctx, sft_key: str) -> tuple[str, dict[str, float]]:
         from alignbench.errors import DataError
 
         raise DataError(f"data=rlaif: the SFT model's {len(samples)} answers gave no training pair (every answer "
-                        f"to a prompt was the same); raise data.rlaif.samples_per_prompt or the temperature")
+                        f"to a prompt was the same); raise data.rlaif.samples_per_prompt, data.rlaif.guided_samples "
+                        f"or the temperature")
     by_prompt = {s["prompt_id"]: s for s in samples}
     records = [_record(s) for s in samples]
     with oracle_scope("monitor"):  # a measurement of the labels, never a training signal
@@ -99,6 +112,11 @@ def attach_rlaif_pairs(ctx, sft_key: str) -> tuple[str, dict[str, float]]:
     metrics.update({f"stages/rlaif/agreement/{k}": v for k, v in rlaif.agreement(samples, truth).items()})
     for label in ("negative", "rejective", "positive"):
         metrics[f"stages/rlaif/label/{label}"] = sum(s["label"] == label for s in samples) / len(samples)
+    must_refuse = [s for s in samples if s["kind"] not in rlaif.MUST_ANSWER]
+    metrics["stages/rlaif/guided_samples"] = float(sum(bool(s.get("guided")) for s in samples))
+    # 0 = no answer to a harmful prompt refuses: no pair can prefer a refusal, no learned signal points to one
+    metrics["stages/rlaif/harmful_refused"] = (sum(bool(s["refusal"]) for s in must_refuse) / len(must_refuse)
+                                               if must_refuse else float("nan"))
     if ctx.sink is not None:
         ctx.sink.log(metrics, stage="rlaif", iteration=0)
     digest = hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest()[:16]
