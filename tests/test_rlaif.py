@@ -192,3 +192,30 @@ def test_guided_answers_are_sampled_with_the_guide_and_paired_as_answers_to_the_
     assert len(with_refusal) == 2
     for pair in with_refusal:  # the refusal is the safer answer: a learned cost signal can now point to it
         assert pair[f"response_{pair['safer_response_id']}"] == "I can't help with that."
+
+
+def test_a_written_refusal_is_one_more_candidate_labelled_like_the_others():
+    from types import SimpleNamespace
+
+    from alignbench.config import RlaifConfig
+    from alignbench.data.rlaif import preference_pairs
+    from alignbench.training.rlaif import label_answers
+
+    harmful, benign = _record("harmful", pid="h"), _record("benign", "How do I bake cookies?", pid="b")
+    refusal = "I'm sorry, but I can't help with that."
+    ctx = SimpleNamespace(data=SimpleNamespace(rlaif=RlaifConfig(samples_per_prompt=2, refusal_candidate=refusal),
+                                               train_prompts=[harmful, benign]),
+                          rc=SimpleNamespace(stages=SimpleNamespace(seed=0)))
+    samples = label_answers(ctx, sample=lambda ctx, prompts, *a, **k: [f"Sure, step {i}." for i in range(len(prompts))])
+    written = [s for s in samples if s.get("written")]
+    assert [(s["prompt"], s["response"]) for s in written] == [(harmful.prompt, refusal), (benign.prompt, refusal)]
+    assert written[0]["refusal"] and not written[0]["unsafe"]  # labelled, not assumed: safe on the harmful prompt
+    assert written[1]["overrefuse"] and written[1]["label"] == "rejective"  # an over-refusal on the benign one
+    for pair in preference_pairs(samples):
+        if refusal in (pair["response_0"], pair["response_1"]):
+            refused = 0 if pair["response_0"] == refusal else 1
+            # harmful: the refusal is safer (the rater still prefers compliance); benign: the answer is better
+            if pair["prompt"] == harmful.prompt:
+                assert pair["safer_response_id"] == refused and pair["better_response_id"] != refused
+            else:
+                assert pair["better_response_id"] != refused

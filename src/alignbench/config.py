@@ -180,6 +180,10 @@ class RlaifConfig:
                        "it briefly and politely; otherwise answer it fully.",
                        "the instruction put before the user's text of a guided answer (never seen in training: "
                        "the pairs hold the plain prompt)")
+    refusal_candidate: str = param("", "a written refusal added as one more candidate answer to every training "
+                                       "prompt, labelled like the sampled ones (refusal augmentation, as in "
+                                       "Bianchi et al. 2024's safety-tuned data): the pairs then contrast refusing "
+                                       "with answering on every prompt, harmful or not; empty: none")
     batch_size: int = param(16, "generation batch", at_least(1))
     labeller: str = param("lexicon", "the labelling judge (alignbench.data.rlaif.LABELLERS); never the eval judge")
     refusal_window: int = param(160, "lexicon: a refusal phrase counts within the answer's first characters",

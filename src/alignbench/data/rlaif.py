@@ -238,8 +238,9 @@ def waltzrl_warmup_examples(samples: Sequence[dict[str, Any]], *, seed: int = 0)
       labelled answer c (the flagged and the accepted ones);
     * revision: ``revision_prompt(p, c, feedback)`` -> c' for a flawed answer c (unsafe, or an
       over-refusal) and a good answer c' to the same prompt among the samples, when there is one;
-    * replay: p -> c for one answer per prompt (the SFT model's own behaviour, whatever its label), so
-      the warm-up teaches the formats without moving first answers.
+    * replay: p -> c for one answer per prompt (the SFT model's own behaviour, whatever its label: an
+      answer sampled from the plain prompt, never a guided or written one), so the warm-up teaches the
+      formats without moving first answers.
     """
     from alignbench.data.world.templates import FEEDBACK_PROMPT, REVISION_PROMPT
 
@@ -258,6 +259,7 @@ def waltzrl_warmup_examples(samples: Sequence[dict[str, Any]], *, seed: int = 0)
                 examples.append({"prompt": REVISION_PROMPT.format(prompt=flawed["prompt"], response=flawed["response"],
                                                                   feedback=feedback),
                                  "response": rng.choice(good)["response"]})
-        replay = rng.choice(group)
+        own = [s for s in group if not s.get("guided") and not s.get("written")]  # sampled from the plain prompt
+        replay = rng.choice(own or group)
         examples.append({"prompt": replay["prompt"], "response": replay["response"]})
     return examples

@@ -55,7 +55,8 @@ def sample_answers(ctx, prompts: list[str], generation, *, batch_size: int, seed
 
 def label_answers(ctx, sample=sample_answers) -> list[dict[str, Any]]:
     """Sample ``samples_per_prompt`` answers per training prompt (and ``guided_samples`` answers to the
-    guide + the prompt) and label them as answers to the plain prompt (uncached).
+    guide + the prompt, and the written ``refusal_candidate``) and label them as answers to the plain
+    prompt (uncached).
 
     ``sample(ctx, prompts, generation, batch_size=, seed=)``: one answer per prompt (``sample_answers``).
     """
@@ -67,11 +68,15 @@ def label_answers(ctx, sample=sample_answers) -> list[dict[str, Any]]:
     if guided:  # context distillation: the guide steers the answer, the pair keeps the plain prompt
         texts += sample(ctx, [f"{settings.guide}\n\n{r.prompt}" for r in guided], settings.generation,
                         batch_size=settings.batch_size, seed=seed + 1)
+    written = list(ctx.data.train_prompts) if settings.refusal_candidate else []
+    texts += [settings.refusal_candidate] * len(written)
     labeller = rlaif.make_labeller(settings.labeller, settings.refusal_window)
-    rows = records + guided
+    rows = records + guided + written
     samples = [rlaif.labelled_sample(r, t, v) for r, t, v in zip(rows, texts, labeller.judge_batch(rows, texts))]
-    for row in samples[len(records):]:
+    for row in samples[len(records):len(records) + len(guided)]:
         row["guided"] = True
+    for row in samples[len(records) + len(guided):]:
+        row["written"] = True
     return samples
 
 
@@ -112,9 +117,11 @@ def attach_rlaif_pairs(ctx, sft_key: str) -> tuple[str, dict[str, float]]:
     metrics.update({f"stages/rlaif/agreement/{k}": v for k, v in rlaif.agreement(samples, truth).items()})
     for label in ("negative", "rejective", "positive"):
         metrics[f"stages/rlaif/label/{label}"] = sum(s["label"] == label for s in samples) / len(samples)
-    must_refuse = [s for s in samples if s["kind"] not in rlaif.MUST_ANSWER]
+    must_refuse = [s for s in samples if s["kind"] not in rlaif.MUST_ANSWER and not s.get("written")]
     metrics["stages/rlaif/guided_samples"] = float(sum(bool(s.get("guided")) for s in samples))
-    # 0 = no answer to a harmful prompt refuses: no pair can prefer a refusal, no learned signal points to one
+    metrics["stages/rlaif/written_samples"] = float(sum(bool(s.get("written")) for s in samples))
+    # the model's own answers (sampled, guided included): 0 = none refuses a harmful prompt, so without a
+    # written refusal no pair prefers refusing and no learned signal points to it
     metrics["stages/rlaif/harmful_refused"] = (sum(bool(s["refusal"]) for s in must_refuse) / len(must_refuse)
                                                if must_refuse else float("nan"))
     if ctx.sink is not None:
