@@ -74,8 +74,9 @@ def smoke_case(reps: int, job: list[str], env: dict[str, str], scratch: Path) ->
             raise SystemExit(f"startup.py: the smoke job failed: {done.stderr.strip()[-800:]}")
         perf = json.loads((run_dir / "summary.json").read_text())["perf"]
         walls.append(seconds)
-        first_steps.append(perf["startup_s"])
-    return {"first_step_s": _stats(first_steps), "wall_s": _stats(walls)}
+        if "startup_s" in perf:  # summaries of code older than perf.startup_s lack it
+            first_steps.append(perf["startup_s"])
+    return {"first_step_s": _stats(first_steps) if first_steps else None, "wall_s": _stats(walls)}
 
 
 def import_case(statement: str, reps: int, env: dict[str, str]) -> dict:
