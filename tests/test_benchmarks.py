@@ -73,3 +73,14 @@ def test_gpu_report_computes_throughput_and_mfu(tmp_path):
     assert (row["devices"], row["train_tokens_per_s"], row["gen_tokens_per_s"]) == (2, 100.0, 50.0)
     # (6 N 1000 + 2 N 500) / (10 s * 1e12 FLOP/s * 2 devices)
     assert row["mfu"] == pytest.approx((6e9 + 1e9) / (10 * 1e12 * 2))
+
+
+def test_startup_times_each_error_and_the_smoke_jobs_first_step():
+    result = run_benchmark("startup.py", "--reps", "1", "--smoke-reps", "1", "--job", "stages.sft.steps=2",
+                           "data.eval_prompts=4", "logger=none")
+    for case in ("import_torch", "import_lightning", "bad_value", "unknown_key", "missing_model"):
+        assert result[case]["median_s"] > 0 and len(result[case]["times_s"]) == 1, case
+    smoke = result["smoke"]
+    # perf.startup_s: from the process's creation to the first training step, inside the command's wall time
+    assert 0 < smoke["first_step_s"]["median_s"] < smoke["wall_s"]["median_s"]
+    assert result["import_torch"]["min_s"] < smoke["first_step_s"]["min_s"]

@@ -65,6 +65,38 @@ def test_bf16_checkpointed_lora_gradients_match_the_plain_pass():
     assert rollout.response_ids.shape == (3, 3) and checkpointed.training
 
 
+def test_checkpointing_recomputes_in_eval_mode_with_the_same_gradients_to_the_bit():
+    # a pretrained model loads in eval mode (no dropout); checkpointing must still recompute its layers in
+    # the RoleSet's passes with grad (stages, critics), and change no loss or gradient
+    def run(checkpointing: bool):
+        cfg = ModelConfig(gradient_checkpointing=checkpointing, arch=ARCH, lora=LoraConfig(r=4, alpha=8))
+        base, _ = load_base(cfg, vocabulary=WORDS, seed=0)
+        torch.manual_seed(0)
+        roles = RoleSet(base, [RoleSpec("policy"), RoleSpec("critic", "score")], cfg).eval()
+        with torch.no_grad():
+            for name, param in roles.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+        calls = []
+        q_proj = roles.peft.base_model.model.model.layers[0].self_attn.q_proj
+        handle = q_proj.register_forward_hook(lambda *args: calls.append(1))
+        ids = torch.randint(4, 30, (3, 10), generator=torch.Generator().manual_seed(1))
+        rows = torch.zeros_like(ids, dtype=torch.bool)
+        rows[:, 5:] = True
+        loss = roles.lm_logits("policy", ids, torch.ones_like(ids), rows=rows).logsumexp(-1).sum() \
+            + roles.scores("critic", ids, torch.ones_like(ids)).pow(2).sum()
+        loss.backward()
+        handle.remove()
+        assert not any(m.training for m in roles.modules())  # the layers' flags are back
+        return loss.detach(), {n: p.grad.clone() for n, p in roles.named_parameters() if p.grad is not None}, len(calls)
+
+    loss, grads, calls = run(True)
+    plain_loss, plain_grads, plain_calls = run(False)
+    assert (calls, plain_calls) == (4, 2)  # two passes, each re-run in backward
+    assert torch.equal(loss, plain_loss) and grads.keys() == plain_grads.keys() and len(grads) > 0
+    assert all(torch.equal(grads[name], plain_grads[name]) for name in grads)
+
+
 def test_score_heads_stay_fp32_under_bf16_autocast():
     from alignbench.models.heads import ScoreHead
 

@@ -218,3 +218,39 @@ def test_sft_loss_decreases_on_a_fixed_batch():
         loss.backward()
         optimizer.step()
     assert float(loss) < 0.3 * first, (first, float(loss))
+
+
+def test_sft_loss_on_response_rows_equals_the_full_logits_loss_bit_for_bit():
+    # the response-only LM head (RoleSet.lm_logits rows=) gives the same loss and LoRA gradients as
+    # cross-entropy over the whole [B, L, V] logits, to the last bit
+    import torch.nn.functional as F
+
+    from alignbench.algorithms.sft import response_cross_entropy
+    from alignbench.data.world import SafetyWorld
+    from alignbench.models.roles import RoleSet, RoleSpec
+    from alignbench.models.text import TextLimits, encode_prompt_response
+
+    cfg, base, tokenizer = _tiny_base()
+    roles = RoleSet(base, [RoleSpec("policy")], cfg)
+    with torch.no_grad():
+        for p in roles.parameters_of("policy"):
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    examples = SafetyWorld().sft_examples("train")[:8]
+    batch = encode_prompt_response(tokenizer, cfg, [e["prompt"] for e in examples], [e["response"] for e in examples],
+                                   limits=TextLimits(max_prompt=96, max_length=128))
+    ids, response = batch["input_ids"], batch["response_mask"]
+    assert 0 < response.sum() < response.numel() / 2  # most positions are prompt or padding: rows are skipped
+
+    def gradients(loss):
+        params = roles.parameters_of("policy")
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    mask = response[:, 1:].float()
+    full = roles.lm_logits("policy", ids, batch["attention_mask"])[:, :-1].float()
+    token_loss = F.cross_entropy(full.reshape(-1, full.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    expected, expected_grads = gradients((token_loss.view_as(mask) * mask).sum() / mask.sum())
+    loss, grads = gradients(response_cross_entropy(roles, "policy", batch))
+    assert torch.equal(loss, expected)
+    assert len(grads) == len(expected_grads) > 0
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected_grads))
+    assert any(g.abs().sum() > 0 for g in grads)

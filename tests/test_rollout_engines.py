@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from alignbench.rl import rollout as rollout_mod
 from alignbench.rl.rollout import generate_rollout, left_pad_batch
@@ -100,7 +100,7 @@ def test_preallocated_cache_matches_dynamic_cache(model):
     lean = generate_rollout(model, ids, mask, engine="lean", **kwargs)
     original = rollout_mod._rollout_cache
     try:
-        rollout_mod._rollout_cache = lambda m, capacity: rollout_mod.DynamicCache(config=m.config)
+        rollout_mod._rollout_cache = lambda m, capacity: DynamicCache(config=m.config)
         dynamic = generate_rollout(model, ids, mask, engine="lean", **kwargs)
     finally:
         rollout_mod._rollout_cache = original

@@ -169,8 +169,6 @@ def main(cfg: DictConfig) -> float | None:
             held.callback(lock_run_dir(output_dir).release)
         from alignbench.config import validate_config
         from alignbench.registry import algorithm_class
-        from alignbench.training.pipeline import run_job
-        from alignbench.training.sink import MetricsSink
 
         _refuse_secrets(cfg, output_dir, multirun, rank)
         rc = validate_config(cfg, algorithm_class(cfg.algo).config_class)
@@ -180,6 +178,12 @@ def main(cfg: DictConfig) -> float | None:
                 print(f"alignbench: {Path(output_dir) / 'summary.json'} says this job finished (status ok); "
                       f"nothing to resume", file=sys.stderr)
                 return objective(cfg, done["metrics"], failed=False)
+        from alignbench.models.locate import locate_model
+
+        locate_model(rc.model)  # a missing model stops the job here, before the training stack is imported
+        from alignbench.training.pipeline import run_job
+        from alignbench.training.sink import MetricsSink
+
         if rc.signals.source == "oracle":  # an upper bound must never pass for a fair result, in W&B either
             rc.logger.tags = [*rc.logger.tags, "upper-bound", "signals=oracle"]
         if rank == 0:
@@ -195,7 +199,7 @@ def main(cfg: DictConfig) -> float | None:
         from alignbench.utils.distributed import job_launch_scope
 
         with job_launch_scope(overrides, output_dir, multirun):
-            result = run_job(rc, sink)
+            result = run_job(rc, sink, keep_model=multirun)
         if rank > 0:
             return None
         extra_keys = ("per_kind", "per_category", "skipped_rows", "truncations", "prompt_cost_histogram",

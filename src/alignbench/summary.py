@@ -14,6 +14,9 @@ Schema (one JSON object, written atomically into the job's Hydra output dir)::
 
 ``cpu_s`` is the process's CPU time (user + system) over the job: unlike ``wall_s`` it does not grow when
 other processes share the cores; ``threads`` is torch's intra-op thread count (``trainer.num_threads``).
+``startup_s`` (present when the job trained anything) is the time from the process's creation to its
+first training step: interpreter start, imports, config, data, model and Lightning set-up
+(``benchmarks/startup.py``).
 ``perf``'s compute figures (``alignbench.models.compute``) count *training*: every stage the job builds
 on (SFT, reward and cost models, warm-ups; a cached stage at the cost recorded when it was trained),
 every role's passes, generation included. ``gen_tokens`` are sampled tokens, ``train_tokens`` tokens

@@ -321,8 +321,7 @@ class PPO(AlgorithmComponent):
         batch = encode_prompt_response(self.ctx.tokenizer, self.ctx.model_cfg, [examples[i]["prompt"] for i in index],
                                        [examples[i]["response"] for i in index], limits=self.ctx.limits)
         batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
-        logits = self.roles.lm_logits("policy", batch["input_ids"], batch["attention_mask"])
-        return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+        return response_cross_entropy(self.roles, "policy", batch)
 
     # ----------------------------------------------------------------- state and evaluation
     def state_dict(self) -> dict[str, Any]:

@@ -25,13 +25,22 @@ from alignbench.models.roles import RoleSpec
 from alignbench.registry import register_algorithm
 
 
-def response_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
-    """Mean next-token cross-entropy over response positions (logits at t predict token t+1)."""
-    shifted_logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
+def response_cross_entropy(roles, role: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``role`` over the response positions of ``batch``::
+
+        L = sum_t m_{t+1} CE(z_t, y_{t+1}) / max(1, sum_t m_{t+1})       (m: ``response_mask``)
+
+    Only the positions that predict a response token go through the LM head (``RoleSet.lm_logits``'s
+    ``rows``): the same per-token losses, summed over the same ``[B, L-1]`` grid, as a full-logits pass,
+    without its ``[B, L, V]`` logits, their log-softmax and their gradients."""
+    input_ids, response_mask = batch["input_ids"], batch["response_mask"]
     mask = response_mask[:, 1:].float()
-    token_loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), targets.reshape(-1),
-                                 reduction="none").view_as(targets)
+    scored = mask > 0
+    rows = torch.zeros_like(response_mask, dtype=torch.bool)
+    rows[:, :-1] = scored  # logits at t predict token t + 1
+    logits = roles.lm_logits(role, input_ids, batch["attention_mask"], rows=rows).float()
+    token_loss = F.cross_entropy(logits, input_ids[:, 1:][scored], reduction="none")
+    token_loss = token_loss.new_zeros(mask.shape).masked_scatter(scored, token_loss)
     return (token_loss * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -59,8 +68,7 @@ class SFTStage(AlgorithmComponent):
         return {"policy": OptimizerSpec(self.roles.parameters_of("policy"), self.cfg.optim, self.num_iterations)}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.roles.lm_logits("policy", batch["input_ids"], batch["attention_mask"])
-        return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+        return response_cross_entropy(self.roles, "policy", batch)
 
     def training_step(self, batch, host) -> dict[str, float]:
         loss = self.loss(batch)

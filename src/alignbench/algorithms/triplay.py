@@ -368,8 +368,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         if request_only:
             batch["response_mask"] = self._request_mask(batch["response_mask"], [examples[i] for i in index])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
-        logits = self.roles.lm_logits(role, batch["input_ids"], batch["attention_mask"])
-        return response_cross_entropy(logits, batch["input_ids"], batch["response_mask"])
+        return response_cross_entropy(self.roles, role, batch)
 
     def _request_mask(self, response_mask: torch.Tensor, examples: list[dict]) -> torch.Tensor:
         """``response_mask`` cut to the request tokens: the wrapper's text before and after it (and EOS) dropped.

@@ -9,94 +9,51 @@ turns it on; weights come from safetensors/GGUF files (never a pickle).
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignbench.assets import package_dir
 from alignbench.config import ModelConfig
 from alignbench.errors import ModelUnavailableError
+from alignbench.models.locate import resolve_gguf_file, resolve_hf_location
 from alignbench.models.tiny import build_tiny_llama, build_word_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+#: the last GGUF file read: its tokenizer, and its dequantised model when the caller keeps it for the
+#: jobs that follow in this process (a multirun: ``keep_model``); the model is 4 bytes a parameter
+_GGUF_LOADED: dict[tuple, tuple[PreTrainedModel | None, PreTrainedTokenizerBase]] = {}
 
 
-def _hint(cfg: ModelConfig) -> str:
-    if cfg.download_hint:
-        return cfg.download_hint
-    return (f"download it with `huggingface-cli download {cfg.id}` (with network) or point "
-            f"model.path= at a local copy")
+def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool, keep_model: bool):
+    """A fresh copy of the model and tokenizer of a GGUF file (dequantising takes ~20 s; copying ~1 s).
 
-
-def resolve_hf_location(cfg: ModelConfig) -> str:
-    """Return a local directory (or, when online is allowed, the hub id) for ``source=hf``."""
-    if cfg.path:
-        if not Path(cfg.path).exists():
-            raise ModelUnavailableError(f"model '{cfg.name}': model.path={cfg.path} does not exist")
-        return cfg.path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(cfg.id, local_files_only=True)
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        if _offline():
-            raise ModelUnavailableError(
-                f"model '{cfg.id}' is not on this machine and HF_HUB_OFFLINE=1: {_hint(cfg)}"
-            ) from None
-        return cfg.id
-
-
-def resolve_gguf_file(cfg: ModelConfig) -> Path:
-    """Find the GGUF file: ``model.path`` or a file shipped inside PyPI package ``gguf_package``.
-
-    The package's folder is the fetched asset (``alignbench.assets``, ``python -m alignbench.assets
-    fetch``) or an installed copy; it is never imported (its files are plain data).
-    """
-    if cfg.path:
-        path = Path(cfg.path)
-        if path.is_dir() and cfg.gguf_file:
-            path = path / cfg.gguf_file
-        if not path.is_file():
-            raise ModelUnavailableError(f"model '{cfg.name}': GGUF file {path} does not exist")
-        return path
-    root = package_dir(cfg.gguf_package) if cfg.gguf_package else None
-    if root is None:
-        raise ModelUnavailableError(
-            f"model '{cfg.name}' needs the PyPI package '{cfg.gguf_package}': {_hint(cfg)}"
-        )
-    candidates = sorted(root.rglob(cfg.gguf_file or "*.gguf"))
-    if not candidates:
-        raise ModelUnavailableError(f"model '{cfg.name}': no GGUF file inside package {root}: {_hint(cfg)}")
-    return candidates[0]
-
-
-#: the last GGUF file read, dequantised: the jobs of a multirun (one process) read and convert it once
-_GGUF_LOADED: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
-
-
-def _load_gguf(path: Path, dtype: torch.dtype, trust_remote_code: bool):
-    """A fresh copy of the model and tokenizer of a GGUF file (dequantising takes ~20 s; copying ~1 s)."""
+    ``keep_model``: also keep a clean copy of the model for the next call (a multirun's next job): the
+    caller's copy is then a second one in memory for as long as the process runs."""
     key = (str(path), path.stat().st_mtime_ns, str(dtype), trust_remote_code)
-    if key not in _GGUF_LOADED:
+    model, tokenizer = _GGUF_LOADED.get(key, (None, None))
+    if tokenizer is None:
         _GGUF_LOADED.clear()
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if model is None:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
-        _GGUF_LOADED[key] = (model, tokenizer)
-    return tuple(copy.deepcopy(item) for item in _GGUF_LOADED[key])
+        if not keep_model:
+            _GGUF_LOADED[key] = (None, tokenizer)
+            return model, copy.deepcopy(tokenizer)
+    _GGUF_LOADED[key] = (model, tokenizer)
+    return copy.deepcopy(model), copy.deepcopy(tokenizer)
 
 
 def load_base(
-    cfg: ModelConfig, *, vocabulary: list[str] | None, seed: int
+    cfg: ModelConfig, *, vocabulary: list[str] | None, seed: int, keep_model: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Build or load the base causal LM and its tokenizer (pad on the left, pad token set)."""
+    """Build or load the base causal LM and its tokenizer (pad on the left, pad token set).
+
+    ``keep_model``: a GGUF model stays in memory, converted, for the next call in this process (``_load_gguf``);
+    a single job (``alignbench.cli`` outside a multirun) passes False and holds one copy instead of two."""
     dtype = DTYPES[cfg.dtype]
     if cfg.source == "tiny":
         if not vocabulary:
@@ -104,7 +61,7 @@ def load_base(
         tokenizer = build_word_tokenizer(vocabulary, cfg.prompt_template)
         model = build_tiny_llama(tokenizer, cfg.arch, seed)
     elif cfg.source == "gguf":
-        model, tokenizer = _load_gguf(resolve_gguf_file(cfg), dtype, cfg.trust_remote_code)
+        model, tokenizer = _load_gguf(resolve_gguf_file(cfg), dtype, cfg.trust_remote_code, keep_model)
     else:
         location = resolve_hf_location(cfg)
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or location,

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import copy
 import re
-from contextlib import contextmanager
+from functools import partial
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import PreTrainedModel
 
 from alignbench.config import ModelConfig
 from alignbench.models.compute import METER
 from alignbench.models.heads import ScoreHead
 from alignbench.models.sharding import backbone_forward
-from alignbench.utils.distributed import full_tensor, local_part
+from alignbench.utils.distributed import full_tensor, is_sharded, local_part
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 REFERENCE = "reference"
 _PLACEHOLDER = "__role__"
@@ -65,6 +65,10 @@ class RoleSet(nn.Module):
         for name, head in self.heads.items():
             head.requires_grad_(self.specs[name].trainable)
         if self.use_adapters:
+            from peft import LoraConfig as PeftLoraConfig  # here: importing peft takes seconds (start-up)
+            from peft import get_peft_model
+            from peft.tuners.lora import LoraLayer
+
             base.requires_grad_(False)
             lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                   target_modules=list(cfg.lora.target_modules))
@@ -130,19 +134,77 @@ class RoleSet(nn.Module):
             yield model
 
     # ----------------------------------------------------------------- forward passes
-    def lm_logits(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @contextmanager
+    def _checkpointing(self, model: PreTrainedModel) -> Iterator[None]:
+        """``model.gradient_checkpointing`` in a pass with grad, also when the model is in eval mode.
+
+        transformers recomputes a decoder layer in backward only while the layer's ``training`` flag is
+        set, and a pretrained model loads in eval mode (which here only means: no dropout), so a
+        checkpointed SmolLM2 stage would keep every layer's activations. For the pass the flag of each
+        decoder layer itself is set (its attention, MLP and LoRA modules keep theirs: dropout does not
+        change). The recompute runs under this pass's adapter switches (``context_fn``), whichever role is
+        active when backward runs (one backward may follow passes of several roles)."""
+        layers = []
+        if torch.is_grad_enabled() and getattr(model, "is_gradient_checkpointing", False):
+            from transformers.modeling_layers import GradientCheckpointingLayer
+
+            layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        switches = [(layer._active_adapter, layer._disable_adapters) for layer in self._lora_layers]
+
+        @contextmanager
+        def as_in_this_pass() -> Iterator[None]:
+            current = [(layer._active_adapter, layer._disable_adapters) for layer in self._lora_layers]
+            for layer, (active, disabled) in zip(self._lora_layers, switches):
+                layer._active_adapter, layer._disable_adapters = active, disabled
+            try:
+                yield
+            finally:
+                for layer, (active, disabled) in zip(self._lora_layers, current):
+                    layer._active_adapter, layer._disable_adapters = active, disabled
+
+        saved = [(layer, layer.training, layer._gradient_checkpointing_func) for layer in layers]
+        for layer, _, func in saved:
+            layer.training = True
+            layer._gradient_checkpointing_func = partial(func, context_fn=lambda: (nullcontext(), as_in_this_pass()))
+        try:
+            yield
+        finally:
+            for layer, training, func in saved:
+                layer.training, layer._gradient_checkpointing_func = training, func
+
+    def lm_logits(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The causal LM's logits ``[B, L, V]``; with ``rows`` (bool ``[B, L]``) only those positions go
+        through the LM head, ``[N, V]`` in row-major order, each row the full pass's (the head's product
+        is row-wise): a loss over a few positions never holds ``[B, L, V]`` (49k columns on a real model)."""
         with self.use(role) as model:
-            METER.forward(model, attention_mask, logit_positions=attention_mask.sum())
-            return model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+            positions = position_ids_from_mask(attention_mask)
+            head = model.get_output_embeddings()
+            config = getattr(model, "config", None)
+            # a head that is more than one linear layer (Gemma 2's soft-capping, Cohere's logit scale), or
+            # FSDP-sharded (the root's forward gathers its weight): the whole pass
+            plain_head = isinstance(head, nn.Linear) and not getattr(config, "final_logit_softcapping", None) \
+                and not getattr(config, "logit_scale", None) and not is_sharded(model)
+            if rows is None or not plain_head:
+                METER.forward(model, attention_mask, logit_positions=attention_mask.sum())
+                with self._checkpointing(model):
+                    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                                   use_cache=False).logits
+                return logits if rows is None else logits[rows]
+            METER.forward(model, attention_mask, logit_positions=rows.sum())
+            with self._checkpointing(model):
+                hidden = backbone_forward(model)(input_ids=input_ids, attention_mask=attention_mask,
+                                                 position_ids=positions, use_cache=False).last_hidden_state
+            return head(hidden[rows])
 
     def scores(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-position scalar ``[B, L]`` of a score role (backbone hidden states -> its head)."""
         with self.use(role) as model:
             METER.forward(model, attention_mask)
-            hidden = backbone_forward(model)(input_ids=input_ids, attention_mask=attention_mask,
-                                             position_ids=position_ids_from_mask(attention_mask),
-                                             use_cache=False).last_hidden_state
+            with self._checkpointing(model):
+                hidden = backbone_forward(model)(input_ids=input_ids, attention_mask=attention_mask,
+                                                 position_ids=position_ids_from_mask(attention_mask),
+                                                 use_cache=False).last_hidden_state
         return self.heads[role](hidden)
 
     # ----------------------------------------------------------------- parameters and state

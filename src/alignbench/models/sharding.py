@@ -30,16 +30,20 @@ that a released model computes what the sharded one did and can be sharded again
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from torch import nn
-from transformers import PreTrainedModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BACKBONE_METHOD = "alignbench_backbone"
 
 
 def _models(module: nn.Module) -> Iterator[PreTrainedModel]:
     """The outermost transformers models under ``module`` (each once, in module order)."""
+    from transformers import PreTrainedModel  # here: importing it takes seconds (start-up)
+
     seen: set[int] = set()
 
     def walk(node: nn.Module) -> Iterator[PreTrainedModel]:

@@ -23,14 +23,17 @@ rounding; tested against the plain pass, log-probs and gradients). ``share_promp
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from alignbench.models.compute import METER
 from alignbench.rl.rollout import _accepts_logits_to_keep, _supports_lean, _unwrap, position_ids_from_mask
 from alignbench.rl.speed import scoring_logits
 from alignbench.utils.distributed import is_sharded
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 __all__ = ["sequence_logprobs", "shared_prompt_groups"]
 
@@ -144,6 +147,9 @@ def _plain_logits(model, sequences, attention_mask, response_start) -> torch.Ten
 
 def _full_attention_cache(model) -> DynamicCache | None:
     """An empty ``DynamicCache`` for ``model`` when every layer is plain full attention, else None."""
+    from transformers import DynamicCache  # here: slow to import (start-up)
+    from transformers.cache_utils import DynamicLayer
+
     cache = DynamicCache(config=_unwrap(model).config)
     return cache if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers) else None
 
@@ -152,6 +158,8 @@ def unique_prompt_pass(model, sequences, attention_mask, positions, response_sta
                        ) -> tuple[torch.Tensor, DynamicCache]:
     """The model's own forward over the unique prompts ``first``: every row's prompt-end logits
     ``[B, V]`` and a ``DynamicCache`` of the prompts, already copied to every row (``inverse``)."""
+    from transformers import DynamicCache  # here: slow to import (start-up)
+
     cache = DynamicCache(config=_unwrap(model).config)
     keep = _accepts_logits_to_keep(model)
     prompt_logits = model(input_ids=sequences[first, :response_start],

@@ -47,14 +47,16 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import DynamicCache, GenerationConfig
-from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from alignbench.models.compute import METER
 from alignbench.models.text import left_pad_batch  # noqa: F401 - batches of token ids (re-exported)
 from alignbench.utils.distributed import any_rank, is_sharded
+
+if TYPE_CHECKING:  # transformers is imported where it is used: importing it takes seconds (start-up)
+    from transformers import DynamicCache
 
 __all__ = [
     "Rollout",
@@ -281,6 +283,8 @@ def _hf_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, 
         if do_sample
         else dict(do_sample=False)
     )
+    from transformers import GenerationConfig
+
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         eos_token_id=eos_token_id,
@@ -296,51 +300,12 @@ def _hf_decode(model, prompt_ids, prompt_mask, *, max_new_tokens, eos_token_id, 
     return out[:, prompt_ids.shape[1]:]
 
 
-class _PreallocatedLayer(DynamicLayer):
-    """A full-attention KV-cache layer whose buffers hold the whole rollout from the first write.
-
-    ``update`` copies the new keys/values into place and returns views of the filled prefix, so a
-    decode step costs no reallocation (``DynamicLayer`` concatenates, O(T^2) copies per rollout).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        batch, heads, _, _ = key_states.shape
-        self._keys = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
-        self._values = value_states.new_empty(batch, value_states.shape[1], self.capacity, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded ({end} positions)")
-        self._keys[:, :, self.length:end].copy_(key_states)
-        self._values[:, :, self.length:end].copy_(value_states)
-        self.length = end
-        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def crop(self, tokens_to_remove: int) -> None:  # not used by the decode loop
-        raise NotImplementedError("_PreallocatedLayer does not support crop")
-
-
 def _rollout_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
-    """A ``DynamicCache`` for ``model``; plain full-attention layers are swapped for preallocated ones
-    (sliding-window, linear-attention and other special layers keep transformers' own classes)."""
-    cache = DynamicCache(config=_unwrap(model).config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
-    return cache
+    """A ``DynamicCache`` for ``model`` whose plain full-attention layers hold the whole rollout from the
+    first write (``alignbench.rl.kv_cache``, imported here: transformers' cache module is slow to import)."""
+    from alignbench.rl.kv_cache import preallocated_cache
+
+    return preallocated_cache(_unwrap(model).config, capacity)
 
 
 class _ModelStepper:
@@ -419,6 +384,8 @@ def sample_next(scores: torch.Tensor, *, temperature: float, top_k: int, top_p: 
         return torch.argmax(scores, dim=-1)
     if temperature != 1.0:
         scores = scores / temperature
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
     if top_k:
         scores = TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1)(None, scores)
     if top_p < 1.0:

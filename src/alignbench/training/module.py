@@ -51,6 +51,19 @@ from alignbench.utils.distributed import (all_reduce_gradients_, full_tensor, ga
                                           local_part, mean_metrics, release_workers, world_size)
 from alignbench.utils.oracle import oracle_scope
 
+#: when (``time.time()``) this process began its first training step: ``perf.startup_s`` (``startup_seconds``)
+FIRST_STEP_AT: list[float] = []
+
+
+def startup_seconds() -> float | None:
+    """Seconds from this process's creation (the OS's clock: interpreter start and imports included) to
+    the start of its first training step; None before one ran. A multirun's later jobs share the value."""
+    if not FIRST_STEP_AT:
+        return None
+    import psutil
+
+    return FIRST_STEP_AT[0] - psutil.Process().create_time()
+
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
     """Linear warm-up over ``warmup_ratio`` of the steps, then constant or cosine decay to 0."""
@@ -203,6 +216,8 @@ class AlignmentModule(L.LightningModule):
         return metrics
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        if not FIRST_STEP_AT:
+            FIRST_STEP_AT.append(time.time())
         self._faults = []
         with oracle_scope("train"):  # the evaluation oracle is refused here under signals=learned
             metrics = self.component.training_step(batch, self)

@@ -106,11 +106,12 @@ def build_judge(rc: RunConfig, data: DataBundle, limits: TextLimits | None = Non
     return cls()
 
 
-def build_context(rc: RunConfig, sink: MetricsSink | None) -> RunContext:
+def build_context(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) -> RunContext:
+    """The job's shared context; ``keep_model``: as in ``load_base`` (False: the only job in this process)."""
     import alignbench.eval.judges  # noqa: F401 - registers every judge
 
     data = build_data(rc.data, cache_dir=rc.cache_dir)
-    base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed)
+    base, tokenizer = load_base(rc.model, vocabulary=data.vocabulary, seed=rc.stages.seed, keep_model=keep_model)
     device = resolve_device(rc)
     limits = TextLimits.for_model(rc.model, base)
     # the evaluation judge behind the fairness guard: a training step that consults it fails (utils.oracle)
@@ -400,8 +401,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
-    """Run one job; returns ``{"metrics", "perf", "per_kind", "per_category", ...}`` for the summary."""
+def run_job(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) -> dict[str, Any]:
+    """Run one job; returns ``{"metrics", "perf", "per_kind", "per_category", ...}`` for the summary.
+
+    ``keep_model``: keep the loaded base model for the next job in this process (``load_base``); the
+    command line passes False outside a multirun, so a single job holds one copy of it."""
     started, cpu_started = time.perf_counter(), time.process_time()
     METER.reset()  # multirun jobs share the process: count this job's passes only
     if rc.trainer.num_threads:
@@ -409,7 +413,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
     cls = algorithm_class(rc.raw.algo)
     check_strategy(rc.trainer, rc.algo.name, cls)  # before anything loads: trainer=fsdp refuses some algorithms
-    ctx = build_context(rc, sink)
+    ctx = build_context(rc, sink, keep_model)
     from alignbench.training.checkpoint import config_fingerprint, preflight_resume
 
     preflight_resume(rc.output_dir, resume=rc.resume, fingerprint=config_fingerprint(rc.raw),
@@ -462,6 +466,10 @@ def run_job(rc: RunConfig, sink: MetricsSink | None) -> dict[str, Any]:
     result["perf"] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
                       "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
                       **compute_perf(world_size())}
+    from alignbench.training.module import startup_seconds
+
+    if startup_seconds() is not None:  # nothing trained (e.g. every stage cached, algo=sft): no figure
+        result["perf"]["startup_s"] = startup_seconds()
     result["compute"] = METER.report(world_size())
     if sink is not None:  # the W&B run summary: its training compute next to its evaluation
         sink.summary_update({"perf/flops": result["perf"]["flops"]})
