@@ -107,14 +107,20 @@ def plain_copy(model):
     return fresh
 
 
+def smollm2_yaml():
+    """conf/model/smollm2_135m.yaml as written (its ``model`` and ``eval`` sections)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2_135m.yaml")
+
+
 def smollm2_config():
     """``model=smollm2_135m`` as the run's config composes it (conf/model/smollm2_135m.yaml, typed)."""
     from omegaconf import OmegaConf
 
     from alignbench.config import ModelConfig
 
-    yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2_135m.yaml")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml.model))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), smollm2_yaml().model))
 
 
 def reward_of(text: str) -> float:

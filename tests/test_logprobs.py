@@ -223,3 +223,23 @@ def test_blocked_logprob_selection_gives_the_plain_values_and_gradients(monkeypa
     torch.testing.assert_close(entropy, plain_entropy, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad, full.grad, rtol=0, atol=1e-12)
     assert grad[:, 0].abs().max() == 0 and grad[:, -1].abs().max() == 0  # outside the view: untouched
+
+
+def test_a_pass_with_grad_frees_the_stale_fused_copy_of_trained_weights():
+    """The fused copy a no-grad pass built is dropped by the next pass with grad (the optimiser step
+    will change those weights), and the next no-grad pass rebuilds it with the new weights."""
+    from alignbench.rl.fused_llama import _CACHE
+
+    model = _llama().eval()
+    sequences, attention_mask, start, response_mask = _group_batch()
+    with torch.no_grad():
+        before = sequence_logprobs(model, sequences, attention_mask, start, response_mask)
+    assert model in _CACHE
+    sequence_logprobs(model, sequences, attention_mask, start, response_mask).sum().backward()
+    assert model not in _CACHE
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+        after = sequence_logprobs(model, sequences, attention_mask, start, response_mask)
+        plain = sequence_logprobs(model, sequences, attention_mask, start, response_mask, fused=False)
+    assert model in _CACHE and not torch.allclose(before, after)
+    torch.testing.assert_close(after, plain, rtol=1e-4, atol=1e-5)
