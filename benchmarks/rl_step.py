@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -256,6 +257,8 @@ class AlignbenchGRPO:
                      "tokens": rollout.num_generated_tokens,
                      "prompt_lengths": mask.sum(1).tolist(), "response_lengths": rollout.response_mask.sum(1).tolist()}
         self.history.append(self.last)
+        print(f"rl_step: alignbench iteration {done - started:.2f} s ({', '.join(f'{k} {self.last[k]:.2f}' for k in ('generation', 'reference', 'train'))})",
+              file=sys.stderr, flush=True)
         return done - started
 
 
@@ -281,6 +284,7 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
             ended = time.perf_counter()
             if resumed:
                 trl_times.append(ended - resumed[-1])
+                print(f"rl_step: TRL step {trl_times[-1]:.2f} s", file=sys.stderr, flush=True)
             if state.global_step <= args.reps:
                 our_times.append(ours.step())
             resumed.append(time.perf_counter())
@@ -416,7 +420,6 @@ def rss_mb(field: str = "VmRSS") -> float:
 def measure_sides_rss(args, folder: Path) -> dict[str, dict[str, float]]:
     """Peak RSS of each side, each in a fresh subprocess on the same saved workload (TRL: GC on, its default)."""
     import subprocess
-    import sys
 
     out = {}
     for side in ("alignbench", "trl"):
