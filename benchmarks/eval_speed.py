@@ -173,7 +173,10 @@ def main() -> None:
                         "eval.generation.max_new_tokens (smollm2_135m)")
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds after the warm-up (smollm2_135m)")
     parser.add_argument("--engine", default="auto", help="rollout engine: auto (fused on CPU for Llama models) | fused | lean | hf")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     real = args.model == "smollm2_135m"
     args.prompts = args.prompts or (32 if real else 200)
     if real:
