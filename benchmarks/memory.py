@@ -33,6 +33,8 @@ def measure(mode: str, hidden: int, layers: int, vocab: int) -> dict:
     from alignbench.config import ModelConfig
     from alignbench.models.roles import RoleSet
 
+    import peft  # noqa: F401 - imported lazily by RoleSet: load it before the baseline, so the roles' cost is theirs
+
     torch.set_num_threads(2)
     baseline = peak_mb()
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4 // 1,

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=6)
     args = parser.parse_args()
+    args.model = "tiny_llama"  # rl_step's built Llama of --hidden/--layers (its SmolLM2 workload is rl_step's own)
     torch.set_num_threads(args.threads)
     load_before = load_average()
 
@@ -53,7 +54,7 @@ def main() -> None:
         folder = Path(tmp) / "model"
         wide = copy.copy(args)
         wide.prompts = 2 * args.prompts
-        tokenizer, prompts, params_m = build_workload(wide, folder)
+        tokenizer, prompts, _, params_m = build_workload(wide, folder)
         runners = {}
         for name, change in variants.items():
             settings = copy.copy(args)
