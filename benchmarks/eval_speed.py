@@ -56,7 +56,7 @@ def tiny(args) -> dict:
     base, tokenizer = load_base(model_cfg, vocabulary=world.vocabulary(), seed=0)
     roles = RoleSet(base, [], model_cfg)
     records = (world.prompts("eval") * 2)[: args.prompts]
-    eval_cfg = EvalConfig(samples_per_prompt=args.samples, batch_size=args.batch_size,
+    eval_cfg = EvalConfig(samples_per_prompt=args.samples, batch_size=args.batch_size, batching=args.batching,
                           generation=GenerationConfig(max_new_tokens=args.max_new_tokens, engine=args.engine))
     responder = PolicyResponder(context(tokenizer, model_cfg, eval_cfg), roles, role="reference")
     started = time.perf_counter()
@@ -64,7 +64,7 @@ def tiny(args) -> dict:
     seconds = time.perf_counter() - started
     return {"prompts": len(records), "samples_per_prompt": args.samples, "seconds": round(seconds, 2),
             "generated_tokens": result.generated_tokens, "tokens_per_s": round(result.generated_tokens / seconds, 1),
-            "threads": torch.get_num_threads(), "engine": args.engine}
+            "threads": torch.get_num_threads(), "engine": args.engine, "batching": args.batching}
 
 
 def copy_bandwidth_gb_s(megabytes: int = 256, reps: int = 5) -> float:
@@ -121,7 +121,8 @@ def smollm2(args) -> dict:
         for mode, generation in settings.items():
             started = time.perf_counter()
             with roles.generation_model("reference") as model:
-                texts, tokens = generate_texts(ctx, model, prompts, generation, batch_size=args.batch_size, seed=round_index)
+                texts, tokens = generate_texts(ctx, model, prompts, generation, batch_size=args.batch_size,
+                                               seed=round_index, batching=args.batching)
             ours = time.perf_counter() - started
             started = time.perf_counter()
             theirs_tokens, theirs_steps, theirs_ids = hf_generate(base, tokenizer, model_cfg, ctx.limits, prompts, generation,
@@ -145,7 +146,7 @@ def smollm2(args) -> dict:
     # greedy: generate's decode steps are the harness's (the same tokens; both stop when every row has ended)
     stream = totals["generate_greedy"][2] * weight_bytes / totals["harness_greedy"][0] / 1e9
     return {
-        "model": "smollm2_135m", "prompts": len(prompts), "batch_size": args.batch_size,
+        "model": "smollm2_135m", "prompts": len(prompts), "batch_size": args.batch_size, "batching": args.batching,
         "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
         "speedup_vs_generate": round(min(speedups.values()), 3),
         "speedup_greedy": round(speedups["greedy"], 3), "speedup_sampled": round(speedups["sampled"], 3),
@@ -174,6 +175,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds after the warm-up (smollm2_135m)")
     parser.add_argument("--engine", default="auto", help="rollout engine: auto (fused on CPU for Llama models) | fused | lean | hf")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--batching", choices=["continuous", "static"], default=None,
+                        help="the harness's eval.batching (default: the model config's, else EvalConfig's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,7 +189,9 @@ def main() -> None:
         evaluation = smollm2_yaml().eval
         args.batch_size = args.batch_size or evaluation.batch_size
         args.max_new_tokens = args.max_new_tokens or evaluation.generation.max_new_tokens
+        args.batching = args.batching or evaluation.get("batching")
     args.batch_size = args.batch_size or 128
+    args.batching = args.batching or str(EvalConfig().batching)
     args.max_new_tokens = args.max_new_tokens or 24
     print(json.dumps(smollm2(args) if real else tiny(args)))
 

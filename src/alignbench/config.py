@@ -46,6 +46,7 @@ OmegaConf.register_new_resolver("pick", pick, replace=True)
 
 # ====================================================================== choices
 Engine = Choice("Engine", "auto fused lean hf vllm")
+Batching = Choice("Batching", "continuous static")
 Dtype = Choice("Dtype", "float32 bfloat16 float16")
 ModelSource = Choice("ModelSource", "tiny hf gguf")
 DataSource = Choice("DataSource", "world pku_saferlhf preference_jsonl prompts_jsonl prompt_set rlaif")
@@ -294,7 +295,10 @@ class EvalConfig:
                                "refusal | keyword | noisy | cost_model | classifier")
     samples_per_prompt: int = param(4, "answers per prompt; a policy decoding greedily answers once and the answer "
                                        "counts k times", at_least(1))
-    batch_size: int = param(128, "prompts per generation batch", at_least(1))
+    batch_size: int = param(128, "prompts decoded at once (the slots of continuous batching)", at_least(1))
+    batching: Batching = param(Batching.continuous, "continuous: each of batch_size slots takes the next prompt as its "
+                                                    "answer ends (alignbench.rl.slots; fused engine only, else static) | "
+                                                    "static: chunks of batch_size, each decoded until its longest answer ends")
     threshold: float = param(0.0, "d: a prompt violates when its mean cost over the samples exceeds it")
     generation: GenerationConfig = param(GenerationConfig(), "decoding of the evaluated answers (sized for model=tiny "
                                                              "on the world; real models set their own in conf/model/)")

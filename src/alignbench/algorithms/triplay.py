@@ -256,7 +256,7 @@ class TriPlay(TriPlayHeldoutMetrics, AlgorithmComponent):
         from alignbench.eval.harness import sample_responses
 
         texts, _ = sample_responses(self.ctx, self.roles, role, prompts, generation,
-                                    batch_size=self.ctx.eval_cfg.batch_size,
+                                    batch_size=self.ctx.eval_cfg.batch_size, batching="static",
                                     seed=self._seed() if seed is None else seed)
         return texts
 

@@ -335,6 +335,7 @@ class WaltzResponder:
             settings = self.feedback_generation if step.role == FEEDBACK else generation
             out, tokens = sample_responses(self.ctx, self.roles, self.role_of[step.role], texts, settings,
                                            batch_size=self.batch_size, seed=seed + 7919 * calls,
+                                           batching=self.ctx.eval_cfg.batching,
                                            progress=progress if calls == 0 else None)
             calls += 1
             self.generated_tokens += tokens

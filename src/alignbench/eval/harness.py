@@ -4,7 +4,10 @@ A *responder* turns prompts into answers: the trained policy alone (``PolicyResp
 agent system (WaltzRL's answer-feedback-revision loop, a safeguard wrapper) that also reports extra
 per-sample fields (e.g. ``triggered``). The judge (``eval.judge``) maps every answer to a verdict;
 ``alignbench.eval.metrics`` turns verdicts into the ``eval/…`` metrics. Generation is batched over
-prompts × samples with left padding and the KV cache, under ``torch.inference_mode``. With greedy
+prompts × samples with the KV cache, under ``torch.inference_mode``: continuously (``eval.batching:
+continuous``, ``alignbench.rl.slots``: each of ``batch_size`` slots takes the next prompt as its answer
+ends; the fused engine, i.e. Llama-family models on the CPU) or in left-padded chunks of ``batch_size``
+decoded until their longest answer ends (``static``, and every other engine). With greedy
 decoding (``eval.generation.do_sample: false``, real models) the policy answers each prompt once and
 the answer stands for its k samples (they would be identical). A progress bar with the ETA runs on a
 terminal (``alignbench.utils.progress``).
@@ -23,6 +26,9 @@ from alignbench.config import EvalConfig, GenerationConfig
 from alignbench.eval.metrics import SampleOutcome, aggregate
 from alignbench.rl.rollout import generate_rollout
 
+#: how ``generate_texts`` batches (``EvalConfig.batching``)
+BATCHING = ("continuous", "static")
+
 
 class Responder(Protocol):
     def respond(self, prompts: list[str], samples: int, generation: GenerationConfig,
@@ -30,16 +36,29 @@ class Responder(Protocol):
 
 
 def sample_responses(ctx, roles, role: str, prompts: list[str], generation: GenerationConfig, *,
-                     batch_size: int, seed: int, progress: Callable[[int], None] | None = None
+                     batch_size: int, seed: int, batching: str, progress: Callable[[int], None] | None = None
                      ) -> tuple[list[str], int]:
     """Generate one answer per entry of ``prompts`` with ``role``; returns texts and token count."""
     with roles.generation_model(role) as model:
-        return generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed, progress=progress)
+        return generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed, batching=batching,
+                              progress=progress)
 
 
 def generate_texts(ctx, model, prompts: list[str], generation: GenerationConfig, *, batch_size: int, seed: int,
-                   progress: Callable[[int], None] | None = None) -> tuple[list[str], int]:
-    """One answer of ``model`` per entry of ``prompts`` in batches; returns texts and token count."""
+                   batching: str, progress: Callable[[int], None] | None = None) -> tuple[list[str], int]:
+    """One answer of ``model`` per entry of ``prompts``; returns texts and token count.
+
+    ``batching``: ``"continuous"`` (``batch_size`` slots refilled as answers end; only where the fused
+    engine decodes, else static) or ``"static"`` (chunks of ``batch_size``), as ``EvalConfig.batching``.
+    """
+    if batching not in BATCHING:
+        raise ValueError(f"generate_texts: batching must be one of {BATCHING}, got {batching!r}")
+    if batching == "continuous" and prompts:
+        from alignbench.rl.speed import decoding
+
+        if decoding(str(getattr(generation, "engine", "auto")), model):
+            return _continuous_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed,
+                                     progress=progress)
     texts: list[str] = []
     tokens = 0
     generator = torch.Generator().manual_seed(seed)
@@ -61,6 +80,22 @@ def generate_texts(ctx, model, prompts: list[str], generation: GenerationConfig,
     return texts, tokens
 
 
+def _continuous_texts(ctx, model, prompts, generation, *, batch_size, seed, progress) -> tuple[list[str], int]:
+    """``generate_texts`` through ``alignbench.rl.slots.generate_continuous``."""
+    from alignbench.models.text import fit_prompt
+    from alignbench.rl.slots import generate_continuous
+
+    rows = [fit_prompt(ctx.tokenizer, ctx.model_cfg, prompt, ctx.limits) for prompt in prompts]
+    with torch.inference_mode():
+        ids, mask = generate_continuous(
+            model, rows, slots=batch_size, max_new_tokens=generation.max_new_tokens,
+            eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
+            temperature=generation.temperature, top_k=generation.top_k, top_p=generation.top_p,
+            do_sample=getattr(generation, "do_sample", True), generator=torch.Generator().manual_seed(seed),
+            progress=progress)
+    return ctx.decode(ids, mask), int(mask.sum())
+
+
 class PolicyResponder:
     """Answers with one LM role (``policy``, or ``reference`` = the base/SFT model)."""
 
@@ -74,7 +109,8 @@ class PolicyResponder:
         repeated = [p for p in prompts for _ in range(drawn)]
         step = (lambda n: progress(n * samples // drawn)) if progress is not None else None
         texts, tokens = sample_responses(self.ctx, self.roles, self.role, repeated, generation,
-                                         batch_size=self.batch_size, seed=seed, progress=step)
+                                         batch_size=self.batch_size, seed=seed, batching=self.ctx.eval_cfg.batching,
+                                         progress=step)
         self.generated_tokens += tokens
         grouped = [texts[i * drawn:(i + 1) * drawn] * (samples // drawn) for i in range(len(prompts))]
         return grouped, [[{} for _ in group] for group in grouped]

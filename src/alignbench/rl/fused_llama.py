@@ -52,7 +52,7 @@ from torch import nn
 
 from alignbench.utils.distributed import is_sharded
 
-__all__ = ["FusedLlama", "fused_support"]
+__all__ = ["FusedLlama", "KVBuffers", "decode_step", "fused_support"]
 
 _MODEL_TYPES = ("llama", "mistral", "qwen2")
 _LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -393,37 +393,55 @@ class FusedDecoder:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens`` ``[B]`` (the next position of every row) and return the scores after it."""
-        fused, cache = self.fused, self.cache
-        batch = tokens.shape[0]
-        heads, kv_heads, dim = fused.heads, fused.kv_heads, fused.head_dim
-        group, rope_heads = heads // kv_heads, heads + kv_heads
         cos, sin = self.cos[self.steps], self.sin[self.steps]
         self.steps += 1
-        position = cache.length
-        cache.length = end = position + 1
-        key_mask = self.key_mask[..., :end]
-        hidden_t = fused.embed[tokens].t().contiguous()  # the residual stream, [d, B]
-        for index, (eps_in, qkv_w, o_w, eps_post, gate_up_w, down_w) in enumerate(fused.layers):
-            qkv = _linear_cols(qkv_w, _rms_normalised(hidden_t, eps_in, dim=0))  # [(H + 2 H_kv) D, B]
-            qk = qkv[: rope_heads * dim].view(rope_heads, dim, batch)
-            torch.addcmul(qk * cos, torch.roll(qk, dim // 2, 1), sin, out=qk)  # RoPE on q and k, in place
-            rows = qkv.view(heads + 2 * kv_heads, dim, batch).permute(2, 0, 1)  # [B, heads, D], a strided view
-            keys, values = cache.keys[index], cache.values[index]
+        position = self.cache.length
+        self.cache.length = end = position + 1
+        return decode_step(self.fused, self.cache, tokens, cos, sin, position, self.key_mask[..., :end])
+
+
+@torch.no_grad()
+def decode_step(fused: FusedLlama, cache: KVBuffers, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                position: int | torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """One token per row through every layer against a position-major cache; float32 scores ``[B, V]``.
+
+    ``cos`` / ``sin``: the rows' RoPE ``[1, D, B]`` (sign-folded sin). ``position``: where each row's new
+    key/value goes: one cache position for all rows (``FusedDecoder``: left-padded rows share it), or a
+    ``[B]`` tensor of per-row positions (``alignbench.rl.slots``: each slot at its own length).
+    ``key_mask`` ``[B, 1, 1, K]`` (additive, 0 on visible keys): attention reads cache positions ``0 .. K-1``.
+    """
+    batch = tokens.shape[0]
+    heads, kv_heads, dim = fused.heads, fused.kv_heads, fused.head_dim
+    group, rope_heads = heads // kv_heads, heads + kv_heads
+    end = key_mask.shape[-1]
+    per_row = isinstance(position, torch.Tensor)
+    slots = torch.arange(batch, device=tokens.device) if per_row else None
+    hidden_t = fused.embed[tokens].t().contiguous()  # the residual stream, [d, B]
+    for index, (eps_in, qkv_w, o_w, eps_post, gate_up_w, down_w) in enumerate(fused.layers):
+        qkv = _linear_cols(qkv_w, _rms_normalised(hidden_t, eps_in, dim=0))  # [(H + 2 H_kv) D, B]
+        qk = qkv[: rope_heads * dim].view(rope_heads, dim, batch)
+        torch.addcmul(qk * cos, torch.roll(qk, dim // 2, 1), sin, out=qk)  # RoPE on q and k, in place
+        rows = qkv.view(heads + 2 * kv_heads, dim, batch).permute(2, 0, 1)  # [B, heads, D], a strided view
+        keys, values = cache.keys[index], cache.values[index]
+        if per_row:
+            keys.index_put_((position, slots), rows[:, heads:rope_heads])
+            values.index_put_((position, slots), rows[:, rope_heads:])
+        else:
             keys[position].copy_(rows[:, heads:rope_heads])  # one contiguous [B, H_kv, D] block
             values[position].copy_(rows[:, rope_heads:])
-            # one query per row: [B H_kv, G, D] @ [B H_kv, D, T] -> softmax -> @ [B H_kv, T, D], every
-            # (row, kv head) matrix read in place from the position-major buffer
-            query = rows[:, :heads].reshape(batch * kv_heads, group, dim)
-            keys_t = keys[:end].view(end, batch * kv_heads, dim).permute(1, 2, 0)
-            scores = torch.bmm(query, keys_t).view(batch, kv_heads, group, end).add_(key_mask)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(fused.dtype)
-            attended = torch.bmm(probs.view(batch * kv_heads, group, end),
-                                 values[:end].view(end, batch * kv_heads, dim).transpose(0, 1)).view(batch, heads * dim)
-            hidden_t = _residual_cols(hidden_t, o_w, attended.t())
-            gate_up = _linear_cols(gate_up_w, _rms_normalised(hidden_t, eps_post, dim=0))
-            inner = gate_up.shape[0] // 2
-            hidden_t = _residual_cols(hidden_t, down_w, nn.functional.silu(gate_up[:inner]).mul_(gate_up[inner:]))
-        return _linear_cols(fused.lm_head, _rms_normalised(hidden_t, fused.final_eps, dim=0)).t().float()
+        # one query per row: [B H_kv, G, D] @ [B H_kv, D, T] -> softmax -> @ [B H_kv, T, D], every
+        # (row, kv head) matrix read in place from the position-major buffer
+        query = rows[:, :heads].reshape(batch * kv_heads, group, dim)
+        keys_t = keys[:end].view(end, batch * kv_heads, dim).permute(1, 2, 0)
+        scores = torch.bmm(query, keys_t).view(batch, kv_heads, group, end).add_(key_mask)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(fused.dtype)
+        attended = torch.bmm(probs.view(batch * kv_heads, group, end),
+                             values[:end].view(end, batch * kv_heads, dim).transpose(0, 1)).view(batch, heads * dim)
+        hidden_t = _residual_cols(hidden_t, o_w, attended.t())
+        gate_up = _linear_cols(gate_up_w, _rms_normalised(hidden_t, eps_post, dim=0))
+        inner = gate_up.shape[0] // 2
+        hidden_t = _residual_cols(hidden_t, down_w, nn.functional.silu(gate_up[:inner]).mul_(gate_up[inner:]))
+    return _linear_cols(fused.lm_head, _rms_normalised(hidden_t, fused.final_eps, dim=0)).t().float()
 
 
 def _linear_cols(parts, x_t: torch.Tensor) -> torch.Tensor:

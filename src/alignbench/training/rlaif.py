@@ -49,7 +49,7 @@ def sample_answers(ctx, prompts: list[str], generation, *, batch_size: int, seed
     # the compute meter counts the sampling under its own phase (the job's training compute, like a stage)
     with METER.phase("rlaif"), progress_bar(f"rlaif: sampling {len(prompts)} answers", len(prompts)) as advance:
         texts, _ = generate_texts(ctx, model, prompts, generation, batch_size=batch_size, seed=seed,
-                                  progress=advance)
+                                  batching="static", progress=advance)
     return texts
 
 
