@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignbench.rl.fused_llama import FusedLlama
 from alignbench.rl.rollout import generate_rollout, left_pad_batch
-from alignbench.rl.slots import SlotDecoder, generate_continuous
+from alignbench.rl.slots import SlotDecoder, generate_continuous, shared_prefix
 
 NEW = 20
 
@@ -56,6 +56,22 @@ def test_greedy_answers_equal_static_batching_and_do_not_depend_on_their_slot_co
     assert continuous == static
     assert _continuous(model, rows, eos, slots=3) == static
     assert [_continuous(model, [row], eos, slots=1)[0] for row in rows] == static  # each prompt alone
+
+
+def test_a_prefix_every_prompt_shares_runs_once_and_changes_no_answer(setup):
+    model, rows, eos = setup
+    common = [7, 8, 9, 10, 11]
+    prefixed = [common + row for row in rows] + [common + [12]]
+    assert shared_prefix(prefixed) == common and shared_prefix([[1, 2], [1, 2, 3]]) == [1]  # the last token runs
+    ids, mask = left_pad_batch(prefixed, 0)
+    rollout = generate_rollout(model, ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
+                               do_sample=False, engine="fused")
+    assert _continuous(model, prefixed, eos, slots=4) == _answers(rollout.response_ids, rollout.response_mask)
+    decoder = SlotDecoder(FusedLlama.of(model), 2, 40, torch.device("cpu"), prefix=common)
+    decoder.admit([0, 1], prefixed[:2])
+    assert decoder.prefilled_tokens == len(common) + len(rows[0]) + len(rows[1])
+    with pytest.raises(ValueError, match="must start with the decoder's prefix"):
+        decoder.admit([0], [rows[0]])
 
 
 def test_sampling_is_seeded_and_top_k_one_samples_the_greedy_answers(setup):

@@ -13,7 +13,10 @@ holds its row at cache positions ``0 .. length[s] - 1``, no padding, so its next
 ``length[s]``, RoPE takes that position, and attention sees positions ``<= length[s]`` (an additive mask,
 0 or the dtype's minimum). A new prompt is prefilled by ``FusedLlama.forward`` (the prompts admitted in
 one step together, left-padded among themselves; repeated prompts, a prompt's k samples, once) and each
-row's keys/values are copied into its slot's positions ``0 .. n - 1``. The buffers start zeroed, so a
+row's keys/values are copied into its slot's positions ``0 .. n - 1``. The prefix every prompt shares
+(a chat template's system turn: 24 of SmolLM2's ~38 prompt tokens on the world's prompts) runs once per
+call and is copied into each slot (prefix caching, as vLLM's and SGLang's): a prompt's prefill runs only
+its own tokens, attending to the shared prefix's keys/values. The buffers start zeroed, so a
 position that is masked never holds a non-finite value (``0 x nan`` would poison the softmax product).
 
 Every answer is computed as the fused decoder computes it for that prompt alone, up to float rounding
@@ -26,6 +29,7 @@ seeded run is reproducible but its samples are not static batching's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,13 +39,14 @@ from alignbench.models.text import left_pad_batch
 from alignbench.rl.fused_llama import FusedLlama, KVBuffers, decode_step
 from alignbench.rl.rollout import _eval_mode, _model_device, _seeded, position_ids_from_mask, sample_next
 
-__all__ = ["SlotDecoder", "generate_continuous"]
+__all__ = ["SlotDecoder", "generate_continuous", "shared_prefix"]
 
 
 class SlotDecoder:
     """``S`` decode slots over one position-major cache; ``admit`` prompts into slots, ``step`` all slots."""
 
-    def __init__(self, fused: FusedLlama, slots: int, capacity: int, device: torch.device) -> None:
+    def __init__(self, fused: FusedLlama, slots: int, capacity: int, device: torch.device,
+                 prefix: Sequence[int] = ()) -> None:
         self.fused, self.device = fused, device
         self.cache = KVBuffers(fused, slots, capacity, device, position_major=True)
         for buffer in self.cache.keys + self.cache.values:
@@ -50,7 +55,16 @@ class SlotDecoder:
         cos, sin = fused._rope_tables(torch.arange(capacity, device=device)[None])  # [1, capacity, D]
         self.cos, self.sin = cos[0], sin[0]
         self.minimum = torch.finfo(fused.dtype).min
-        self.prefilled_tokens = 0  # prompt tokens run through the prefill (repeated prompts once)
+        self.prefilled_tokens = 0  # prompt tokens run through the prefill (repeated prompts and the prefix once)
+        self.prefix = list(prefix)
+        self.shared = None  # the prefix's keys/values, [p, 1, H_kv, D] per layer (keys then values)
+        if self.prefix:
+            ids = torch.tensor([self.prefix], device=device)
+            staged = KVBuffers(fused, 1, len(self.prefix), device, position_major=True)
+            fused.forward(ids, torch.ones_like(ids), position_ids_from_mask(torch.ones_like(ids)), logits_to_keep=1,
+                          cache=staged)
+            self.shared = staged.keys + staged.values
+            self.prefilled_tokens += len(self.prefix)
 
     @property
     def slots(self) -> int:
@@ -58,22 +72,33 @@ class SlotDecoder:
 
     @torch.no_grad()
     def admit(self, slots: Sequence[int], rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Prefill ``rows`` (token ids, no padding) into ``slots``; float32 next-token scores ``[n, V]``."""
+        """Prefill ``rows`` (token ids, no padding, each starting with ``prefix``) into ``slots``; float32
+        next-token scores ``[n, V]``. The prefix's keys/values are copied, only the rest of each row runs."""
+        shared = len(self.prefix)
         unique: dict[tuple[int, ...], int] = {}
         for row in rows:
+            if list(row[:shared]) != self.prefix or len(row) <= shared:
+                raise ValueError("SlotDecoder.admit: every row must start with the decoder's prefix and go past it")
             unique.setdefault(tuple(row), len(unique))
-        distinct = [list(row) for row in unique]
-        ids, mask = left_pad_batch(distinct, 0)
+        ids, mask = left_pad_batch([list(row[shared:]) for row in unique], 0)
         ids, mask = ids.to(self.device), mask.to(self.device)
         width = ids.shape[1]
-        staged = KVBuffers(self.fused, len(distinct), width, self.device, position_major=True)
-        logits = self.fused.forward(ids, mask, position_ids_from_mask(mask), logits_to_keep=1, cache=staged)
-        self.prefilled_tokens += int(mask.sum())
+        staged = KVBuffers(self.fused, len(unique), shared + width, self.device, position_major=True)
+        if shared:  # [prefix | left padding | rest]: the rest's positions continue the prefix's
+            for full, part in zip(staged.keys + staged.values, self.shared):
+                full[:shared].copy_(part.expand(-1, len(unique), -1, -1))
+            staged.length = shared
+            mask = torch.cat([mask.new_ones(len(unique), shared), mask], dim=1)
+        positions = position_ids_from_mask(mask)[:, shared:]
+        logits = self.fused.forward(ids, mask, positions, logits_to_keep=1, cache=staged)
+        self.prefilled_tokens += int(mask[:, shared:].sum())
+        end = shared + width
         for slot, row in zip(slots, rows):
-            source, size = unique[tuple(row)], len(row)
+            source, rest = unique[tuple(row)], len(row) - shared
             for full, part in zip(self.cache.keys + self.cache.values, staged.keys + staged.values):
-                full[:size, slot].copy_(part[width - size:, source])
-            self.length[slot] = size
+                full[:shared, slot].copy_(part[:shared, source])
+                full[shared:len(row), slot].copy_(part[end - rest:end, source])
+            self.length[slot] = len(row)
         return logits[[unique[tuple(row)] for row in rows], -1].float()
 
     @torch.no_grad()
@@ -94,6 +119,13 @@ class SlotDecoder:
         """Compact the cache to ``slots`` (in that order)."""
         self.cache.select(slots)
         self.length = self.length[slots]
+
+
+def shared_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix every row starts with, short of each row's last token (which has to run:
+    its logits are the first answer token's)."""
+    prefix = list(os.path.commonprefix([list(row) for row in rows]))
+    return prefix[:min(len(row) for row in rows) - 1]
 
 
 @torch.no_grad()
@@ -121,7 +153,8 @@ def generate_continuous(model: torch.nn.Module, rows: Sequence[Sequence[int]], *
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
     with _eval_mode(model), _seeded(generator, device):
         fused = FusedLlama.of(model)
-        decoder = SlotDecoder(fused, min(slots, count), max(len(row) for row in rows) + max_new_tokens, device)
+        decoder = SlotDecoder(fused, min(slots, count), max(len(row) for row in rows) + max_new_tokens, device,
+                              prefix=shared_prefix(rows))
         owner = list(range(decoder.slots))  # the prompt each slot decodes; -1: idle
         scores = decoder.admit(owner, [rows[index] for index in owner])
         waiting = decoder.slots
