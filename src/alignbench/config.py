@@ -124,6 +124,11 @@ class ModelConfig:
     adapters: bool = param(True, "roles are LoRA adapters on one frozen base (false: full copies)")
     lora: LoraConfig = param(LoraConfig(), "the adapter of every role")
     gradient_checkpointing: bool = param(False, "recompute activations in the backward pass (less memory)")
+    micro_batch_rows: int = param(0, "the most rows of a batch one forward pass holds (0: the whole batch): wider "
+                                     "batches run in row chunks at the batch's padded width; scoring without grad "
+                                     "gives the whole pass's values to the bit, a pass with grad runs each chunk "
+                                     "again in backward: same loss, weight gradients equal up to float rounding "
+                                     "(alignbench.models.row_chunks)", at_least(0))
     trust_remote_code: bool = param(False, "run a hub model's own code; off unless a model config turns it on")
     prompt_template: str = param("BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:",
                                  "how a prompt is shown to the model (Safe RLHF's template); must contain {prompt}")

@@ -25,6 +25,7 @@ from torch import nn
 from alignbench.config import ModelConfig
 from alignbench.models.compute import METER
 from alignbench.models.heads import ScoreHead
+from alignbench.models.row_chunks import row_micro_batches
 from alignbench.models.sharding import backbone_forward
 from alignbench.utils.distributed import full_tensor, is_sharded, local_part
 
@@ -103,6 +104,7 @@ class RoleSet(nn.Module):
                     self.reference_model = reference  # frozen: never in checkpoints (trainable roles only)
                     self._reference = [reference]
         self._active: str | None = None
+        self.micro_batch_rows = cfg.micro_batch_rows  # models.row_chunks
 
     # ----------------------------------------------------------------- adapter switching
     def _role_of_param(self, param_name: str) -> str | None:
@@ -134,6 +136,22 @@ class RoleSet(nn.Module):
             yield model
 
     # ----------------------------------------------------------------- forward passes
+    def _switches(self) -> list[tuple[list[str], bool]]:
+        """Every LoRA layer's adapter switches (which adapter, or none: the reference)."""
+        return [(layer._active_adapter, layer._disable_adapters) for layer in self._lora_layers]
+
+    @contextmanager
+    def _switched(self, switches: list[tuple[list[str], bool]]) -> Iterator[None]:
+        """The adapter switches ``switches`` (of ``_switches``) for the block, the current ones after it."""
+        current = self._switches()
+        for layer, (active, disabled) in zip(self._lora_layers, switches):
+            layer._active_adapter, layer._disable_adapters = active, disabled
+        try:
+            yield
+        finally:
+            for layer, (active, disabled) in zip(self._lora_layers, current):
+                layer._active_adapter, layer._disable_adapters = active, disabled
+
     @contextmanager
     def _checkpointing(self, model: PreTrainedModel) -> Iterator[None]:
         """``model.gradient_checkpointing`` in a pass with grad, also when the model is in eval mode.
@@ -149,28 +167,33 @@ class RoleSet(nn.Module):
             from transformers.modeling_layers import GradientCheckpointingLayer
 
             layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        switches = [(layer._active_adapter, layer._disable_adapters) for layer in self._lora_layers]
-
-        @contextmanager
-        def as_in_this_pass() -> Iterator[None]:
-            current = [(layer._active_adapter, layer._disable_adapters) for layer in self._lora_layers]
-            for layer, (active, disabled) in zip(self._lora_layers, switches):
-                layer._active_adapter, layer._disable_adapters = active, disabled
-            try:
-                yield
-            finally:
-                for layer, (active, disabled) in zip(self._lora_layers, current):
-                    layer._active_adapter, layer._disable_adapters = active, disabled
-
+        switches = self._switches()
         saved = [(layer, layer.training, layer._gradient_checkpointing_func) for layer in layers]
         for layer, _, func in saved:
             layer.training = True
-            layer._gradient_checkpointing_func = partial(func, context_fn=lambda: (nullcontext(), as_in_this_pass()))
+            layer._gradient_checkpointing_func = partial(
+                func, context_fn=lambda: (nullcontext(), self._switched(switches)))
         try:
             yield
         finally:
             for layer, training, func in saved:
                 layer.training, layer._gradient_checkpointing_func = training, func
+
+    def _pass(self, model: PreTrainedModel, forward, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor) -> torch.Tensor:
+        """``forward(ids, mask, positions)`` of ``model`` in row micro-batches of ``model.micro_batch_rows``
+        (``models.row_chunks``: per-row results are the whole pass's; with grad, each chunk runs again in
+        backward under this pass's adapter switches and layer checkpointing). FSDP-sharded: one pass."""
+        rows = 0 if is_sharded(model) else self.micro_batch_rows
+        switches = self._switches()
+
+        @contextmanager
+        def as_in_this_pass() -> Iterator[None]:
+            with self._switched(switches), self._checkpointing(model):
+                yield
+
+        return row_micro_batches(forward, (input_ids, attention_mask, position_ids_from_mask(attention_mask)),
+                                 rows, as_in_this_pass)
 
     def lm_logits(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,7 +201,6 @@ class RoleSet(nn.Module):
         through the LM head, ``[N, V]`` in row-major order, each row the full pass's (the head's product
         is row-wise): a loss over a few positions never holds ``[B, L, V]`` (49k columns on a real model)."""
         with self.use(role) as model:
-            positions = position_ids_from_mask(attention_mask)
             head = model.get_output_embeddings()
             config = getattr(model, "config", None)
             # a head that is more than one linear layer (Gemma 2's soft-capping, Cohere's logit scale), or
@@ -187,24 +209,26 @@ class RoleSet(nn.Module):
                 and not getattr(config, "logit_scale", None) and not is_sharded(model)
             if rows is None or not plain_head:
                 METER.forward(model, attention_mask, logit_positions=attention_mask.sum())
-                with self._checkpointing(model):
-                    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                                   use_cache=False).logits
+                logits = self._pass(model, lambda ids, mask, pos: model(
+                    input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits,
+                    input_ids, attention_mask)
                 return logits if rows is None else logits[rows]
             METER.forward(model, attention_mask, logit_positions=rows.sum())
-            with self._checkpointing(model):
-                hidden = backbone_forward(model)(input_ids=input_ids, attention_mask=attention_mask,
-                                                 position_ids=positions, use_cache=False).last_hidden_state
+            hidden = self._pass(model, self._backbone(model), input_ids, attention_mask)
             return head(hidden[rows])
+
+    @staticmethod
+    def _backbone(model: PreTrainedModel):
+        """``(ids, mask, positions) -> [B, L, H]``: the backbone's hidden states (no LM head)."""
+        backbone = backbone_forward(model)
+        return lambda ids, mask, pos: backbone(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                               use_cache=False).last_hidden_state
 
     def scores(self, role: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-position scalar ``[B, L]`` of a score role (backbone hidden states -> its head)."""
         with self.use(role) as model:
             METER.forward(model, attention_mask)
-            with self._checkpointing(model):
-                hidden = backbone_forward(model)(input_ids=input_ids, attention_mask=attention_mask,
-                                                 position_ids=position_ids_from_mask(attention_mask),
-                                                 use_cache=False).last_hidden_state
+            hidden = self._pass(model, self._backbone(model), input_ids, attention_mask)
         return self.heads[role](hidden)
 
     # ----------------------------------------------------------------- parameters and state
