@@ -16,7 +16,9 @@ the CPU) and ``model.generate`` on the same left-padded batches with the same se
 sampled; tokens are the real answer tokens (EOS included) each side produced. ``speedup_vs_generate``
 is the smaller of the greedy and sampled speedups (harness tokens/s / generate tokens/s, summed over
 the rounds after the warm-up round). Decoding streams every weight once per step, so its GB/s
-(fp32 weight bytes x decode steps / seconds) is set against ``copy_`` bandwidth measured in the same run.
+(fp32 weight bytes x decode steps / seconds, for ``generate``'s static batches) is set against ``copy_``
+bandwidth measured in the same run. The harness decodes with ``--batching`` (default: the model config's
+``eval.batching``, continuous): ``batch_size`` slots refilled as answers end, the shared prompt prefix once.
 """
 
 from __future__ import annotations
@@ -143,8 +145,8 @@ def smollm2(args) -> dict:
     rate = {key: tokens / seconds for key, (seconds, tokens, _) in totals.items()}
     speedups = {mode: rate[f"harness_{mode}"] / rate[f"generate_{mode}"] for mode in settings}
     peak_bw = max(bandwidth)
-    # greedy: generate's decode steps are the harness's (the same tokens; both stop when every row has ended)
-    stream = totals["generate_greedy"][2] * weight_bytes / totals["harness_greedy"][0] / 1e9
+    # generate streams every weight once per decode step of each batch (continuous batching has other steps)
+    stream = totals["generate_greedy"][2] * weight_bytes / totals["generate_greedy"][0] / 1e9
     return {
         "model": "smollm2_135m", "prompts": len(prompts), "batch_size": args.batch_size, "batching": args.batching,
         "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
@@ -153,9 +155,9 @@ def smollm2(args) -> dict:
         "tokens_per_s": {key: round(value, 1) for key, value in rate.items()},
         "seconds": {key: round(value[0], 2) for key, value in totals.items()},
         "tokens": {key: value[1] for key, value in totals.items()},
-        "harness_greedy_weight_stream_gb_per_s": round(stream, 2),
+        "generate_greedy_weight_stream_gb_per_s": round(stream, 2),
         "copy_bandwidth_gb_per_s": [round(b, 2) for b in bandwidth],
-        "harness_greedy_fraction_of_copy_bw": round(stream / peak_bw, 3),
+        "generate_greedy_fraction_of_copy_bw": round(stream / peak_bw, 3),
         "greedy_same_texts_as_generate": same,
         "greedy_answers_nonempty": sum(bool(t.strip()) for t in greedy_texts),
         "threads": torch.get_num_threads(), "engine": args.engine,
