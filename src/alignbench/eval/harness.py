@@ -22,12 +22,12 @@ from typing import Any, Callable, Protocol
 import torch
 
 from alignbench.models.text import encode_prompts
-from alignbench.config import EvalConfig, GenerationConfig
+from alignbench.config import Batching, EvalConfig, GenerationConfig
 from alignbench.eval.metrics import SampleOutcome, aggregate
 from alignbench.rl.rollout import generate_rollout
 
-#: how ``generate_texts`` batches (``EvalConfig.batching``)
-BATCHING = ("continuous", "static")
+#: how ``generate_texts`` batches: the choices of ``EvalConfig.batching``
+BATCHING = tuple(str(choice) for choice in Batching)
 
 
 class Responder(Protocol):
