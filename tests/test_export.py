@@ -69,3 +69,32 @@ def test_rl_and_sft_jobs_export_what_transformers_and_peft_load(tmp_path, stage_
     result = run_cli(["algo=sft", "experiment=smoke", "logger=none", "trainer.num_threads=1", f"hydra.run.dir={sft}"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert check_export(sft / "export")["folders"] == ["merged"]
+
+
+def test_an_export_with_a_merged_model_leaves_the_live_weights_alone(tmp_path):
+    """The export reads the live weights without a copy (memory), so the merge must not add into them."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from types import SimpleNamespace
+    from transformers import AutoModelForCausalLM
+
+    from alignbench.config import TinyArchConfig
+    from alignbench.models.export import write_export
+    from alignbench.models.tiny import build_tiny_llama, build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["how", "do", "i", "bake", "bread"], "USER: {prompt} ASSISTANT:")
+    base = build_tiny_llama(tokenizer, TinyArchConfig(hidden_size=16, intermediate_size=32), seed=0)
+    peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False), adapter_name="policy")
+    before = {key: value.clone() for key, value in peft.state_dict().items()}
+    folder = write_export(tmp_path / "export", roles=SimpleNamespace(peft=peft), role="policy", base_model=None,
+                          tokenizer=tokenizer, prompt_template="USER: {prompt} ASSISTANT:", base=True, merged=True,
+                          facts={})
+    after = peft.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    merged = AutoModelForCausalLM.from_pretrained(folder / "merged").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder / "base"), folder / "adapter")
+    ids = torch.tensor([[4, 5, 6, 7]])
+    with torch.no_grad():  # and the merged model is the adapter applied to the base
+        assert torch.allclose(merged(ids).logits, adapted.eval()(ids).logits, atol=1e-5)
+        plain = AutoModelForCausalLM.from_pretrained(folder / "base").eval()
+        assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-3)

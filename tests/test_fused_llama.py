@@ -137,6 +137,33 @@ def test_the_fused_copy_is_reused_until_a_weight_or_the_adapter_state_changes():
                           _hf_logits(model, ids, mask)[real], atol=1e-4)
 
 
+def test_a_rebuild_frees_the_stale_copy_first_and_shares_the_lm_head(monkeypatch):
+    """Memory: at most one fused copy per model lives at a time (the stale one is gone before the next is
+    built), and the LM head is the model's own weight, not a copy."""
+    import gc
+    import weakref
+
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_model(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                           init_lora_weights=False))
+    policy = FusedLlama.of(model)
+    assert policy.lm_head[0].data_ptr() == model.get_base_model().lm_head.weight.data_ptr()
+    stale = weakref.ref(policy)
+    del policy
+    alive_at_build = []
+    build = FusedLlama.__init__
+
+    def watched(self, core):
+        gc.collect()
+        alive_at_build.append(stale() is not None)
+        build(self, core)
+
+    monkeypatch.setattr(FusedLlama, "__init__", watched)
+    with model.disable_adapter():
+        FusedLlama.of(model)  # the reference: adapters off, another copy
+    assert alive_at_build == [False]
+
+
 def test_sequence_logprobs_uses_the_fused_pass_only_without_grad():
     model = _model()
     ids, mask = _batch()

@@ -41,11 +41,14 @@ FACTS_FILE = "alignbench.json"
 
 
 def _whole_on_rank_zero(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` with whole CPU tensors on rank 0 (empty elsewhere); a collective."""
+    """``module.state_dict()`` with whole CPU tensors on rank 0 (empty elsewhere); a collective.
+
+    A whole CPU tensor is the module's own (no copy: a second set of weights was the SmolLM2 job's peak);
+    nothing below writes into them (the merge is ``safe_merge``: new tensors)."""
     keep = is_rank_zero()
     out = {}
     for key, value in module.state_dict().items():
-        whole = full_tensor(value.detach()).to("cpu", copy=True)
+        whole = full_tensor(value.detach()).to("cpu")
         if keep:
             out[key] = whole
     return out
@@ -123,7 +126,8 @@ def write_export(directory: str | Path, *, roles, role: str, base_model: nn.Modu
         _save_tokenizer(tokenizer, directory / "adapter", chat_template)
         written.append("adapter")
         if merged:
-            model = PeftModel.from_pretrained(plain, str(directory / "adapter")).merge_and_unload()
+            # safe_merge: W + s B A into new tensors; the plain merge adds in place, into the live weights
+            model = PeftModel.from_pretrained(plain, str(directory / "adapter")).merge_and_unload(safe_merge=True)
             model.save_pretrained(str(directory / "merged"))
             _save_tokenizer(tokenizer, directory / "merged", chat_template)
             written.append("merged")

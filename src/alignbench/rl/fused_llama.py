@@ -15,7 +15,8 @@ What the copy changes, each an exact rewrite up to float rounding:
 * **Fused, merged weights.** q/k/v become one ``[(H + 2 H_kv) D, d]`` matrix and gate/up one
   ``[2 I, d]`` matrix, so a layer costs four products instead of seven; active LoRA adapters are
   merged in (``W + s B A``, peft's own ``get_delta_weight``). The model's weights are never touched.
-* **Folded constants.** RMSNorm gains move into the next product, ``(g * n) W^T = n (W diag g)^T``;
+* **Folded constants.** The layers' RMSNorm gains move into the next product, ``(g * n) W^T = n (W diag g)^T``
+  (the final norm's gain multiplies the activations instead, so the LM head is the model's own weight);
   the attention scale ``1 / sqrt(D)`` into the query rows (RoPE is linear in q); and RoPE's
   ``rotate_half(x) sin`` becomes ``roll(x, D/2) * [-sin_1..D/2, sin_D/2..D]``.
 * **Skinny products in the streaming orientation.** A decode step multiplies every weight matrix
@@ -51,6 +52,7 @@ import torch
 from torch import nn
 
 from alignbench.utils.distributed import is_sharded
+from alignbench.utils.memory import return_freed_memory
 
 __all__ = ["FusedLlama", "KVBuffers", "decode_step", "fused_support"]
 
@@ -169,7 +171,13 @@ class FusedLlama:
         cached = _CACHE.get(core)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        _CACHE.pop(core, None)  # free the stale copy before building the new one
+        # free the stale copy before building the new one: the cache's entry and this frame's reference
+        # (``cached`` kept it alive through the build, two copies at once: +0.5 GB on SmolLM2)
+        cached = None
+        _CACHE.pop(core, None)
+        # and the heap's free pages (this copy's, the last training pass's) back to the OS before the new
+        # copy's weights are allocated (utils.memory: on the SmolLM2 job 300-460 MB each time)
+        return_freed_memory()
         fused = cls(core)
         _CACHE[core] = (signature, fused)
         return fused
@@ -177,7 +185,8 @@ class FusedLlama:
     @classmethod
     def release(cls, model: nn.Module) -> None:
         """Drop the cached fused copy of ``model`` (if any): its memory returns now, not at the next build."""
-        _CACHE.pop(_core(model), None)
+        if _CACHE.pop(_core(model), None) is not None:
+            return_freed_memory()
 
     @torch.no_grad()
     def __init__(self, core: nn.Module) -> None:
@@ -192,11 +201,12 @@ class FusedLlama:
         q_rows = self.heads * self.head_dim
 
         def folded(modules, norm=None, q_scale=None):
-            """``(cat(W_i) diag(gain), cat(b_i))`` of the linear layers ``modules``."""
+            """``(cat(W_i) diag(gain), cat(b_i))`` of the linear layers ``modules`` (one new weight tensor)."""
             parts = [_linear_parts(module) for module in modules]
-            weight = torch.cat([w.detach() for w, _ in parts])
-            weight = weight * norm.weight.detach()[None, :] if norm is not None else weight.clone()
-            bias = torch.cat([b.detach() for _, b in parts]).clone() if parts[0][1] is not None else None
+            weight = torch.cat([w.detach() for w, _ in parts])  # always a new tensor, scaled in place
+            if norm is not None:
+                weight.mul_(norm.weight.detach()[None, :])
+            bias = torch.cat([b.detach() for _, b in parts]) if parts[0][1] is not None else None
             if q_scale is not None:
                 weight[:q_rows] *= q_scale
                 if bias is not None:
@@ -218,8 +228,10 @@ class FusedLlama:
                 folded((mlp.gate_proj, mlp.up_proj), layer.post_attention_layernorm),
                 plain(mlp.down_proj),
             ))
-        self.final_eps = body.norm.variance_epsilon
-        self.lm_head = folded((core.lm_head,), body.norm)
+        # the LM head is the model's own weight (tied to the embeddings in SmolLM2: a folded copy would be
+        # 113 MB more, 226 MB while built); the final norm's gain multiplies the activations instead
+        self.final_eps, self.final_gain = body.norm.variance_epsilon, body.norm.weight.detach()
+        self.lm_head = plain(core.lm_head)
 
     # ----------------------------------------------------------------- pieces shared by both passes
     def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +303,7 @@ class FusedLlama:
             cache.length = keys_width
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return _linear_rows(self.lm_head, _rms_normalised(hidden, self.final_eps))
+        return _linear_rows(self.lm_head, _rms_normalised(hidden, self.final_eps) * self.final_gain)
 
     # ----------------------------------------------------------------- decoding
     def decoder(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> "FusedDecoder":
@@ -441,7 +453,8 @@ def decode_step(fused: FusedLlama, cache: KVBuffers, tokens: torch.Tensor, cos: 
         gate_up = _linear_cols(gate_up_w, _rms_normalised(hidden_t, eps_post, dim=0))
         inner = gate_up.shape[0] // 2
         hidden_t = _residual_cols(hidden_t, down_w, nn.functional.silu(gate_up[:inner]).mul_(gate_up[inner:]))
-    return _linear_cols(fused.lm_head, _rms_normalised(hidden_t, fused.final_eps, dim=0)).t().float()
+    normalised = _rms_normalised(hidden_t, fused.final_eps, dim=0).mul_(fused.final_gain[:, None])
+    return _linear_cols(fused.lm_head, normalised).t().float()
 
 
 def _linear_cols(parts, x_t: torch.Tensor) -> torch.Tensor:
