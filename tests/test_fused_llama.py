@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from alignbench.rl import fused_llama as fused_mod
 from alignbench.rl.fused_llama import FusedLlama, fused_support
 from alignbench.rl import speed as speed_mod
 from alignbench.rl.logprobs import sequence_logprobs
@@ -19,6 +20,15 @@ PAD, EOS = 0, 2
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [3, 4], [14, 15, 16, 17]]
 COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=128, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS)
+
+
+@pytest.fixture(autouse=True, params=["onednn", "mkl"])
+def layout(request, monkeypatch):
+    """Every test on both weight layouts of the fused copy: oneDNN-packed (the CPU default) and plain."""
+    if request.param == "onednn" and not fused_mod.onednn_packing(torch.zeros(1)):
+        pytest.skip("this torch has no oneDNN linear ops")
+    monkeypatch.setattr(fused_mod, "ONEDNN", request.param == "onednn")
+    return request.param
 
 
 def _model(kind="llama", seed=0, **extra):
@@ -137,9 +147,10 @@ def test_the_fused_copy_is_reused_until_a_weight_or_the_adapter_state_changes():
                           _hf_logits(model, ids, mask)[real], atol=1e-4)
 
 
-def test_a_rebuild_frees_the_stale_copy_first_and_shares_the_lm_head(monkeypatch):
+def test_a_rebuild_frees_the_stale_copy_first(monkeypatch, layout):
     """Memory: at most one fused copy per model lives at a time (the stale one is gone before the next is
-    built), and the LM head is the model's own weight, not a copy."""
+    built); unpacked, the LM head is the model's own weight, not a copy."""
+    onednn = layout == "onednn"
     import gc
     import weakref
 
@@ -147,7 +158,10 @@ def test_a_rebuild_frees_the_stale_copy_first_and_shares_the_lm_head(monkeypatch
     model = peft.get_peft_model(_model(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
                                                            init_lora_weights=False))
     policy = FusedLlama.of(model)
-    assert policy.lm_head[0].data_ptr() == model.get_base_model().lm_head.weight.data_ptr()
+    if onednn:
+        assert isinstance(policy.lm_head, fused_mod._Packed) and isinstance(policy.layers[0][1], fused_mod._Packed)
+    else:
+        assert policy.lm_head[0].data_ptr() == model.get_base_model().lm_head.weight.data_ptr()
     stale = weakref.ref(policy)
     del policy
     alive_at_build = []

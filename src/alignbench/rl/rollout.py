@@ -54,6 +54,7 @@ import torch
 from alignbench.models.compute import METER
 from alignbench.models.text import left_pad_batch  # noqa: F401 - batches of token ids (re-exported)
 from alignbench.utils.distributed import any_rank, is_sharded
+from alignbench.utils.memory import return_freed_memory
 
 if TYPE_CHECKING:  # transformers is imported where it is used: importing it takes seconds (start-up)
     from transformers import DynamicCache
@@ -220,6 +221,8 @@ def generate_rollout(
             else:  # "lean", or "fused": the same loop over the CPU speed path's stepper
                 stepper = _stepper(runner, _strip_ddp(model), prompt_ids, prompt_mask, max_new_tokens)
                 generated = _decode(stepper, prompt_ids, **options)
+                del stepper  # its KV cache, and the heap pages it held back to the OS (utils.memory)
+                return_freed_memory()
         else:  # an engine object (vLLM): same contract, returns the generated ids [B, T']
             generated = runner.generate(model, prompt_ids, prompt_mask, **options)
 

@@ -38,6 +38,7 @@ from alignbench.models.compute import METER
 from alignbench.models.text import left_pad_batch
 from alignbench.rl.fused_llama import FusedLlama, KVBuffers, decode_step
 from alignbench.rl.rollout import _eval_mode, _model_device, _seeded, position_ids_from_mask, sample_next
+from alignbench.utils.memory import return_freed_memory
 
 __all__ = ["SlotDecoder", "generate_continuous", "shared_prefix"]
 
@@ -186,6 +187,8 @@ def generate_continuous(model: torch.nn.Module, rows: Sequence[Sequence[int]], *
                 index = torch.tensor(busy, dtype=torch.long, device=device)
                 decoder.keep(index)
                 scores, owner = scores[index], [owner[slot] for slot in busy]
+    del decoder  # the slots' KV cache, and the heap pages it held back to the OS (utils.memory)
+    return_freed_memory()
     width = max(len(answer) for answer in answers)
     response_ids = torch.full((count, width), pad_token_id, dtype=torch.long)
     response_mask = torch.zeros(count, width, dtype=torch.long)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from alignbench.models.export import EXPORT_DIR, write_export
 from alignbench.models.text import encode_prompts, format_prompt
+from alignbench.rl.fused_llama import FusedLlama
 from alignbench.rl.rollout import generate_rollout
 from alignbench.secret_keys import redact
 from alignbench.utils.distributed import is_rank_zero, is_sharded
@@ -52,6 +53,7 @@ def export_job(ctx, component, roles, metrics: dict[str, Any]) -> Path | None:
     records = ctx.data.eval_prompts  # spread over the set (it is ordered by kind)
     prompts = [r.prompt for r in records[::max(1, len(records) // max(1, rc.export.samples))][:rc.export.samples]]
     samples = greedy_answers(ctx, roles, role, prompts)
+    FusedLlama.release_all()  # nothing decodes after this: the fused weight copy goes before the export's writes
     model = rc.model
     facts = {
         "algo": rc.algo.name, "model": model.name, "data": rc.data.name, "seed": rc.seed, "judge": rc.eval.judge,
