@@ -24,8 +24,8 @@ COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_la
 
 @pytest.fixture(autouse=True, params=["onednn", "mkl"])
 def layout(request, monkeypatch):
-    """Every test on both weight layouts of the fused copy: oneDNN-packed (the CPU default) and plain."""
-    if request.param == "onednn" and not fused_mod.onednn_packing(torch.zeros(1)):
+    """Every test on both weight layouts of the fused copy: oneDNN's blocked layout (the CPU default) and plain."""
+    if request.param == "onednn" and not fused_mod.onednn_layout(torch.zeros(1)):
         pytest.skip("this torch has no oneDNN linear ops")
     monkeypatch.setattr(fused_mod, "ONEDNN", request.param == "onednn")
     return request.param
@@ -159,7 +159,7 @@ def test_a_rebuild_frees_the_stale_copy_first(monkeypatch, layout):
                                                            init_lora_weights=False))
     policy = FusedLlama.of(model)
     if onednn:
-        assert isinstance(policy.lm_head, fused_mod._Packed) and isinstance(policy.layers[0][1], fused_mod._Packed)
+        assert isinstance(policy.lm_head, fused_mod._BlockedWeight) and isinstance(policy.layers[0][1], fused_mod._BlockedWeight)
     else:
         assert policy.lm_head[0].data_ptr() == model.get_base_model().lm_head.weight.data_ptr()
     stale = weakref.ref(policy)

@@ -16,10 +16,10 @@ What the copy changes, each an exact rewrite up to float rounding:
   ``[2 I, d]`` matrix, so a layer costs four products instead of seven; active LoRA adapters are
   merged in (``W + s B A``, peft's own ``get_delta_weight``). The model's weights are never touched.
 * **Folded constants.** The layers' RMSNorm gains move into the next product, ``(g * n) W^T = n (W diag g)^T``
-  (the final norm's gain multiplies the activations instead, so the LM head is the model's own weight);
+  (the final norm's gain multiplies the activations instead, so the plain LM head is the model's own weight);
   the attention scale ``1 / sqrt(D)`` into the query rows (RoPE is linear in q); and RoPE's
   ``rotate_half(x) sin`` becomes ``roll(x, D/2) * [-sin_1..D/2, sin_D/2..D]``.
-* **Skinny products in the streaming orientation.** A decode step multiplies every weight matrix
+* **Skinny products in the streaming orientation** (plain weights). A decode step multiplies every weight matrix
   by only B activation columns. The residual stream is kept transposed, ``h^T`` ``[d, B]``, and each
   layer computes ``W @ h^T`` (weight = the wide streamed operand, activations = the small packed
   one): on the 2-core AVX2 machine the benchmark's 32-row products run at ~66 GFLOP/s this way
@@ -28,6 +28,13 @@ What the copy changes, each an exact rewrite up to float rounding:
   contiguous write per step and layer; grouped-query heads share K/V without ``repeat_kv``), and no
   per-step mask construction: the key mask is built once.
 * **Padding-free wide pass** (``forward(packed=...)``): the products run on the real tokens only.
+* **Weights in oneDNN's blocked layout** (float32 on the CPU when torch has oneDNN; ``ONEDNN = False``: plain
+  weights). Every product's weight, the LM head included, is reordered once into oneDNN's blocked layout
+  (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU freezing uses) and multiplied by
+  ``torch.ops.mkldnn._linear_pointwise``. On the 2-core AVX2 machine MKL's products of 2-15 activation
+  rows ran at ~7 GB/s of weights; reordered, SmolLM2's decode step takes 53 ms instead of 72 ms at 16 rows
+  and 34 ms instead of 55 ms at one (``benchmarks/README.md``). Its cost: the copy holds every weight
+  (SmolLM2: ~0.57 GB instead of ~0.31 GB).
 
 The arithmetic is the model's own (RMSNorm in float32 then cast back, SiLU gate, softmax attention in
 float32, padding masked with the dtype's minimum so no row is ever all ``-inf``); only the summation
@@ -40,8 +47,9 @@ Supported: ``model_type`` llama, mistral (no sliding window) and qwen2 (q/k/v bi
 handle (DoRA or other LoRA variants, LoRA dropout active in train mode, other architectures), and the
 callers then use the model's own forward. The copy costs one extra set of weights while it lives;
 ``FusedLlama.of`` keeps the latest one per model object and rebuilds it when any weight's version
-or the adapter state changes (so a frozen reference model is built once, a trained policy once per
-update).
+or the adapter state changes (a trained policy once per update; roles that share one base through
+LoRA adapters, a policy and its reference, once per switch), freeing the stale copy and returning the
+heap's free pages to the OS (``utils.memory``) before building: at most one copy per model lives.
 """
 
 from __future__ import annotations
@@ -190,9 +198,10 @@ class FusedLlama:
 
     @classmethod
     def release(cls, model: nn.Module) -> None:
-        """Drop the cached fused copy of ``model`` (if any): its memory returns now, not at the next build."""
-        if _CACHE.pop(_core(model), None) is not None:
-            return_freed_memory()
+        """Drop the cached fused copy of ``model`` (if any): its memory is free now, not at the next build.
+        Its pages stay in the heap for what comes next (a pass with grad: handing them to the OS here would
+        make its activations fault them in again)."""
+        _CACHE.pop(_core(model), None)
 
     @torch.no_grad()
     def __init__(self, core: nn.Module) -> None:
@@ -223,27 +232,27 @@ class FusedLlama:
             weight, bias = _linear_parts(module)
             return weight.detach(), None if bias is None else bias.detach()
 
-        packing = onednn_packing(self.embed)
+        layout = onednn_layout(self.embed)
 
-        def packed(parts):
-            """``parts`` in oneDNN's blocked layout when packing (a layer's plain copy is dropped at once)."""
-            return _Packed(*parts) if packing else parts
+        def blocked(parts):
+            """``parts`` in oneDNN's blocked layout when it applies (a layer's plain copy is dropped at once)."""
+            return _BlockedWeight(*parts) if layout else parts
 
         self.layers = []
         for layer in body.layers:
             attention, mlp = layer.self_attn, layer.mlp
             self.layers.append((
                 layer.input_layernorm.variance_epsilon,
-                packed(folded((attention.q_proj, attention.k_proj, attention.v_proj), layer.input_layernorm, scale)),
-                packed(plain(attention.o_proj)),
+                blocked(folded((attention.q_proj, attention.k_proj, attention.v_proj), layer.input_layernorm, scale)),
+                blocked(plain(attention.o_proj)),
                 layer.post_attention_layernorm.variance_epsilon,
-                packed(folded((mlp.gate_proj, mlp.up_proj), layer.post_attention_layernorm)),
-                packed(plain(mlp.down_proj)),
+                blocked(folded((mlp.gate_proj, mlp.up_proj), layer.post_attention_layernorm)),
+                blocked(plain(mlp.down_proj)),
             ))
         # the LM head is the model's own weight (tied to the embeddings in SmolLM2: a folded copy would be
         # 113 MB more, 226 MB while built); the final norm's gain multiplies the activations instead
         self.final_eps, self.final_gain = body.norm.variance_epsilon, body.norm.weight.detach()
-        self.lm_head = packed(plain(core.lm_head))
+        self.lm_head = blocked(plain(core.lm_head))
 
     # ----------------------------------------------------------------- pieces shared by both passes
     def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,18 +338,18 @@ def _rms_normalised(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
 
 
 def _linear_rows(parts, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(parts, _Packed):
+    if isinstance(parts, _BlockedWeight):
         return parts.rows(x)
     weight, bias = parts
     return nn.functional.linear(x, weight, bias)
 
 
-#: oneDNN packs a weight for a number of activation rows (a hint: any number runs): an evaluation batch of 16
-PACK_ROWS = 16
+#: oneDNN lays a weight out for a number of activation rows (a hint: any number runs): an evaluation batch of 16
+LAYOUT_ROWS = 16
 
 
-def onednn_packing(weight: torch.Tensor) -> bool:
-    """Whether the fused copy keeps its weights prepacked for oneDNN: float32 on the CPU with a torch built with
+def onednn_layout(weight: torch.Tensor) -> bool:
+    """Whether the fused copy keeps its weights in oneDNN's blocked layout: float32 on the CPU with a torch built with
     oneDNN (``ONEDNN`` off turns it off)."""
     if not ONEDNN or weight.device.type != "cpu" or weight.dtype != torch.float32:
         return False
@@ -352,18 +361,18 @@ def onednn_packing(weight: torch.Tensor) -> bool:
         return False
 
 
-#: pack the fused copy's weights for oneDNN where ``onednn_packing`` allows it (tests compare both paths)
+#: the fused copy's weights in oneDNN's blocked layout where ``onednn_layout`` allows it (tests run both)
 ONEDNN = True
 
 
-class _Packed:
+class _BlockedWeight:
     """A linear layer's weight in oneDNN's blocked layout (``torch.ops.mkldnn``, what inductor's CPU freezing
     uses): the same products, summed in another order, at ~2x MKL's speed on the skinny decode shapes here."""
 
     __slots__ = ("weight", "bias")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), LAYOUT_ROWS)
         self.bias = bias
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -507,14 +516,14 @@ def decode_step(fused: FusedLlama, cache: KVBuffers, tokens: torch.Tensor, cos: 
         inner = gate_up.shape[0] // 2
         hidden_t = _residual_cols(hidden_t, down_w, nn.functional.silu(gate_up[:inner]).mul_(gate_up[inner:]))
     normalised = _rms_normalised(hidden_t, fused.final_eps, dim=0).mul_(fused.final_gain[:, None])
-    if isinstance(fused.lm_head, _Packed):
+    if isinstance(fused.lm_head, _BlockedWeight):
         return fused.lm_head.rows(normalised.t()).float()
     return _linear_cols(fused.lm_head, normalised).t().float()
 
 
 def _linear_cols(parts, x_t: torch.Tensor) -> torch.Tensor:
     """``W @ x^T (+ b)`` on transposed activations, ``[in, B] -> [out, B]``."""
-    if isinstance(parts, _Packed):
+    if isinstance(parts, _BlockedWeight):
         return parts.rows(x_t.t()).t().contiguous()
     weight, bias = parts
     return torch.mm(weight, x_t) if bias is None else torch.addmm(bias[:, None], weight, x_t)
@@ -522,7 +531,7 @@ def _linear_cols(parts, x_t: torch.Tensor) -> torch.Tensor:
 
 def _residual_cols(hidden_t: torch.Tensor, parts, x_t: torch.Tensor) -> torch.Tensor:
     """``h^T + W @ x^T (+ b)`` in one ``addmm`` (a new tensor)."""
-    if isinstance(parts, _Packed):
+    if isinstance(parts, _BlockedWeight):
         return hidden_t + parts.rows(x_t.t()).t()
     weight, bias = parts
     out = torch.addmm(hidden_t, weight, x_t)

@@ -13,7 +13,7 @@ Behind it, two rewrites, each equal to the plain pass to float rounding (tested 
 gradients and greedy tokens):
 
 * **fused** (``rl.fused_llama.FusedLlama``): a copy of a Llama-family model's weights rearranged for
-  the CPU (merged LoRA, fused q/k/v and gate/up, folded norm gains, weight-streaming products). No
+  the CPU (merged LoRA, fused q/k/v and gate/up, folded norm gains, weights in oneDNN's blocked layout). No
   grad: the rollout's decode steps and the reference / pi_old scoring passes, on the CPU when
   ``fused_support`` accepts the model (``engine=fused`` / ``fused=True`` insist on it).
 * **packed** (``rl.packed``, with grad; ``FusedLlama.forward(packed=...)`` without): the responses'
