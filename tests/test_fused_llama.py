@@ -174,8 +174,11 @@ def test_a_rebuild_frees_the_stale_copy_first(monkeypatch, layout):
 
     monkeypatch.setattr(FusedLlama, "__init__", watched)
     with model.disable_adapter():
-        FusedLlama.of(model)  # the reference: adapters off, another copy
+        reference = weakref.ref(FusedLlama.of(model))  # the reference: adapters off, another copy
     assert alive_at_build == [False]
+    FusedLlama.release_all()  # what the export does once nothing decodes any more
+    gc.collect()
+    assert reference() is None
 
 
 def test_sequence_logprobs_uses_the_fused_pass_only_without_grad():
