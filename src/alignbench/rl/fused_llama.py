@@ -376,10 +376,11 @@ class _BlockedWeight:
         self.bias = bias
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T (+ b)``, ``[..., in] -> [..., out]``."""
+        """``x W^T (+ b)``, ``[..., in] -> [..., out]``. Activations of another dtype (bf16 under CPU autocast,
+        ``trainer.precision=bf16-mixed``) are multiplied in float32, the weights' dtype, and cast back."""
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-        return out.view(*x.shape[:-1], out.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat.float(), self.weight, self.bias, "none", [], "")
+        return out.view(*x.shape[:-1], out.shape[-1]).to(x.dtype)
 
 
 class KVBuffers:
