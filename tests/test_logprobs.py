@@ -243,3 +243,58 @@ def test_a_pass_with_grad_frees_the_stale_fused_copy_of_trained_weights():
         plain = sequence_logprobs(model, sequences, attention_mask, start, response_mask, fused=False)
     assert model in _CACHE and not torch.allclose(before, after)
     torch.testing.assert_close(after, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_bucketed_attention_gives_the_padded_logprobs_and_gradients(monkeypatch):
+    """With no price on a bucket every response length gets its own attention layout (rows reordered,
+    longest first): the packed pass with grad and the fused packed pass still equal the padded pass."""
+    from alignbench.rl import buckets
+
+    monkeypatch.setattr(buckets, "BUCKET_OVERHEAD_CELLS", 0)
+    args = _ragged_batch(3)
+    start = args[2]
+    cut = buckets.RowBuckets(args[1][:, start:-1].bool(), start)
+    assert len(cut.buckets) >= 4 and cut.order.tolist() != sorted(cut.order.tolist())
+    model = _llama().train()
+
+    def run(**kw):
+        model.zero_grad(set_to_none=True)
+        logp, entropy = sequence_logprobs(model, *args, return_entropy=True, **kw)
+        (logp.sum() + 0.1 * entropy.sum()).backward()
+        return logp.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]
+
+    packed, padded = run(packed=True), run(packed=False, share_prompts=False)
+    for got, want in zip(packed[:2], padded[:2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    for got, want in zip(packed[2], padded[2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        fused_packed = sequence_logprobs(model, *args, fused=True)
+        plain = sequence_logprobs(model, *args, fused=False, packed=False, share_prompts=False)
+    torch.testing.assert_close(fused_packed, plain, atol=1e-5, rtol=0)
+    assert (fused_packed[args[3] == 0] == 0).all() and (fused_packed != 0).any()
+
+
+def test_the_selection_may_write_its_gradient_into_the_logits():
+    """``reuse_logits``: the same gradient, written into the logits' memory; ``sequence_logprobs``
+    asked for the logits keeps them intact through the backward."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 5, 30, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 30, (2, 5), generator=gen)
+    grads = []
+    for reuse in (False, True):
+        logits = base * 2.0  # a non-leaf, as a model's logits are
+        logp, entropy = selected_logprobs(logits, targets, with_entropy=True, reuse_logits=reuse)
+        (logp.sum() + 0.3 * entropy.sum()).backward()
+        grads.append(base.grad)
+        base.grad = None
+        assert torch.equal(logits.detach(), (base * 2.0).detach()) != reuse  # overwritten only when reused
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=0)
+
+    model = _llama().train()
+    args = _ragged_batch(3)
+    logp, logits = sequence_logprobs(model, *args, return_logits=True)
+    kept = logits.detach().clone()
+    logp.sum().backward()
+    assert torch.equal(logits.detach(), kept)

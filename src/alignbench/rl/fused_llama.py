@@ -55,12 +55,16 @@ heap's free pages to the OS (``utils.memory``) before building: at most one copy
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from alignbench.utils.distributed import is_sharded
 from alignbench.utils.memory import return_freed_memory
+
+if TYPE_CHECKING:
+    from alignbench.rl.buckets import RowBuckets
 
 __all__ = ["FusedLlama", "KVBuffers", "decode_step", "fused_support"]
 
@@ -270,16 +274,17 @@ class FusedLlama:
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
                 logits_to_keep: int = 0, cache: "KVBuffers | None" = None,
-                packed: torch.Tensor | None = None) -> torch.Tensor:
+                packed: RowBuckets | None = None) -> torch.Tensor:
         """Logits ``[B, n, V]`` of the last ``logits_to_keep`` positions (0: all) of left-padded rows.
 
         With ``cache``, the keys/values of these positions are written at its current length (the
         prefill of a rollout; ``attention_mask`` then covers the cache up to the new length).
 
-        ``packed``: indices of the real cells of the flattened ``[B T]`` input (as in
-        ``alignbench.rl.packed``): every token-wise product runs on those ``N`` tokens only, attention
-        sees them scattered into ``[B, T]`` (zeros in the pad cells, which causal order puts after a
-        row's real tokens), and the logits are ``[N, V]``.
+        ``packed`` (with a ``cache`` holding the prompts, its rows in ``packed.order``): the real cells of
+        the ``[B, T]`` input (``alignbench.rl.buckets.RowBuckets``, as in ``alignbench.rl.packed``):
+        every token-wise product runs on those ``N`` tokens only, attention per bucket of rows of similar
+        length, each scattered into its own ``[rows, T_b]`` layout (zeros in the pad cells, which causal
+        order puts after a row's real tokens), and the logits are ``[N, V]`` in ``packed.flat``'s order.
         """
         batch, width = input_ids.shape
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
@@ -291,40 +296,55 @@ class FusedLlama:
         mask = self._key_mask(attention_mask[:, :keys_width]).masked_fill(~causal, torch.finfo(self.dtype).min)
         hidden = self.embed[input_ids]  # [B, T, d]
         if packed is not None:
-            hidden = hidden.flatten(0, 1)[packed]  # [N, d]
-            cos, sin = cos.flatten(0, 1)[packed][:, None], sin.flatten(0, 1)[packed][:, None]  # [N, 1, D]
+            hidden = hidden.flatten(0, 1)[packed.flat]  # [N, d]
+            cos, sin = cos.flatten(0, 1)[packed.flat][:, None], sin.flatten(0, 1)[packed.flat][:, None]  # [N, 1, D]
+            masks = [rows[:, :, : b.width, : start + b.width]
+                     for b, rows in zip(packed.buckets, packed.rows(mask[packed.order]))]
         else:
             cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
         for index, (eps_in, qkv_w, o_w, eps_post, gate_up_w, down_w) in enumerate(self.layers):
             qkv = _linear_rows(qkv_w, _rms_normalised(hidden, eps_in))
-            if packed is not None:  # RoPE on the N tokens, then scatter into [B, heads, T, D]
-                qkv = qkv.view(-1, heads + 2 * kv_heads, dim)
-                qk = qkv[:, :rope_heads]
-                qk.copy_(torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin))
-                qkv = qkv.new_zeros(batch * width, heads + 2 * kv_heads, dim).index_copy_(0, packed, qkv)
-                qkv = qkv.view(batch, width, heads + 2 * kv_heads, dim).transpose(1, 2)
-                query, key, value = qkv[:, :heads], qkv[:, heads:rope_heads], qkv[:, rope_heads:]
+            if packed is not None:  # RoPE on the N tokens, then attention per bucket of rows
+                attended = self._bucket_attention(index, qkv, cos, sin, packed, masks, cache)
             else:
                 qkv = qkv.view(batch, width, heads + 2 * kv_heads, dim).transpose(1, 2)  # [B, heads, T, D]
                 qk = qkv[:, :rope_heads]
                 qk = torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin)
                 query, key, value = qk[:, :heads], qk[:, heads:], qkv[:, rope_heads:]
-            if cache is not None:
-                key, value = cache.write(index, start, keys_width, key, value)
-            attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=1.0,
-                                                                  enable_gqa=kv_heads != heads)
-            attended = attended.transpose(1, 2).reshape(batch, width, heads * dim)
-            if packed is not None:
-                attended = attended.flatten(0, 1).index_select(0, packed)
+                if cache is not None:
+                    key, value = cache.write(index, start, keys_width, key, value)
+                attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=1.0,
+                                                                      enable_gqa=kv_heads != heads)
+                attended = attended.transpose(1, 2).reshape(batch, width, heads * dim)
             hidden = hidden + _linear_rows(o_w, attended)
             gate_up = _linear_rows(gate_up_w, _rms_normalised(hidden, eps_post))
             inner = gate_up.shape[-1] // 2
             hidden = hidden + _linear_rows(down_w, nn.functional.silu(gate_up[..., :inner]) * gate_up[..., inner:])
-        if cache is not None:
+        if cache is not None and packed is None:
             cache.length = keys_width
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return _linear_rows(self.lm_head, _rms_normalised(hidden, self.final_eps) * self.final_gain)
+
+    def _bucket_attention(self, index: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                          packed: RowBuckets, masks: list[torch.Tensor], cache: "KVBuffers") -> torch.Tensor:
+        """Layer ``index``'s attention output ``[N, heads D]`` for packed ``qkv`` ``[N, (heads + 2 kv) D]``:
+        RoPE on the N tokens, then each bucket's rows against their cached prompt keys and their own."""
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        qkv = qkv.view(-1, heads + 2 * kv_heads, dim)
+        qk = qkv[:, : heads + kv_heads]
+        qk.copy_(torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin))
+        past_keys, past_values = cache.stored(index)
+        parts = []
+        for bucket, run, keys, values, mask in zip(packed.buckets, packed.split(qkv), packed.rows(past_keys),
+                                                   packed.rows(past_values), masks):
+            grid = packed.scatter(bucket, run).transpose(1, 2)  # [rows, heads + 2 kv_heads, T_b, D]
+            query, key, value = grid.split([heads, kv_heads, kv_heads], dim=1)
+            out = nn.functional.scaled_dot_product_attention(
+                query, torch.cat([keys, key], dim=2), torch.cat([values, value], dim=2), attn_mask=mask, scale=1.0,
+                enable_gqa=kv_heads != heads)
+            parts.append(packed.pick(bucket, out.transpose(1, 2)).flatten(1))  # [count, heads D]
+        return torch.cat(parts)
 
     # ----------------------------------------------------------------- decoding
     def decoder(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> "FusedDecoder":
@@ -415,6 +435,13 @@ class KVBuffers:
         keys[:, :, start:end].copy_(key)
         values[:, :, start:end].copy_(value)
         return keys[:, :, :end], values[:, :, :end]
+
+    def stored(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys/values up to ``length`` (views), batch-major ``[B, H_kv, length, D]``."""
+        keys, values = self.keys[layer], self.values[layer]
+        if self.position_major:
+            return keys[: self.length].permute(1, 2, 0, 3), values[: self.length].permute(1, 2, 0, 3)
+        return keys[:, :, : self.length], values[:, :, : self.length]
 
     def select(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (repeats allowed: one prompt's cache copied to every row of its group)."""

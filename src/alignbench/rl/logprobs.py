@@ -106,7 +106,8 @@ def sequence_logprobs(
         return values.new_zeros(shape.numel(), *values.shape[1:]).index_copy(0, cells, values).view(*shape, *values.shape[1:])
 
     mask_f = response_mask.to(logits.dtype)
-    selected, entropy = selected_logprobs(logits, targets, with_entropy=return_entropy)
+    # nothing but the backward reads these logits again unless they are returned: its gradient may take their memory
+    selected, entropy = selected_logprobs(logits, targets, with_entropy=return_entropy, reuse_logits=not return_logits)
     logp = grid(selected) * mask_f
 
     extras: list[torch.Tensor] = []
@@ -117,8 +118,8 @@ def sequence_logprobs(
     return (logp, *extras) if extras else logp
 
 
-def selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, with_entropy: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, with_entropy: bool = False,
+                      reuse_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(z_y - logsumexp(z), H)`` per row of ``logits`` ``[..., V]`` (H = logsumexp(z) - sum_v p_v z_v
     the entropy, None unless ``with_entropy``), in blocks of ``SELECT_ROWS`` rows.
 
@@ -128,9 +129,13 @@ def selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, with_entro
     ``[M, V]`` is kept but the logits themselves and, in the backward, their gradient:
 
         d logp / dz = onehot(y) - p,        d H / dz = -p (z - E_p[z]),   E_p[z] = logsumexp(z) - H
+
+    ``reuse_logits``: the backward writes the gradient into the logits' own memory (block by block,
+    each block's logits copied aside first), for a caller that never reads them again: no second
+    ``[M, V]`` tensor (SmolLM2's training pass: 321 MB, and ~75 ms of fresh pages, saved).
     """
     logits3 = logits if logits.dim() == 3 else logits.reshape(-1, *logits.shape[-2:])  # views, never copies
-    logp, entropy = _SelectedLogprobs.apply(logits3, targets.reshape(logits3.shape[:2]), with_entropy)
+    logp, entropy = _SelectedLogprobs.apply(logits3, targets.reshape(logits3.shape[:2]), with_entropy, reuse_logits)
     return logp.view(targets.shape), (entropy.view(targets.shape) if with_entropy else None)
 
 
@@ -145,7 +150,7 @@ class _SelectedLogprobs(torch.autograd.Function):
     """``selected_logprobs``' blocked forward and backward over ``[B, T, V]`` logits (any strides)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, with_entropy):
+    def forward(ctx, logits, targets, with_entropy, reuse_logits):
         lse = logits.new_empty(logits.shape[:2])
         logp = logits.new_empty(logits.shape[:2])
         entropy = logits.new_zeros(logits.shape[:2])
@@ -158,6 +163,7 @@ class _SelectedLogprobs(torch.autograd.Function):
                 probs = torch.exp(block - block_lse[:, None])
                 entropy[b, rows] = block_lse - (probs * block).sum(-1)
         ctx.save_for_backward(logits, targets, lse, entropy)
+        ctx.reuse_logits = reuse_logits
         ctx.mark_non_differentiable(targets)
         if not with_entropy:
             ctx.mark_non_differentiable(entropy)
@@ -166,11 +172,13 @@ class _SelectedLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         logits, targets, lse, entropy = ctx.saved_tensors
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        reuse = ctx.reuse_logits
+        grad = logits if reuse else torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        scratch = logits.new_empty(min(SELECT_ROWS, logits.shape[1]), logits.shape[2]) if reuse else None
         for b, rows in _blocks(logits):
-            block = logits[b, rows]
-            probs = torch.exp(block - lse[b, rows, None])
             out = grad[b, rows]
+            block = scratch[: out.shape[0]].copy_(out) if reuse else logits[b, rows]  # z, before out overwrites it
+            probs = torch.exp(block - lse[b, rows, None])
             if grad_entropy is not None and bool(grad_entropy[b, rows].any()):
                 # -g_H p (z - E[z]) - g_logp p
                 torch.mul(probs, block - (lse[b, rows] - entropy[b, rows])[:, None], out=out)
@@ -183,7 +191,7 @@ class _SelectedLogprobs(torch.autograd.Function):
                 out.zero_()
             if grad_logp is not None:
                 out.scatter_add_(-1, targets[b, rows, None], grad_logp[b, rows, None])
-        return grad, None, None
+        return grad, None, None, None
 
 
 def shared_prompt_groups(sequences: torch.Tensor, attention_mask: torch.Tensor, response_start: int
@@ -235,8 +243,10 @@ def unique_prompt_pass(model, sequences, attention_mask, positions, response_sta
                           attention_mask=attention_mask[first, :response_start],
                           position_ids=positions[first, :response_start], past_key_values=cache, use_cache=True,
                           **(dict(logits_to_keep=1) if keep else {})).logits[:, -1]
-    cache.batch_select_indices(inverse)
-    return prompt_logits[inverse], cache
+    for layer in cache.layers:  # DynamicCache.batch_select_indices, by index_select: its backward is an index_add
+        if layer.get_seq_length() > 0:
+            layer.keys, layer.values = layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse)
+    return prompt_logits.index_select(0, inverse), cache
 
 
 def _shared_prompt_logits(model, sequences, attention_mask, response_start, groups) -> torch.Tensor:

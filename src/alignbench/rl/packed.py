@@ -10,7 +10,8 @@ layers too) over the prompts first (once per unique prompt when a GRPO group rep
 model's own forward and KV cache: ``logprobs.unique_prompt_pass``), then over the **packed**
 response tokens: every token-wise part of a decoder layer (norms, q/k/v/o projections, RoPE, MLP,
 final norm, LM head) runs on the ``N`` real tokens as one ``[N, d]`` matrix, and only attention sees
-the padded ``[B, T]`` layout (queries, keys and values scattered into it and gathered back):
+a padded layout (queries, keys and values scattered into it and gathered back), per bucket of rows of
+similar length (``alignbench.rl.buckets``), each as wide as its longest row:
 
     h_i  <- h_i + o_proj(attention(q, k, v)[i])        i in the N real response positions
     h_i  <- h_i + mlp(norm(h_i))
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from alignbench.rl.buckets import RowBuckets
 from alignbench.rl.fused_llama import _MODEL_TYPES  # the same Llama-family layer layout
+from alignbench.rl.fused_ops import rms_norm, rotary
 from alignbench.rl.rollout import _unwrap as _core
 
 __all__ = ["packed_logits", "packed_support"]
@@ -79,48 +81,53 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
     body = core.model
     batch, width = sequences.shape
     prompt = response_start
+    steps = width - prompt - 1  # response positions P .. W - 2 predict tokens P + 1 .. W - 1
     rows = torch.arange(batch, device=sequences.device)
     first, inverse = groups if groups is not None else (rows, rows)
+    if steps <= 0:
+        return unique_prompt_pass(model, sequences, attention_mask, position_ids, prompt, first, inverse)[0][:, None]
+
+    # the rows longest response first, cut into buckets of similar length (attention below); the
+    # packed tokens and every per-row tensor follow that order
+    real = attention_mask[:, prompt:width - 1].bool()  # [B, S]
+    buckets = RowBuckets(real, prompt)
+    order, flat = buckets.order, buckets.flat  # flat: the N real cells of the flattened [B S], in that order
 
     # 1. the prompts, once per unique prompt, with the model's own forward; their cache serves every row
-    prompt_logits, cache = unique_prompt_pass(model, sequences, attention_mask, position_ids, prompt, first, inverse)
-    steps = width - prompt - 1  # response positions P .. W - 2 predict tokens P + 1 .. W - 1
-    if steps <= 0:
-        return prompt_logits[:, None]
+    prompt_logits, cache = unique_prompt_pass(model, sequences, attention_mask, position_ids, prompt, first,
+                                              inverse[order])
 
     # 2. the real response tokens of those positions, packed into [N, d]
-    real = attention_mask[:, prompt:width - 1].bool()  # [B, S]
-    flat = real.flatten().nonzero().squeeze(1)  # where the N real cells sit in the flattened [B S]
     tokens = sequences[:, prompt:width - 1].flatten()[flat]
     hidden = body.embed_tokens(tokens)  # [N, d]
     cos, sin = body.rotary_emb(hidden[None], position_ids[:, prompt:width - 1].flatten()[flat][None])
     cos, sin = cos[0], sin[0]  # [N, D]
-    # additive mask [B, 1, S, P + S]: a row's prompt padding, and causal order over the responses
-    keys_mask = attention_mask[:, : width - 1].bool()[:, None, None, :]
+    # additive mask [B, 1, S, P + S] (rows in order): a row's prompt padding, and causal order over the responses
+    keys_mask = attention_mask[order, : width - 1].bool()[:, None, None, :]
     causal = torch.ones(steps, prompt + steps, dtype=torch.bool, device=sequences.device).tril(prompt)
     mask = torch.zeros(keys_mask.shape[0], 1, steps, prompt + steps, dtype=hidden.dtype, device=hidden.device)
     mask = mask.masked_fill(~(keys_mask & causal), torch.finfo(hidden.dtype).min)
-
-    def padded(packed: torch.Tensor) -> torch.Tensor:
-        """``[N, H, D]`` -> ``[B, H, S, D]`` with zeros in the pad cells (``index_copy``: its
-        backward is one ``index_select``)."""
-        out = packed.new_zeros(batch * steps, *packed.shape[1:]).index_copy(0, flat, packed)
-        return out.view(batch, steps, *packed.shape[1:]).transpose(1, 2)
+    masks = [rows[:, :, : b.width, : prompt + b.width] for b, rows in zip(buckets.buckets, buckets.rows(mask))]
 
     for index, layer in enumerate(body.layers):
         attention = layer.self_attn
-        x = layer.input_layernorm(hidden)
+        x = rms_norm(layer.input_layernorm, hidden)
         query = attention.q_proj(x).view(x.shape[0], -1, attention.head_dim)
         key = attention.k_proj(x).view(x.shape[0], -1, attention.head_dim)
         value = attention.v_proj(x).view(x.shape[0], -1, attention.head_dim)
-        query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=1)  # the model's own RoPE
+        query, key = rotary(query, key, cos, sin)  # the model's RoPE
+        heads, kv_heads = query.shape[1], key.shape[1]
+        qkv = torch.cat([query, key, value], dim=1)  # [N, heads + 2 kv_heads, D]: one scatter per bucket
         past = cache.layers[index]
-        keys = torch.cat([past.keys, padded(key)], dim=2)
-        values = torch.cat([past.values, padded(value)], dim=2)
-        attended = nn.functional.scaled_dot_product_attention(
-            padded(query), keys, values, attn_mask=mask, scale=attention.scaling,
-            enable_gqa=keys.shape[1] != query.shape[1])  # [B, H, S, D]
-        attended = attended.transpose(1, 2).reshape(batch * steps, -1).index_select(0, flat)  # back to [N, H D]
-        hidden = hidden + attention.o_proj(attended)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return packed_rows(prompt_logits, core.lm_head(body.norm(hidden)), flat, steps)
+        parts = []
+        for bucket, run, past_keys, past_values, bucket_mask in zip(
+                buckets.buckets, buckets.split(qkv), buckets.rows(past.keys), buckets.rows(past.values), masks):
+            grid = buckets.scatter(bucket, run).transpose(1, 2)  # [size, heads + 2 kv_heads, width, D]
+            bucket_query, bucket_key, bucket_value = grid.split([heads, kv_heads, kv_heads], dim=1)
+            attended = nn.functional.scaled_dot_product_attention(
+                bucket_query, torch.cat([past_keys, bucket_key], dim=2), torch.cat([past_values, bucket_value], dim=2),
+                attn_mask=bucket_mask, scale=attention.scaling, enable_gqa=kv_heads != heads)  # [size, heads, width, D]
+            parts.append(buckets.pick(bucket, attended.transpose(1, 2)).flatten(1))  # its real cells [count, H D]
+        hidden = hidden + attention.o_proj(torch.cat(parts))
+        hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
+    return packed_rows(prompt_logits, core.lm_head(rms_norm(body.norm, hidden)), flat, steps, rows=order)

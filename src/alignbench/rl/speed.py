@@ -135,6 +135,7 @@ def _pad_share(cells: torch.Tensor) -> float:
 def _fused_logits(model, sequences, attention_mask, response_start, groups, packed: bool = True):
     """``FusedLlama.forward`` over the sequences, or over the unique prompts then every row's response
     on their copied cache (padding-free when ``packed`` and enough cells are padding)."""
+    from alignbench.rl.buckets import RowBuckets
     from alignbench.rl.fused_llama import FusedLlama, KVBuffers
 
     fused = FusedLlama.of(model)
@@ -143,29 +144,34 @@ def _fused_logits(model, sequences, attention_mask, response_start, groups, pack
     if groups is None:
         return fused.forward(sequences, attention_mask, positions, logits_to_keep=num_response + 1)[:, :-1]
     first, inverse = groups
+    cells = attention_mask[:, response_start:-1]
+    packed = packed and num_response > 1 and _pad_share(cells) >= PACKED_MIN_PAD_SHARE
+    # padding-free: the rows longest response first, in buckets of similar length (alignbench.rl.buckets)
+    buckets = RowBuckets(cells.bool(), response_start) if packed else None
+    rows = inverse[buckets.order] if packed else inverse  # the cache's rows, in the order the pass takes them
     cache = KVBuffers(fused, first.shape[0], sequences.shape[1], sequences.device)
     prompt_logits = fused.forward(sequences[first, :response_start], attention_mask[first, :response_start],
                                   positions[first, :response_start], logits_to_keep=1, cache=cache)
-    parts = [prompt_logits[inverse]]
+    parts = [prompt_logits[rows]]
     if num_response > 1:
-        cache.select(inverse)
-        cells = attention_mask[:, response_start:-1]
-        if not packed or _pad_share(cells) < PACKED_MIN_PAD_SHARE:
+        cache.select(rows)
+        if not packed:
             parts.append(fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
                                        positions[:, response_start:-1], cache=cache))
-        else:  # padding-free: the products run on the real response tokens only
-            flat = cells.flatten().nonzero().squeeze(1)
+        else:  # the products run on the real response tokens only
             real = fused.forward(sequences[:, response_start:-1], attention_mask[:, :-1],
-                                 positions[:, response_start:-1], cache=cache, packed=flat)
-            return packed_rows(parts[0][:, -1], real, flat, cells.shape[1])
+                                 positions[:, response_start:-1], cache=cache, packed=buckets)
+            return packed_rows(parts[0][:, -1], real, buckets.flat, cells.shape[1], rows=buckets.order)
     return torch.cat(parts, dim=1)
 
 
-def packed_rows(first_rows: torch.Tensor, response_rows: torch.Tensor, flat: torch.Tensor, steps: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits [M, V], cells [M])`` for ``sequence_logprobs``: row b's prompt-end logits (grid cell
-    ``b T``) then the real response positions (``flat`` indexes the ``[B, steps]`` response positions
-    ``P .. P + steps - 1``, which sit at grid column ``1 + s`` with ``T = steps + 1``)."""
-    rows = torch.arange(first_rows.shape[0], device=flat.device)
+def packed_rows(first_rows: torch.Tensor, response_rows: torch.Tensor, flat: torch.Tensor, steps: int,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [M, V], cells [M])`` for ``sequence_logprobs``: the prompt-end logits of ``rows``
+    (default: every row in order; row b's sits at grid cell ``b T``) then the real response positions
+    (``flat`` indexes the ``[B, steps]`` response positions ``P .. P + steps - 1``, which sit at grid
+    column ``1 + s`` with ``T = steps + 1``)."""
+    if rows is None:
+        rows = torch.arange(first_rows.shape[0], device=flat.device)
     cells = torch.cat([rows * (steps + 1), flat // steps * (steps + 1) + flat % steps + 1])
     return torch.cat([first_rows, response_rows]), cells
