@@ -47,3 +47,20 @@ def test_near_equal_rows_share_a_bucket_and_keep_their_cells():
     assert rows == [3, 2]  # extents 3 and 2
     grid = buckets.scatter(second, buckets.split(torch.arange(1.0, 20.0)[:, None])[1])[..., 0]
     assert grid.tolist() == [[0.0, 16.0, 17.0], [18.0, 19.0, 0.0]]
+
+
+def test_a_batch_without_real_response_cells_scores_nothing():
+    from alignbench.rl.logprobs import sequence_logprobs
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+    sequences = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 0, 0], [8, 9, 4, 0, 0], [8, 9, 4, 0, 0]])
+    attention = (sequences != 0).long()
+    response_mask = attention[:, 3:]
+    logp = sequence_logprobs(model, sequences, attention, 3, response_mask, packed=True)
+    assert logp.shape == (4, 2) and (logp == 0).all()
+    logp.sum().backward()  # nothing to learn from, and no error
+    with torch.no_grad():
+        assert (sequence_logprobs(model.eval(), sequences, attention, 3, response_mask, fused=True) == 0).all()

@@ -97,6 +97,9 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
     prompt_logits, cache = unique_prompt_pass(model, sequences, attention_mask, position_ids, prompt, first,
                                               inverse[order])
 
+    if flat.numel() == 0:  # no response token to score
+        return packed_rows(prompt_logits, prompt_logits.new_zeros(0, prompt_logits.shape[-1]), flat, steps, rows=order)
+
     # 2. the real response tokens of those positions, packed into [N, d]
     tokens = sequences[:, prompt:width - 1].flatten()[flat]
     hidden = body.embed_tokens(tokens)  # [N, d]

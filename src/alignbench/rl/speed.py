@@ -145,7 +145,7 @@ def _fused_logits(model, sequences, attention_mask, response_start, groups, pack
         return fused.forward(sequences, attention_mask, positions, logits_to_keep=num_response + 1)[:, :-1]
     first, inverse = groups
     cells = attention_mask[:, response_start:-1]
-    packed = packed and num_response > 1 and _pad_share(cells) >= PACKED_MIN_PAD_SHARE
+    packed = packed and num_response > 1 and PACKED_MIN_PAD_SHARE <= _pad_share(cells) < 1.0  # < 1: a real cell
     # padding-free: the rows longest response first, in buckets of similar length (alignbench.rl.buckets)
     buckets = RowBuckets(cells.bool(), response_start) if packed else None
     rows = inverse[buckets.order] if packed else inverse  # the cache's rows, in the order the pass takes them
