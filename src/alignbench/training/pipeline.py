@@ -8,6 +8,7 @@ returns the metrics and perf figures that go into it.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import resource
@@ -36,6 +37,7 @@ from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
 from alignbench.training.strategy import check_strategy, lightning_strategy
 from alignbench.utils.distributed import is_rank_zero, is_sharded, rank, world_size
+from alignbench.utils.memory import return_freed_memory
 from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
 from alignbench.utils.oracle import (
     GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
@@ -263,6 +265,10 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
                                                 lambda s=stage: _train_stage(s, ctx, ctx.rc.stages.seed),
                                                 reuse=ctx.rc.stages.reuse)
         _drop_stage_checkpoints(ctx, stage)
+        # the stage's model, optimiser and trainer are gone (gc: the trainer holds reference cycles): their
+        # pages go back to the OS here, not held into the RL loop (utils.memory.holding_freed_memory)
+        gc.collect()
+        return_freed_memory()
         metrics = {**metrics, f"stages/{stage}/cached": float(cached)}
         if stage == "sft":
             apply_sft(ctx, weights)
