@@ -97,6 +97,27 @@ class RowBuckets:
         """``[size, width, ...]`` -> the bucket's real cells ``[count, ...]`` (``scatter``'s inverse)."""
         return grid.reshape(bucket.size * bucket.width, *grid.shape[2:]).index_select(0, bucket.target)
 
+    def masks(self, mask: torch.Tensor, prefix: int) -> list[torch.Tensor]:
+        """Each bucket's ``[size, 1, width, prefix + width]`` corner of an additive mask ``[B, 1, S, prefix + S]``
+        whose rows are in ``order``."""
+        return [rows[:, :, : b.width, : prefix + b.width] for b, rows in zip(self.buckets, self.rows(mask))]
+
+    def attend(self, qkv: torch.Tensor, heads: int, kv_heads: int, past_keys: torch.Tensor,
+               past_values: torch.Tensor, masks: list[torch.Tensor], scale: float) -> torch.Tensor:
+        """Attention output ``[N, heads D]`` of packed ``qkv`` ``[N, heads + 2 kv_heads, D]`` (RoPE applied):
+        each bucket's queries against its rows' ``past`` keys/values ``[B, kv_heads, P, D]`` (rows in
+        ``order``) and its own, under its ``masks`` corner. Differentiable; one scatter per bucket."""
+        parts = []
+        for bucket, run, keys, values, mask in zip(self.buckets, self.split(qkv), self.rows(past_keys),
+                                                   self.rows(past_values), masks):
+            grid = self.scatter(bucket, run).transpose(1, 2)  # [size, heads + 2 kv_heads, width, D]
+            query, key, value = grid.split([heads, kv_heads, kv_heads], dim=1)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query, torch.cat([keys, key], dim=2), torch.cat([values, value], dim=2), attn_mask=mask,
+                scale=scale, enable_gqa=kv_heads != heads)  # [size, heads, width, D]
+            parts.append(self.pick(bucket, out.transpose(1, 2)).flatten(1))  # its real cells [count, heads D]
+        return torch.cat(parts)
+
     def rows(self, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each bucket's rows of a per-row ``tensor`` whose dim 0 is in ``order`` (views; ``split``,
         whose backward is one ``cat``, where slices would each add a full-size zero gradient)."""

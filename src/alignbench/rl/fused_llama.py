@@ -298,8 +298,7 @@ class FusedLlama:
         if packed is not None:
             hidden = hidden.flatten(0, 1)[packed.flat]  # [N, d]
             cos, sin = cos.flatten(0, 1)[packed.flat][:, None], sin.flatten(0, 1)[packed.flat][:, None]  # [N, 1, D]
-            masks = [rows[:, :, : b.width, : start + b.width]
-                     for b, rows in zip(packed.buckets, packed.rows(mask[packed.order]))]
+            masks = packed.masks(mask[packed.order], start)
         else:
             cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
         for index, (eps_in, qkv_w, o_w, eps_post, gate_up_w, down_w) in enumerate(self.layers):
@@ -334,17 +333,7 @@ class FusedLlama:
         qkv = qkv.view(-1, heads + 2 * kv_heads, dim)
         qk = qkv[:, : heads + kv_heads]
         qk.copy_(torch.addcmul(qk * cos, torch.roll(qk, dim // 2, -1), sin))
-        past_keys, past_values = cache.stored(index)
-        parts = []
-        for bucket, run, keys, values, mask in zip(packed.buckets, packed.split(qkv), packed.rows(past_keys),
-                                                   packed.rows(past_values), masks):
-            grid = packed.scatter(bucket, run).transpose(1, 2)  # [rows, heads + 2 kv_heads, T_b, D]
-            query, key, value = grid.split([heads, kv_heads, kv_heads], dim=1)
-            out = nn.functional.scaled_dot_product_attention(
-                query, torch.cat([keys, key], dim=2), torch.cat([values, value], dim=2), attn_mask=mask, scale=1.0,
-                enable_gqa=kv_heads != heads)
-            parts.append(packed.pick(bucket, out.transpose(1, 2)).flatten(1))  # [count, heads D]
-        return torch.cat(parts)
+        return packed.attend(qkv, heads, kv_heads, *cache.stored(index), masks, scale=1.0)
 
     # ----------------------------------------------------------------- decoding
     def decoder(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int) -> "FusedDecoder":

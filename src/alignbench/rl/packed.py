@@ -110,7 +110,7 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
     causal = torch.ones(steps, prompt + steps, dtype=torch.bool, device=sequences.device).tril(prompt)
     mask = torch.zeros(keys_mask.shape[0], 1, steps, prompt + steps, dtype=hidden.dtype, device=hidden.device)
     mask = mask.masked_fill(~(keys_mask & causal), torch.finfo(hidden.dtype).min)
-    masks = [rows[:, :, : b.width, : prompt + b.width] for b, rows in zip(buckets.buckets, buckets.rows(mask))]
+    masks = buckets.masks(mask, prompt)
 
     for index, layer in enumerate(body.layers):
         attention = layer.self_attn
@@ -119,18 +119,9 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
         key = attention.k_proj(x).view(x.shape[0], -1, attention.head_dim)
         value = attention.v_proj(x).view(x.shape[0], -1, attention.head_dim)
         query, key = rotary(query, key, cos, sin)  # the model's RoPE
-        heads, kv_heads = query.shape[1], key.shape[1]
         qkv = torch.cat([query, key, value], dim=1)  # [N, heads + 2 kv_heads, D]: one scatter per bucket
         past = cache.layers[index]
-        parts = []
-        for bucket, run, past_keys, past_values, bucket_mask in zip(
-                buckets.buckets, buckets.split(qkv), buckets.rows(past.keys), buckets.rows(past.values), masks):
-            grid = buckets.scatter(bucket, run).transpose(1, 2)  # [size, heads + 2 kv_heads, width, D]
-            bucket_query, bucket_key, bucket_value = grid.split([heads, kv_heads, kv_heads], dim=1)
-            attended = nn.functional.scaled_dot_product_attention(
-                bucket_query, torch.cat([past_keys, bucket_key], dim=2), torch.cat([past_values, bucket_value], dim=2),
-                attn_mask=bucket_mask, scale=attention.scaling, enable_gqa=kv_heads != heads)  # [size, heads, width, D]
-            parts.append(buckets.pick(bucket, attended.transpose(1, 2)).flatten(1))  # its real cells [count, H D]
-        hidden = hidden + attention.o_proj(torch.cat(parts))
+        attended = buckets.attend(qkv, query.shape[1], key.shape[1], past.keys, past.values, masks, attention.scaling)
+        hidden = hidden + attention.o_proj(attended)
         hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
     return packed_rows(prompt_logits, core.lm_head(rms_norm(body.norm, hidden)), flat, steps, rows=order)
