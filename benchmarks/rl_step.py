@@ -228,22 +228,19 @@ class AlignbenchGRPO:
         from alignbench.rl.advantages import grpo_advantages
         from alignbench.rl.experience import Experience, actor_loss, policy_logprobs
         from alignbench.rl.rollout import generate_rollout
-        from alignbench.utils.memory import holding_freed_memory
 
         args, ctx, roles = self.args, self.ctx, self.roles
         started = time.perf_counter()
         # == rl.experience.collect(..., old_logprobs=False), timed piece by piece
         ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, self.prompts, limits=ctx.limits)
-        with holding_freed_memory():  # as rl.experience.collect: the update reuses the freed pages
-            with torch.no_grad(), roles.generation_model("policy") as model:
-                rollout = generate_rollout(model, ids, mask, max_new_tokens=args.new_tokens,
-                                           eos_token_id=ctx.tokenizer.eos_token_id,
-                                           pad_token_id=ctx.tokenizer.pad_token_id, temperature=1.0,
-                                           generator=self.generator, engine=self.generation.engine)
-            texts = ctx.decode(rollout.response_ids, rollout.response_mask)
-            generated = time.perf_counter()
-            with torch.no_grad():
-                ref_logp = policy_logprobs(roles, "reference", rollout)
+        with torch.no_grad(), roles.generation_model("policy") as model:
+            rollout = generate_rollout(model, ids, mask, max_new_tokens=args.new_tokens,
+                                       eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
+                                       temperature=1.0, generator=self.generator, engine=self.generation.engine)
+        texts = ctx.decode(rollout.response_ids, rollout.response_mask)
+        generated = time.perf_counter()
+        with torch.no_grad():
+            ref_logp = policy_logprobs(roles, "reference", rollout)
         exp = Experience(rollout, texts, None, ref_logp)
         scored = time.perf_counter()
         rewards = torch.tensor([reward_of(text) for text in texts])

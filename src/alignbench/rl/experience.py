@@ -23,7 +23,6 @@ from alignbench.models.text import encode_prompt_response, encode_prompts
 from alignbench.rl.losses import clipped_policy_loss, clipped_value_loss, kl_penalty, masked_mean
 from alignbench.rl.logprobs import sequence_logprobs
 from alignbench.rl.rollout import Rollout, generate_rollout
-from alignbench.utils.memory import holding_freed_memory
 
 
 @dataclass
@@ -93,19 +92,17 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
                           "decoding is for evaluation (eval.generation)")
     temperature = generation.temperature if logprob_temperature is None else logprob_temperature
     ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, prompts, limits=ctx.limits)
-    # the update that follows reuses the pages the last update freed: they stay with the heap (utils.memory)
-    with holding_freed_memory():
-        with roles.generation_model(role) as model:
-            rollout = generate_rollout(model, ids.to(ctx.device), mask.to(ctx.device),
-                                       max_new_tokens=generation.max_new_tokens,
-                                       eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
-                                       temperature=generation.temperature, top_k=generation.top_k,
-                                       top_p=generation.top_p, generator=generator,
-                                       engine=getattr(generation, "engine", "auto"))
-        texts = ctx.decode(rollout.response_ids, rollout.response_mask)
-        old_logp = policy_logprobs(roles, role, rollout, temperature=temperature) if old_logprobs else None
-        ref_logp = policy_logprobs(roles, reference_role, rollout, temperature=temperature)
-        values = {critic: critic_values(roles, critic, rollout) for critic in critics}
+    with roles.generation_model(role) as model:
+        rollout = generate_rollout(model, ids.to(ctx.device), mask.to(ctx.device),
+                                   max_new_tokens=generation.max_new_tokens,
+                                   eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
+                                   temperature=generation.temperature, top_k=generation.top_k,
+                                   top_p=generation.top_p, generator=generator,
+                                   engine=getattr(generation, "engine", "auto"))
+    texts = ctx.decode(rollout.response_ids, rollout.response_mask)
+    old_logp = policy_logprobs(roles, role, rollout, temperature=temperature) if old_logprobs else None
+    ref_logp = policy_logprobs(roles, reference_role, rollout, temperature=temperature)
+    values = {critic: critic_values(roles, critic, rollout) for critic in critics}
     return Experience(rollout, texts, old_logp, ref_logp, values, temperature)
 
 

@@ -266,7 +266,7 @@ def run_stages(ctx: RunContext, required: tuple[str, ...], until: str | None = N
                                                 reuse=ctx.rc.stages.reuse)
         _drop_stage_checkpoints(ctx, stage)
         # the stage's model, optimiser and trainer are gone (gc: the trainer holds reference cycles): their
-        # pages go back to the OS here, not held into the RL loop (utils.memory.holding_freed_memory)
+        # pages go back to the OS here, before the next stage or the RL loop (utils.memory)
         gc.collect()
         return_freed_memory()
         metrics = {**metrics, f"stages/{stage}/cached": float(cached)}

@@ -9,24 +9,19 @@ SmolLM2 safe_rlhf smoke job, 300-460 MB of freed memory sat in the heap before e
 takes a few milliseconds; call it where a large set of tensors has just been freed.
 
 Its price is paid by the next pass that allocates as much again: every page comes back through a page
-fault. Inside an RL iteration that is the update after each rollout (SmolLM2's training pass took
-0.8-1.2 million page faults, 127-142 instead of 152-157 GFLOP/s, when the fused copy's rebuild for
-the rollout had trimmed the last update's pages; benchmarks/README.md). ``holding_freed_memory()``
-makes ``return_freed_memory`` a no-op within it: ``rl.experience.collect`` holds the pages through the
-rollout and scoring, so the update reuses them.
+fault. Inside an RL iteration that is the update after each rollout: SmolLM2's training pass took 0.8-1.2
+million page faults (127-142 GFLOP/s) after the fused copy's rebuild had trimmed the last update's pages,
+0.15-0.23 million (151-153 GFLOP/s) when they were held; holding them raised the SmolLM2 smoke job's peak
+to 2,059-2,137 MB end to end, over its 2 GB target, so the trims stay (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["holding_freed_memory", "return_freed_memory"]
-
-_HOLDING = contextvars.ContextVar("alignbench_holding_freed_memory", default=False)
+__all__ = ["return_freed_memory"]
 
 
 @functools.cache
@@ -42,20 +37,7 @@ def _malloc_trim():
     return trim
 
 
-@contextlib.contextmanager
-def holding_freed_memory():
-    """Within it, ``return_freed_memory`` keeps the heap's free pages (for a pass that will reuse them)."""
-    token = _HOLDING.set(True)
-    try:
-        yield
-    finally:
-        _HOLDING.reset(token)
-
-
 def return_freed_memory() -> bool:
-    """Release the heap's free pages to the OS; True when glibc did (False: nothing to release, inside
-    ``holding_freed_memory``, or no glibc)."""
-    if _HOLDING.get():
-        return False
+    """Release the heap's free pages to the OS; True when glibc did (False: nothing to release, or no glibc)."""
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
