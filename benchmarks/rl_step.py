@@ -27,7 +27,10 @@ The PPO-Lag part runs ``algorithms/ppo.py``'s ``SafeRLHF.training_step`` directl
 the same base; untrained score heads) on the same prompts × group as one batch and reports its
 ``timing/generation``, ``timing/scoring``, ``timing/train`` and tokens/s.
 
-    python benchmarks/rl_step.py --compare trl [--prompts 8 --group 4 --new-tokens 64 --beta 0.04]
+    python benchmarks/rl_step.py --compare trl [--model tiny_llama|smollm2_135m --mode full|lora]
+        [--prompts 8 --group 4 --new-tokens N --beta 0.04]
+
+``--new-tokens`` defaults to 64 for ``tiny_llama`` and 128 for ``smollm2_135m`` (issue #24's workload).
 
 Last stdout line: JSON (see ``main``).
 """
@@ -236,7 +239,8 @@ class AlignbenchGRPO:
         with torch.no_grad(), roles.generation_model("policy") as model:
             rollout = generate_rollout(model, ids, mask, max_new_tokens=args.new_tokens,
                                        eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
-                                       temperature=1.0, generator=self.generator, engine=self.generation.engine)
+                                       temperature=1.0, generator=self.generator, engine=self.generation.engine,
+                                       release_memory=False)  # as rl.experience.collect
         texts = ctx.decode(rollout.response_ids, rollout.response_mask)
         generated = time.perf_counter()
         with torch.no_grad():
@@ -432,6 +436,11 @@ def measure_sides_rss(args, folder: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+# issue #24's SmolLM2 workload generates 128 new tokens (the field's real-text evaluation length); the 11M
+# model's figures since 2026-12-02 are at 64
+NEW_TOKENS_DEFAULT = {"tiny_llama": 64, "smollm2_135m": 128}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny_llama", "smollm2_135m"], default="tiny_llama",
@@ -439,7 +448,8 @@ def main() -> None:
     parser.add_argument("--compare", choices=["trl", "none"], default="none")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="new tokens per answer (default: " + ", ".join(f"{n} for {m}" for m, n in NEW_TOKENS_DEFAULT.items()) + ")")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--lora-r", type=int, default=16)
@@ -460,6 +470,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=6)
     args = parser.parse_args()
+    if args.new_tokens is None:
+        args.new_tokens = NEW_TOKENS_DEFAULT[args.model]
     if args.beta <= 0 and args.compare == "trl":
         parser.error("--beta must be > 0 so that both sides compute reference log-probs")
     configs = [c for c in args.trl_configs.split(",") if c]
