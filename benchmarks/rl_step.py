@@ -239,8 +239,7 @@ class AlignbenchGRPO:
         with torch.no_grad(), roles.generation_model("policy") as model:
             rollout = generate_rollout(model, ids, mask, max_new_tokens=args.new_tokens,
                                        eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
-                                       temperature=1.0, generator=self.generator, engine=self.generation.engine,
-                                       release_memory=False)  # as rl.experience.collect
+                                       temperature=1.0, generator=self.generator, engine=self.generation.engine)
         texts = ctx.decode(rollout.response_ids, rollout.response_mask)
         generated = time.perf_counter()
         with torch.no_grad():

@@ -201,19 +201,3 @@ def test_checkpoint_generation_config_does_not_reshape_sampling(model):
     finally:
         model.generation_config = saved
     assert torch.equal(plain.sequences, shipped.sequences)
-
-
-@pytest.mark.parametrize("engine", ["lean", "fused"])
-def test_release_memory_false_keeps_the_decode_pages_and_the_samples(model, monkeypatch, engine):
-    """An RL iteration's rollout (``rl.experience.collect``) leaves the KV cache's freed pages to the update."""
-    trims = []
-    monkeypatch.setattr(rollout_mod, "return_freed_memory", lambda: trims.append(1) or True)
-    ids, mask = left_pad_batch(PROMPTS, PAD)
-    kwargs = dict(max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, engine=engine)
-    released = generate_rollout(model, ids, mask, generator=torch.Generator().manual_seed(3), **kwargs)
-    assert len(trims) == 1
-    kept = generate_rollout(model, ids, mask, generator=torch.Generator().manual_seed(3), release_memory=False,
-                            **kwargs)
-    assert len(trims) == 1  # no trim this time
-    assert torch.equal(released.sequences, kept.sequences)
-

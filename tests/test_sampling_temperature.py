@@ -100,27 +100,3 @@ def test_every_algorithm_scores_its_rollout_temperature(composed, monkeypatch, a
     assert temperatures and set(temperatures) == {T}
     assert metrics[ratio_key] == pytest.approx(1.0, abs=1e-5)
     assert metrics[kl_key] == pytest.approx(0.0, abs=1e-5)
-
-
-def test_collect_leaves_the_rollout_pages_to_the_update(composed, monkeypatch):
-    """``collect`` decodes with ``release_memory=False``: the scoring and update reuse the KV cache's freed
-    pages instead of faulting fresh ones (``generate_rollout`` trims after the decode otherwise)."""
-    from alignbench.config import GenerationConfig
-    from alignbench.models.roles import RoleSet, RoleSpec
-    from alignbench.rl import rollout as rollout_mod
-    from alignbench.rl.experience import collect
-
-    rc, ctx = _context(composed, ["algo=ppo"])
-    roles = RoleSet(ctx.base, [RoleSpec("policy", "lm", True)], rc.model)
-    trims = []
-    monkeypatch.setattr(rollout_mod, "return_freed_memory", lambda: trims.append(1) or True)
-    prompts = [r.prompt for r in ctx.data.train_prompts[:4]]
-    exp = collect(ctx, roles, "policy", prompts, GenerationConfig(max_new_tokens=6, engine="fused"),
-                  generator=torch.Generator().manual_seed(0))
-    assert exp.rollout.response_mask.sum() > 0
-    assert trims == []
-    with roles.generation_model("policy") as model:  # the same decode outside collect trims once
-        rollout_mod.generate_rollout(model, exp.rollout.prompt_ids, exp.rollout.prompt_mask, max_new_tokens=2,
-                                     eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
-                                     engine="fused")
-    assert trims == [1]

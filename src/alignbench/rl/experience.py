@@ -98,8 +98,7 @@ def collect(ctx, roles, role: str, prompts: list[str], generation, *, generator:
                                    eos_token_id=ctx.tokenizer.eos_token_id, pad_token_id=ctx.tokenizer.pad_token_id,
                                    temperature=generation.temperature, top_k=generation.top_k,
                                    top_p=generation.top_p, generator=generator,
-                                   engine=getattr(generation, "engine", "auto"),
-                                   release_memory=False)  # the scoring and update below reuse its pages
+                                   engine=getattr(generation, "engine", "auto"))
     texts = ctx.decode(rollout.response_ids, rollout.response_mask)
     old_logp = policy_logprobs(roles, role, rollout, temperature=temperature) if old_logprobs else None
     ref_logp = policy_logprobs(roles, reference_role, rollout, temperature=temperature)

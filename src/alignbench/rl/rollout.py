@@ -187,7 +187,6 @@ def generate_rollout(
     do_sample: bool = True,
     generator: torch.Generator | None = None,
     engine: str | object = "auto",
-    release_memory: bool = True,
 ) -> Rollout:
     """Sample (or greedily decode) responses for a left-padded prompt batch with the KV cache.
 
@@ -204,10 +203,6 @@ def generate_rollout(
     The model is put in eval() mode for the call and restored to its previous mode afterwards.
     ``engine`` picks the decoder (module docstring): ``"auto"``, ``"lean"``, ``"hf"``, ``"vllm"``
     or an engine object with the same ``generate`` contract as ``alignbench.rl.engines``.
-    ``release_memory``: after a ``lean`` / ``fused`` decode, return the heap's freed pages (its KV cache)
-    to the OS (``utils.memory``); False keeps them for the passes that follow, as an RL iteration's
-    scoring and update do (``rl.experience.collect``): there, returning them made the SmolLM2 training
-    phase fault them in again (14.2 s against 12.3 s, ``benchmarks/README.md``).
     """
     if prompt_mask.shape != prompt_ids.shape or not bool(prompt_mask[:, -1].all()):
         raise ValueError(
@@ -226,9 +221,8 @@ def generate_rollout(
             else:  # "lean", or "fused": the same loop over the CPU speed path's stepper
                 stepper = _stepper(runner, _strip_ddp(model), prompt_ids, prompt_mask, max_new_tokens)
                 generated = _decode(stepper, prompt_ids, **options)
-                del stepper  # its KV cache; with release_memory, the heap pages it held go back to the OS
-                if release_memory:
-                    return_freed_memory()
+                del stepper  # its KV cache, and the heap pages it held back to the OS (utils.memory)
+                return_freed_memory()
         else:  # an engine object (vLLM): same contract, returns the generated ids [B, T']
             generated = runner.generate(model, prompt_ids, prompt_mask, **options)
 
