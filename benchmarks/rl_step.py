@@ -50,6 +50,8 @@ from types import SimpleNamespace
 
 import torch
 
+from alignbench.utils.memory import releasing, set_release
+
 TEMPLATE = "USER: {prompt} ASSISTANT:"
 
 
@@ -464,6 +466,8 @@ def main() -> None:
     parser.add_argument("--rss-side", choices=["alignbench", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--release-memory", choices=["on", "off"], default="on",
+                        help="alignbench's heap trims (trainer.release_memory, alignbench.utils.memory); on: a job's default")
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--intermediate", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=6)
@@ -477,6 +481,7 @@ def main() -> None:
     if not set(configs) <= {"gc", "nogc"}:
         parser.error(f"--trl-configs: unknown entries in {args.trl_configs!r} (gc, nogc)")
     torch.set_num_threads(args.threads)
+    set_release(args.release_memory == "on")
     if args.rss_side:
         print(json.dumps(peak_rss_side(args, args.folder)))
         return
@@ -555,6 +560,7 @@ def main() -> None:
         "ppo_lag": ppo,
         "model_params_m": round(params_m, 2), "prompts": args.prompts, "group": args.group,
         "new_tokens": args.new_tokens, "beta": args.beta, "mode": args.mode, "engine": args.engine,
+        "release_memory": releasing(),
         "generated_tokens_last": shape["tokens"], "prompt_width_last": shape["prompt_width"],
         "threads": args.threads, "rounds": args.rounds, "reps": args.reps, "trl_configs": configs,
         "load_avg_1m_before": load_before, "load_avg_1m_after": load_average(), "cpu_count": os.cpu_count(),

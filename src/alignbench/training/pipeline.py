@@ -37,7 +37,7 @@ from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
 from alignbench.training.strategy import check_strategy, lightning_strategy
 from alignbench.utils.distributed import is_rank_zero, is_sharded, rank, world_size
-from alignbench.utils.memory import return_freed_memory
+from alignbench.utils.memory import return_freed_memory, set_release
 from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
 from alignbench.utils.oracle import (
     GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
@@ -416,6 +416,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) ->
     METER.reset()  # multirun jobs share the process: count this job's passes only
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
+    set_release(rc.trainer.release_memory)  # the heap trims of utils.memory, for this job
     reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
     cls = algorithm_class(rc.raw.algo)
     check_strategy(rc.trainer, rc.algo.name, cls)  # before anything loads: trainer=fsdp refuses some algorithms

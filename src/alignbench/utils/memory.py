@@ -12,7 +12,10 @@ Its price is paid by the next pass that allocates as much again: every page come
 fault. Inside an RL iteration that is the update after each rollout: SmolLM2's training pass took 0.8-1.2
 million page faults (127-142 GFLOP/s) after the fused copy's rebuild had trimmed the last update's pages,
 0.15-0.23 million (151-153 GFLOP/s) when they were held; holding them raised the SmolLM2 smoke job's peak
-to 2,059-2,137 MB end to end, over its 2 GB target, so the trims stay (benchmarks/README.md).
+to 2,059-2,137 MB end to end, over its 2 GB target, so the trims stay by default (benchmarks/README.md).
+On the 11M benchmark model the same trims hand 600-670 MB back every iteration and cost 13-15% of it:
+``set_release(False)`` (``trainer.release_memory=false``, ``rl_step.py --release-memory off``) turns every
+call here into a no-op for a job that has the memory to spare.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["return_freed_memory"]
+__all__ = ["releasing", "return_freed_memory", "set_release"]
+
+_RELEASE = [True]  # trainer.release_memory of the running job (set_release)
 
 
 @functools.cache
@@ -37,7 +42,19 @@ def _malloc_trim():
     return trim
 
 
+def set_release(enabled: bool) -> None:
+    """Whether ``return_freed_memory`` trims (``trainer.release_memory``; the job sets it at its start)."""
+    _RELEASE[0] = bool(enabled)
+
+
+def releasing() -> bool:
+    return _RELEASE[0]
+
+
 def return_freed_memory() -> bool:
-    """Release the heap's free pages to the OS; True when glibc did (False: nothing to release, or no glibc)."""
+    """Release the heap's free pages to the OS; True when glibc did (False: nothing to release, no glibc,
+    or ``set_release(False)``)."""
+    if not _RELEASE[0]:
+        return False
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
