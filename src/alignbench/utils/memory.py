@@ -13,7 +13,7 @@ fault. Inside an RL iteration that is the update after each rollout: SmolLM2's t
 million page faults (127-142 GFLOP/s) after the fused copy's rebuild had trimmed the last update's pages,
 0.15-0.23 million (151-153 GFLOP/s) when they were held; holding them raised the SmolLM2 smoke job's peak
 to 2,059-2,137 MB end to end, over its 2 GB target, so the trims stay by default (benchmarks/README.md).
-On the 11M benchmark model the same trims hand 600-670 MB back every iteration and cost 13-15% of it:
+On the 11M benchmark model the same trims hand 600-670 MB back every iteration and cost 13-20% of its time:
 ``set_release(False)`` (``trainer.release_memory=false``, ``rl_step.py --release-memory off``) turns every
 call here into a no-op for a job that has the memory to spare.
 """
