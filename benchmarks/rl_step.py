@@ -450,7 +450,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=None,
-                        help="new tokens per answer (default: " + ", ".join(f"{n} for {m}" for m, n in NEW_TOKENS_DEFAULT.items()) + ")")
+                        help="new tokens per answer (default: "
+                             + ", ".join(f"{n} for {m}" for m, n in NEW_TOKENS_DEFAULT.items()) + ")")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--lora-r", type=int, default=16)
@@ -467,7 +468,8 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--release-memory", choices=["on", "off"], default="on",
-                        help="alignbench's heap trims (trainer.release_memory, alignbench.utils.memory); on: a job's default")
+                        help="alignbench's heap trims (trainer.release_memory, alignbench.utils.memory); "
+                             "on: a job's default")
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--intermediate", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=6)
