@@ -16,9 +16,10 @@ row. The cut minimises the query-key cells attention visits,
 by dynamic programming over the sorted extents (``BUCKET_OVERHEAD_CELLS`` prices one more attention
 call and its copies, so near-equal lengths stay together; O(B^2): 0.1 ms for 32 rows, 16 ms for 512).
 The packed tokens are taken in that row order (``flat``), so a bucket's tokens are one contiguous run:
-``split`` hands them out as views, and nothing is gathered back (the logits' rows say which grid cell they score). Each row keeps its own
-prompt keys and mask rows, so the result is the one-layout result to float rounding: a query sees
-exactly the keys it saw before (``tests/test_logprobs.py`` compares log-probs and gradients).
+``split`` hands them out as views, and nothing is gathered back (the logits' rows say which grid cell
+they score). Each row keeps its own prompt keys and mask rows, so the result is the one-layout result
+to float rounding: a query sees exactly the keys it saw before (``tests/test_logprobs.py`` compares
+log-probs and gradients).
 """
 
 from __future__ import annotations
