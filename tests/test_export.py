@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignbench.models.export import prompt_chat_template
+from alignbench.utils.memory import _malloc_trim
 from conftest import run_cli
 
 
@@ -61,6 +62,8 @@ def test_rl_and_sft_jobs_export_what_transformers_and_peft_load(tmp_path, stage_
     assert json.loads((ppo / "export" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     card = (ppo / "export" / "README.md").read_text()
     summary = json.loads((ppo / "summary.json").read_text())
+    # run.py started itself again under glibc's settings for tensor memory (utils.memory), where glibc is
+    assert summary["perf"]["heap_tuned"] == float(_malloc_trim() is not None)
     unsafe = summary["metrics"]["eval/unsafe_rate"]
     assert "`ppo` job on the `world` data" in card and f"| `eval/unsafe_rate` | {unsafe:.4f} |" in card
     assert '"name": "ppo"' in card and "PeftModel.from_pretrained" in card  # the config, how to load it

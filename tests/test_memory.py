@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -75,3 +77,104 @@ def test_a_job_applies_trainer_release_memory(composed, monkeypatch):
     with pytest.raises(RuntimeError, match="stop after the settings"):
         pipeline.run_job(rc, sink=None)
     assert seen == [False]
+
+
+TUNED = ("glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=1073741824:"
+         "glibc.malloc.trim_threshold=4294967296")
+glibc_only = pytest.mark.skipif(_malloc_trim() is None, reason="glibc's tunables")
+
+
+@glibc_only
+def test_a_command_starts_itself_again_once_under_the_heap_tunables(monkeypatch):
+    """``exec_with_tuned_heap``: the same interpreter and arguments, GLIBC_TUNABLES added, then never again."""
+    from alignbench.utils import memory
+
+    calls = []
+
+    def execve(path, argv, env):
+        calls.append((path, argv, env))
+        raise SystemExit("replaced")
+
+    monkeypatch.setattr(memory.os, "execve", execve)
+    monkeypatch.setattr(memory.sys, "orig_argv", ["python3", "run.py", "algo=repo", "seed=2"])
+    monkeypatch.setattr(memory.sys, "argv", ["run.py", "algo=repo", "seed=2"])
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("ALIGNBENCH_HEAP", raising=False)
+    assert not memory.heap_tuned()
+    with pytest.raises(SystemExit, match="replaced"):
+        memory.exec_with_tuned_heap()
+    path, argv, env = calls[0]
+    assert path == sys.executable and argv == [sys.executable, "run.py", "algo=repo", "seed=2"]
+    assert env["GLIBC_TUNABLES"] == TUNED and env["PATH"] == os.environ["PATH"]
+
+    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])  # the process it started: runs on
+    memory.exec_with_tuned_heap()
+    assert len(calls) == 1 and memory.heap_tuned()
+
+    # a user's own tunables stay, theirs first (glibc takes a name's first value)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=2:glibc.cpu.x86_shstk=off")
+    with pytest.raises(SystemExit, match="replaced"):
+        memory.exec_with_tuned_heap()
+    assert calls[1][2]["GLIBC_TUNABLES"] == ("glibc.malloc.tcache_count=2:glibc.cpu.x86_shstk=off:"
+                                             "glibc.malloc.mmap_threshold=1073741824:"
+                                             "glibc.malloc.trim_threshold=4294967296")
+
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("ALIGNBENCH_HEAP", "system")  # the user's choice: glibc's defaults
+    memory.exec_with_tuned_heap()
+    monkeypatch.setenv("ALIGNBENCH_HEAP", "tuned")
+    monkeypatch.setattr(memory.sys, "argv", ["-"])  # a script on stdin cannot be read twice
+    memory.exec_with_tuned_heap()
+    assert len(calls) == 2
+    monkeypatch.setenv("ALIGNBENCH_HEAP", "fast")
+    with pytest.raises(SystemExit, match="ALIGNBENCH_HEAP='fast': expected 'tuned' \\(the default\\) or 'system'"):
+        memory.exec_with_tuned_heap()
+
+
+def test_the_command_line_entry_point_tunes_the_heap_before_anything_else(monkeypatch):
+    from alignbench import app
+    from alignbench.utils import memory
+
+    def stop():
+        raise RuntimeError("heap first")
+
+    monkeypatch.setattr(memory, "exec_with_tuned_heap", stop)
+    monkeypatch.setattr(sys, "argv", ["run.py", "algo=no_such_algo"])
+    with pytest.raises(RuntimeError, match="heap first"):
+        app.main()
+
+
+PAGE_FAULTS_CHILD = """
+import resource
+from alignbench.utils.memory import exec_with_tuned_heap, heap_tuned
+exec_with_tuned_heap()
+import torch
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    logits, block = torch.ones(100 << 20), torch.ones(3 << 20)  # 400 MB (an LM head's output), 12 MB
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del logits, block
+print(heap_tuned(), *faults)
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize("heap", ["tuned", "system"])
+def test_under_the_tuned_heap_a_freed_tensor_s_pages_are_reused(heap):
+    """The reason for the tunables: with glibc's defaults every 12 MB and 400 MB tensor of a loop takes fresh
+    pages (page faults: 3,072 + 102,400 each time, measured); tuned, the heap settles within the next two rounds
+    (one of them pages in once more, as the freed blocks and their alignment fragments merge), then takes none."""
+    env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", PAGE_FAULTS_CHILD], capture_output=True, text=True, timeout=300,
+                          env={**env, "ALIGNBENCH_HEAP": heap})
+    assert done.returncode == 0, done.stderr[-2000:]
+    tuned, *faults = done.stdout.split()
+    faults = [int(count) for count in faults]
+    assert tuned == str(heap == "tuned")
+    fresh_pages = (100 << 20) * 4 // os.sysconf("SC_PAGE_SIZE")  # 102,400 of 4 KB
+    assert faults[0] > 0.9 * fresh_pages  # the first time, every page is new
+    if heap == "tuned":
+        assert sum(faults[1:3]) < 1.1 * fresh_pages and max(faults[3:]) < 0.01 * fresh_pages
+    else:
+        assert min(faults[1:]) > 0.9 * fresh_pages

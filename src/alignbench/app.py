@@ -4,6 +4,8 @@
 
 The Hydra configs are the package's ``alignbench/conf`` in an installed copy (pyproject maps the
 repository's top-level ``conf/`` there) and the checkout's ``conf/`` otherwise (``config_dir``).
+The process first starts itself again under glibc settings that let freed tensor memory be
+reused (``alignbench.utils.memory.exec_with_tuned_heap``; ``ALIGNBENCH_HEAP=system`` skips it).
 Process defaults (offline hub, offline W&B) are set and secrets on the command line refused
 (``alignbench.secret_keys``) before Hydra reads the arguments or writes anything. Ctrl-C during
 Hydra's start-up, before the job's own handlers (``alignbench.cli``), exits 130 with one line.
@@ -30,6 +32,9 @@ def config_dir() -> Path:
 
 def main() -> None:
     """Run one job or a sweep (``-m``) from the command line (README.md)."""
+    from alignbench.utils.memory import exec_with_tuned_heap
+
+    exec_with_tuned_heap()  # glibc's allocator settings for tensors (utils.memory): the command starts again once
     from alignbench.utils.env import set_defaults
 
     set_defaults()

@@ -6,14 +6,18 @@ Schema (one JSON object, written atomically into the job's Hydra output dir)::
      "status": "ok" | "failed" | "preempted" | "interrupted", "error": str | null,
      "metrics": {"eval/...": float, "train/...": float, ...},   # final eval + last value of train keys
      "perf": {"wall_s": float, "gen_tokens": int, "train_tokens": int, "peak_rss_mb": float,
-              "cpu_s": float, "threads": int, "fwd_tokens": int, "flops": float, "eval_gen_tokens": int, "eval_flops": float},
+              "cpu_s": float, "threads": int, "heap_tuned": 0.0 | 1.0, "fwd_tokens": int, "flops": float,
+              "eval_gen_tokens": int, "eval_flops": float},
      "overrides": [str, ...],
      ... optional extra keys (e.g. "per_kind", "per_category", "skipped_rows", "stages", "checkpoint",
      "split": {how train / held-out were split, prompt and row counts, duplicates}, "worker_exit_codes",
      "compute", "tradeoff")}
 
 ``cpu_s`` is the process's CPU time (user + system) over the job: unlike ``wall_s`` it does not grow when
-other processes share the cores; ``threads`` is torch's intra-op thread count (``trainer.num_threads``).
+other processes share the cores; ``threads`` is torch's intra-op thread count (``trainer.num_threads``);
+``heap_tuned`` is 1.0 when the process ran under glibc's settings for tensor memory
+(``alignbench.utils.memory.exec_with_tuned_heap``), 0.0 under glibc's defaults (``ALIGNBENCH_HEAP=system``,
+a job started in-process): timings of the two differ.
 ``startup_s`` (present when the job trained anything) is the time from the process's creation to its
 first training step: interpreter start, imports, config, data, model and Lightning set-up
 (``benchmarks/startup.py``).

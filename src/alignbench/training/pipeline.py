@@ -37,7 +37,7 @@ from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
 from alignbench.training.strategy import check_strategy, lightning_strategy
 from alignbench.utils.distributed import is_rank_zero, is_sharded, rank, world_size
-from alignbench.utils.memory import return_freed_memory, set_release
+from alignbench.utils.memory import heap_tuned, return_freed_memory, set_release
 from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
 from alignbench.utils.oracle import (
     GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
@@ -472,6 +472,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) ->
     result["truncations"] = ctx.limits.report()
     result["perf"] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
                       "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
+                      "heap_tuned": float(heap_tuned()),
                       **compute_perf(world_size())}
     from alignbench.training.module import startup_seconds
 

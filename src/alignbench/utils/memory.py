@@ -16,6 +16,21 @@ to 2,059-2,137 MB end to end, over its 2 GB target, so the trims stay by default
 On the 11M benchmark model the same trims hand 600-670 MB back every iteration and cost 13-20% of its time:
 ``set_release(False)`` (``trainer.release_memory=false``, ``rl_step.py --release-memory off``) turns every
 call here into a no-op for a job that has the memory to spare.
+
+**The heap every command starts with** (``exec_with_tuned_heap``). torch's CPU allocator asks glibc for
+64-byte aligned blocks (``posix_memalign``); glibc carves each from a block 96 bytes larger and frees the
+unaligned head (16-48 bytes) into the thread's cache (tcache), where it is never merged with its
+neighbours. A freed tensor's block then cannot be joined to the free space beside it, the next request
+of the same size is 96 bytes too large for it, and glibc takes fresh pages from the top of the heap: a 12 MB
+tensor allocated and freed in a loop costs 3,072 page faults every time. Blocks over 32 MB (the LM
+head's ``[tokens, 49152]`` logits on SmolLM2, 396 MB for 2,012 tokens; the tied embedding's gradients)
+are ``mmap``-ed and unmapped at every free. So each training pass paged all its large tensors in anew.
+``HEAP_TUNABLES`` turn the tcache off (small freed chunks go to fastbins, which glibc merges), serve every
+block up to 1 GiB from the heap and leave the heap's top to ``return_freed_memory`` (no automatic
+trim below 4 GiB): freed blocks are reused, and what goes back to the OS, and when, is this module's
+choice (``trainer.release_memory``). SmolLM2's GRPO training phase: 14.3 -> 13.5 s with the trims,
+12.7 -> 11.4 s without them (``benchmarks/README.md``). glibc reads its tunables only when a process
+starts, hence the re-exec; ``ALIGNBENCH_HEAP=system`` keeps glibc's defaults.
 """
 
 from __future__ import annotations
@@ -23,8 +38,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+import sys
 
-__all__ = ["releasing", "return_freed_memory", "set_release"]
+__all__ = ["HEAP_TUNABLES", "exec_with_tuned_heap", "heap_tuned", "releasing", "return_freed_memory",
+           "set_release"]
+
+#: glibc malloc tunables (name, value) every alignbench command starts under (module docstring)
+HEAP_TUNABLES = (
+    ("glibc.malloc.tcache_count", "0"),
+    ("glibc.malloc.mmap_threshold", str(1 << 30)),
+    ("glibc.malloc.trim_threshold", str(4 << 30)),
+)
+#: environment switch: ``tuned`` (default) re-executes under ``HEAP_TUNABLES``, ``system`` keeps glibc's defaults
+HEAP_SWITCH = "ALIGNBENCH_HEAP"
 
 _RELEASE = [True]  # trainer.release_memory of the running job (set_release)
 
@@ -58,3 +85,44 @@ def return_freed_memory() -> bool:
         return False
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+def _heap_choice() -> str:
+    choice = os.environ.get(HEAP_SWITCH, "tuned").strip().lower() or "tuned"
+    if choice not in ("tuned", "system"):
+        raise SystemExit(f"alignbench: error: environment variable {HEAP_SWITCH}={os.environ[HEAP_SWITCH]!r}: "
+                         "expected 'tuned' (the default) or 'system'")
+    return choice
+
+
+def _tunable_names(value: str) -> set[str]:
+    return {item.split("=", 1)[0] for item in value.split(":") if "=" in item}
+
+
+def heap_tuned() -> bool:
+    """Whether this process started under ``HEAP_TUNABLES`` (each name set in ``GLIBC_TUNABLES``, a value
+    the user exported for one of them kept)."""
+    return {name for name, _ in HEAP_TUNABLES} <= _tunable_names(os.environ.get("GLIBC_TUNABLES", ""))
+
+
+def exec_with_tuned_heap() -> None:
+    """Replace this process by the same command under ``HEAP_TUNABLES`` (module docstring), once.
+
+    Call it first thing in an entry point, before anything large is allocated: ``run.py`` / the
+    ``alignbench`` command and the speed benchmarks. Nothing happens when the tunables are already in
+    ``GLIBC_TUNABLES`` (the re-executed process, a DDP rank started from it), when ``ALIGNBENCH_HEAP=system``,
+    without glibc, or when the command cannot be run again (an interactive interpreter, a script on
+    stdin). ``GLIBC_TUNABLES`` the user exported are kept, their values first.
+    """
+    if _heap_choice() == "system" or heap_tuned() or _malloc_trim() is None:
+        return
+    command = list(getattr(sys, "orig_argv", []))
+    if len(command) < 2 or sys.argv[0] in ("", "-") or sys.flags.interactive:
+        return
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    have = _tunable_names(current)
+    added = [f"{name}={value}" for name, value in HEAP_TUNABLES if name not in have]
+    env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, [current, *added]))}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *command[1:]], env)
