@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from alignbench.utils.memory import exec_with_tuned_heap, heap_tuned
+from alignbench.utils.memory import exec_with_tuned_heap, heap_label
 
 if __name__ == "__main__":  # the allocator settings run.py starts under (utils.memory), before torch
     exec_with_tuned_heap()  # ALIGNBENCH_HEAP=system: glibc's defaults
@@ -72,7 +72,7 @@ def tiny(args) -> dict:
     return {"prompts": len(records), "samples_per_prompt": args.samples, "seconds": round(seconds, 2),
             "generated_tokens": result.generated_tokens, "tokens_per_s": round(result.generated_tokens / seconds, 1),
             "threads": torch.get_num_threads(), "engine": args.engine, "batching": args.batching,
-            "heap": "tuned" if heap_tuned() else "system"}
+            "heap": heap_label()}
 
 
 def copy_bandwidth_gb_s(megabytes: int = 256, reps: int = 5) -> float:
@@ -166,7 +166,7 @@ def smollm2(args) -> dict:
         "generate_greedy_fraction_of_copy_bw": round(stream / peak_bw, 3),
         "greedy_same_texts_as_generate": same,
         "greedy_answers_nonempty": sum(bool(t.strip()) for t in greedy_texts),
-        "threads": torch.get_num_threads(), "engine": args.engine, "heap": "tuned" if heap_tuned() else "system",
+        "threads": torch.get_num_threads(), "engine": args.engine, "heap": heap_label(),
         "load_avg_1m": float(Path("/proc/loadavg").read_text().split()[0]), "cpu_count": os.cpu_count(),
     }
 

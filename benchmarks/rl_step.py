@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from alignbench.utils.memory import exec_with_tuned_heap, heap_tuned, releasing, set_release
+from alignbench.utils.memory import exec_with_tuned_heap, heap_label, releasing, set_release
 
 if __name__ == "__main__":  # the allocator settings run.py starts under (utils.memory), before torch
     exec_with_tuned_heap()  # ALIGNBENCH_HEAP=system: glibc's defaults
@@ -565,7 +565,7 @@ def main() -> None:
         "ppo_lag": ppo,
         "model_params_m": round(params_m, 2), "prompts": args.prompts, "group": args.group,
         "new_tokens": args.new_tokens, "beta": args.beta, "mode": args.mode, "engine": args.engine,
-        "release_memory": releasing(), "heap": "tuned" if heap_tuned() else "system",
+        "release_memory": releasing(), "heap": heap_label(),
         "generated_tokens_last": shape["tokens"], "prompt_width_last": shape["prompt_width"],
         "threads": args.threads, "rounds": args.rounds, "reps": args.reps, "trl_configs": configs,
         "load_avg_1m_before": load_before, "load_avg_1m_after": load_average(), "cpu_count": os.cpu_count(),

@@ -131,6 +131,24 @@ def test_a_command_starts_itself_again_once_under_the_heap_tunables(monkeypatch)
         memory.exec_with_tuned_heap()
 
 
+@glibc_only
+def test_a_restart_that_fails_runs_on_under_glibc_s_heap_and_says_so(monkeypatch, capsys):
+    from alignbench.utils import memory
+
+    def execve(path, argv, env):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(memory.os, "execve", execve)
+    monkeypatch.setattr(memory.sys, "orig_argv", ["python3", "run.py"])
+    monkeypatch.setattr(memory.sys, "argv", ["run.py"])
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("ALIGNBENCH_HEAP", raising=False)
+    memory.exec_with_tuned_heap()  # returns: the command goes on
+    warning = capsys.readouterr().err
+    assert "could not restart" in warning and "glibc's default heap" in warning
+    assert not memory.heap_tuned() and memory.heap_label() == "system"
+
+
 def test_the_command_line_entry_point_tunes_the_heap_before_anything_else(monkeypatch):
     from alignbench import app
     from alignbench.utils import memory

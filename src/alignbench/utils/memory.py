@@ -41,8 +41,8 @@ import functools
 import os
 import sys
 
-__all__ = ["HEAP_TUNABLES", "exec_with_tuned_heap", "heap_tuned", "releasing", "return_freed_memory",
-           "set_release"]
+__all__ = ["HEAP_TUNABLES", "exec_with_tuned_heap", "heap_label", "heap_tuned", "releasing",
+           "return_freed_memory", "set_release"]
 
 #: glibc malloc tunables (name, value) every alignbench command starts under (module docstring)
 HEAP_TUNABLES = (
@@ -105,6 +105,11 @@ def heap_tuned() -> bool:
     return {name for name, _ in HEAP_TUNABLES} <= _tunable_names(os.environ.get("GLIBC_TUNABLES", ""))
 
 
+def heap_label() -> str:
+    """``"tuned"`` or ``"system"``: the heap this process runs on, for the benchmarks' JSON."""
+    return "tuned" if heap_tuned() else "system"
+
+
 def exec_with_tuned_heap() -> None:
     """Replace this process by the same command under ``HEAP_TUNABLES`` (module docstring), once.
 
@@ -125,4 +130,8 @@ def exec_with_tuned_heap() -> None:
     env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, [current, *added]))}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *command[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *command[1:]], env)
+    except OSError as error:  # no usable sys.executable: run on, under glibc's defaults (perf.heap_tuned 0.0)
+        print(f"alignbench: warning: could not restart {sys.executable!r} under the tuned heap ({error}); "
+              f"running with glibc's default heap", file=sys.stderr)
