@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from alignbench.utils.memory import exec_with_tuned_heap, heap_label, releasing, set_release
+from alignbench.utils.memory import exec_with_tuned_heap, heap_label, in_training_step, set_release
 
 if __name__ == "__main__":  # the allocator settings run.py starts under (utils.memory), before torch
     exec_with_tuned_heap()  # ALIGNBENCH_HEAP=system: glibc's defaults
@@ -199,6 +199,17 @@ def gemm_peak(threads: int, shapes=((4096, 576, 1536), (4096, 1536, 576), (2048,
     return {**rates, "peak": max(rates.values())}
 
 
+def add_release_option(parser) -> None:
+    parser.add_argument("--release-memory", choices=["on", "in-steps", "off"], default="on",
+                        help="alignbench's heap trims (alignbench.utils.memory): on = a job's default "
+                             "(trainer.release_memory, none inside a training step), in-steps = also inside "
+                             "each step (trainer.release_memory_in_steps), off")
+
+
+def apply_release(args) -> None:
+    set_release(args.release_memory != "off", in_steps=args.release_memory == "in-steps")
+
+
 # ----------------------------------------------------------------------------- alignbench GRPO
 class AlignbenchGRPO:
     """alignbench's RL core on the workload: roles, one optimiser, one iteration per ``step()``."""
@@ -232,14 +243,29 @@ class AlignbenchGRPO:
         self.history: list[dict[str, float]] = []
 
     def step(self) -> float:
+        """One iteration: ``collect`` then ``update``; records its phases in ``last`` / ``history``."""
+        started = time.perf_counter()
+        with in_training_step():  # a job's training step: the heap trims of release_memory_in_steps only
+            exp, advantages, phases = self.collect()
+            scored = time.perf_counter()
+            self.update(exp, advantages)
+        done = time.perf_counter()
+        self.last = {**phases, "train": done - scored}
+        self.history.append(self.last)
+        print(f"rl_step: alignbench iteration {done - started:.2f} s ({', '.join(f'{k} {self.last[k]:.2f}' for k in ('generation', 'reference', 'train'))})",
+              file=sys.stderr, flush=True)
+        return done - started
+
+    def collect(self):
+        """== ``rl.experience.collect(..., old_logprobs=False)``, timed piece by piece: (experience,
+        GRPO advantages, {generation / reference seconds and the batch's shape})."""
         from alignbench.models.text import encode_prompts
         from alignbench.rl.advantages import grpo_advantages
-        from alignbench.rl.experience import Experience, actor_loss, policy_logprobs
+        from alignbench.rl.experience import Experience, policy_logprobs
         from alignbench.rl.rollout import generate_rollout
 
         args, ctx, roles = self.args, self.ctx, self.roles
         started = time.perf_counter()
-        # == rl.experience.collect(..., old_logprobs=False), timed piece by piece
         ids, mask = encode_prompts(ctx.tokenizer, ctx.model_cfg, self.prompts, limits=ctx.limits)
         with torch.no_grad(), roles.generation_model("policy") as model:
             rollout = generate_rollout(model, ids, mask, max_new_tokens=args.new_tokens,
@@ -253,21 +279,22 @@ class AlignbenchGRPO:
         scored = time.perf_counter()
         rewards = torch.tensor([reward_of(text) for text in texts])
         advantages = grpo_advantages(rewards, args.group)[:, None] * exp.mask
-        loss, _ = actor_loss(roles, "policy", exp, advantages, clip_eps=0.2, kl_loss_coef=args.beta,
+        phases = {"generation": generated - started, "reference": scored - generated,
+                  "prompt_width": rollout.response_start, "steps": rollout.response_ids.shape[1],
+                  "tokens": rollout.num_generated_tokens,
+                  "prompt_lengths": mask.sum(1).tolist(), "response_lengths": rollout.response_mask.sum(1).tolist()}
+        return exp, advantages, phases
+
+    def update(self, exp, advantages) -> None:
+        """The training phase: the clipped loss with the k3 KL term, backward, clipping, one AdamW step."""
+        from alignbench.rl.experience import actor_loss
+
+        loss, _ = actor_loss(self.roles, "policy", exp, advantages, clip_eps=0.2, kl_loss_coef=self.args.beta,
                              kl_estimator="k3", per_sequence=False)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
-        done = time.perf_counter()
-        self.last = {"generation": generated - started, "reference": scored - generated, "train": done - scored,
-                     "prompt_width": rollout.response_start, "steps": rollout.response_ids.shape[1],
-                     "tokens": rollout.num_generated_tokens,
-                     "prompt_lengths": mask.sum(1).tolist(), "response_lengths": rollout.response_mask.sum(1).tolist()}
-        self.history.append(self.last)
-        print(f"rl_step: alignbench iteration {done - started:.2f} s ({', '.join(f'{k} {self.last[k]:.2f}' for k in ('generation', 'reference', 'train'))})",
-              file=sys.stderr, flush=True)
-        return done - started
 
 
 # ----------------------------------------------------------------------------- TRL GRPO, paired
@@ -381,7 +408,8 @@ def ppo_lag_timings(args, folder: Path, tokenizer, prompts: list[str]) -> dict[s
     rows = []
     for index in range(args.ppo_reps + 1):
         started = time.perf_counter()
-        metrics = component.training_step(batch, Host())
+        with in_training_step():  # as AlignmentModule.training_step runs it
+            metrics = component.training_step(batch, Host())
         metrics["s_per_iter"] = time.perf_counter() - started
         if index:  # the first one is the warm-up
             rows.append(metrics)
@@ -470,9 +498,7 @@ def main() -> None:
     parser.add_argument("--rss-side", choices=["alignbench", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--release-memory", choices=["on", "off"], default="on",
-                        help="alignbench's heap trims (trainer.release_memory, alignbench.utils.memory); "
-                             "on: a job's default")
+    add_release_option(parser)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--intermediate", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=6)
@@ -486,7 +512,7 @@ def main() -> None:
     if not set(configs) <= {"gc", "nogc"}:
         parser.error(f"--trl-configs: unknown entries in {args.trl_configs!r} (gc, nogc)")
     torch.set_num_threads(args.threads)
-    set_release(args.release_memory == "on")
+    apply_release(args)
     if args.rss_side:
         print(json.dumps(peak_rss_side(args, args.folder)))
         return
@@ -565,7 +591,7 @@ def main() -> None:
         "ppo_lag": ppo,
         "model_params_m": round(params_m, 2), "prompts": args.prompts, "group": args.group,
         "new_tokens": args.new_tokens, "beta": args.beta, "mode": args.mode, "engine": args.engine,
-        "release_memory": releasing(), "heap": heap_label(),
+        "release_memory": args.release_memory, "heap": heap_label(),
         "generated_tokens_last": shape["tokens"], "prompt_width_last": shape["prompt_width"],
         "threads": args.threads, "rounds": args.rounds, "reps": args.reps, "trl_configs": configs,
         "load_avg_1m_before": load_before, "load_avg_1m_after": load_average(), "cpu_count": os.cpu_count(),

@@ -9,7 +9,10 @@ Each case is a fresh ``python run.py ...`` process, run ``--reps`` times in turn
 - ``smoke``: ``experiment=smoke`` (``algo=sft`` on ``model=tiny``, a fresh stage cache so the SFT stage
   trains): ``first_step_s`` is ``perf.startup_s`` of its summary.json (from the process's creation to the
   first training step, ``alignbench.training.module.startup_seconds``), ``wall_s`` the whole command;
-- ``import_torch`` / ``import_lightning``: ``python -c "import ..."``, the floor under every case.
+- ``import_torch`` / ``import_lightning``: ``python -c "import ..."``, the floor under every case;
+- ``import_stack``: the libraries every training job imports before its first step, in one fresh process
+  (torch, transformers' Llama, Lightning, wandb): the floor under ``smoke``'s ``first_step_s``, whatever
+  alignbench itself does.
 
     python benchmarks/startup.py [--reps 5] [--smoke-reps 3] [--job ...overrides for the smoke case]
 
@@ -36,7 +39,8 @@ ERROR_CASES = {
     "missing_model": (["experiment=smoke", "model=smollm2_135m", "model.path=/nonexistent/model.gguf"], 2,
                       "alignbench: error: model 'smollm2_135m'"),
 }
-IMPORT_CASES = {"import_torch": "import torch", "import_lightning": "import lightning"}
+IMPORT_CASES = {"import_torch": "import torch", "import_lightning": "import lightning",
+                "import_stack": "import torch, lightning.pytorch, wandb; from transformers import LlamaForCausalLM"}
 
 
 def _timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:

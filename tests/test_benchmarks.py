@@ -38,6 +38,33 @@ def test_rl_step_against_trl_reports_both_sides_and_their_ratio():
     assert {"timing/generation", "timing/scoring", "timing/train"} <= set(ppo) and ppo["perf/tokens_per_s"] > 0
 
 
+def test_train_profile_splits_the_training_phase_into_products_and_the_rest():
+    result = run_benchmark("train_profile.py", "--prompts", "2", "--group", "2", "--new-tokens", "8", "--reps", "2",
+                           "--hidden", "128", "--intermediate", "256", "--layers", "2", "--heads", "4", "--threads", "1")
+    assert len(result["train_s"]) == 2 and len(result["page_faults"]) == 2 and result["profiled_s"] > 0
+    assert 0 < result["gemm_s"] < result["profiled_s"] and result["gemm_share"] == pytest.approx(
+        result["gemm_s"] / result["profiled_s"], abs=0.01)
+    assert result["gemm_gflop_executed"] > 0 and result["other_ops"] and result["other_aten_s"] > 0
+    assert all(not name.startswith(("aten::mm", "aten::bmm", "aten::addmm")) for name in result["other_ops"])
+
+
+def test_train_profile_counts_product_flops_from_the_profilers_shapes():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_profile
+
+    assert train_profile.gemm_flops("aten::mm", [[2, 3], [3, 4]]) == 2 * 2 * 3 * 4
+    assert train_profile.gemm_flops("aten::addmm", [[4], [2, 3], [3, 4]]) == 2 * 2 * 3 * 4
+    assert train_profile.gemm_flops("aten::bmm", [[5, 2, 3], [5, 3, 4]]) == 5 * 2 * 2 * 3 * 4
+    import torch
+
+    a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.randn(3, 8, 8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        torch.mm(a, b), torch.mm(a, b), torch.bmm(c, c), torch.exp(a)
+    parts = train_profile.split_profile(prof.key_averages(group_by_input_shape=True))
+    assert parts["gemm_flop"] == 2 * (2 * 64 * 32 * 16) + 2 * 3 * 8 * 8 * 8
+    assert parts["other_ops"]["aten::exp"]["calls"] == 1 and parts["gemm_s"] > 0
+
+
 def test_scaling_reports_both_doublings():
     result = run_benchmark("scaling.py", "--prompts", "2", "--group", "2", "--new-tokens", "4", "--reps", "1",
                            *TINY_MODEL)
@@ -78,9 +105,10 @@ def test_gpu_report_computes_throughput_and_mfu(tmp_path):
 def test_startup_times_each_error_and_the_smoke_jobs_first_step():
     result = run_benchmark("startup.py", "--reps", "1", "--smoke-reps", "1", "--job", "stages.sft.steps=2",
                            "data.eval_prompts=4", "logger=none")
-    for case in ("import_torch", "import_lightning", "bad_value", "unknown_key", "missing_model"):
+    for case in ("import_torch", "import_lightning", "import_stack", "bad_value", "unknown_key", "missing_model"):
         assert result[case]["median_s"] > 0 and len(result[case]["times_s"]) == 1, case
     smoke = result["smoke"]
     # perf.startup_s: from the process's creation to the first training step, inside the command's wall time
     assert 0 < smoke["first_step_s"]["median_s"] < smoke["wall_s"]["median_s"]
     assert result["import_torch"]["min_s"] < smoke["first_step_s"]["min_s"]
+    assert result["import_torch"]["min_s"] < result["import_stack"]["min_s"]

@@ -39,6 +39,7 @@ def test_release_off_keeps_the_freed_pages(monkeypatch):
     from alignbench.utils import memory
 
     monkeypatch.setattr(memory, "_RELEASE", [True])  # restored after the test
+    monkeypatch.setattr(memory, "_IN_STEPS", [False])
     big = torch.ones(4 << 20)
     del big
     blocks = [torch.ones(1 << 20) for _ in range(64)]
@@ -65,18 +66,80 @@ def test_a_job_applies_trainer_release_memory(composed, monkeypatch):
     import alignbench.algorithms  # noqa: F401 - registers every algorithm
 
     monkeypatch.setattr(memory, "_RELEASE", [True])
+    monkeypatch.setattr(memory, "_IN_STEPS", [False])
     seen = []
 
     def stop(*args, **kwargs):
-        seen.append(memory.releasing())
+        seen.append((memory.releasing(), memory.releasing_in_steps()))
         raise RuntimeError("stop after the settings")
 
     monkeypatch.setattr(pipeline, "build_context", stop)
-    cfg = composed(["experiment=smoke", "logger=none", "trainer.release_memory=false"])
-    rc = validate_config(cfg, ALGORITHMS.get(cfg.algo.name).config_class)
-    with pytest.raises(RuntimeError, match="stop after the settings"):
-        pipeline.run_job(rc, sink=None)
-    assert seen == [False]
+    for overrides, expected in ((["trainer.release_memory=false"], (False, False)),
+                                (["trainer.release_memory_in_steps=true"], (True, True)), ([], (True, False))):
+        cfg = composed(["experiment=smoke", "logger=none", *overrides])
+        rc = validate_config(cfg, ALGORITHMS.get(cfg.algo.name).config_class)
+        with pytest.raises(RuntimeError, match="stop after the settings"):
+            pipeline.run_job(rc, sink=None)
+        assert seen.pop() == expected, overrides
+
+
+@pytest.mark.skipif(_malloc_trim() is None or not os.path.exists("/proc/self/statm"), reason="needs glibc and /proc")
+def test_a_training_step_keeps_its_freed_pages_unless_in_steps_is_set(monkeypatch):
+    """Inside ``in_training_step`` the trims wait (the step's next pass reuses the pages) unless
+    ``trainer.release_memory_in_steps``; outside it they trim as before."""
+    from alignbench.utils import memory
+
+    monkeypatch.setattr(memory, "_RELEASE", [True])
+    monkeypatch.setattr(memory, "_IN_STEPS", [False])
+
+    def freed_heap():  # 256 MB freed in the middle of the heap, a live block above it
+        big = torch.ones(4 << 20)
+        del big
+        blocks = [torch.ones(1 << 20) for _ in range(64)]
+        keep = torch.ones(1 << 20)
+        del blocks
+        return keep
+
+    keep = freed_heap()
+    before = _rss_mb()
+    with memory.in_training_step():
+        with memory.in_training_step():  # nested: still inside the step
+            assert memory.return_freed_memory() is False
+        assert memory.return_freed_memory() is False
+    assert before - _rss_mb() < 32  # held through the step
+    assert memory.return_freed_memory() and before - _rss_mb() > 192  # after it: trimmed
+    memory.set_release(True, in_steps=True)
+    keep = freed_heap()
+    before = _rss_mb()
+    with memory.in_training_step():
+        assert memory.return_freed_memory() and before - _rss_mb() > 192
+    del keep
+
+
+def test_the_training_module_runs_each_step_inside_the_scope():
+    """``AlignmentModule.training_step`` marks the algorithm's step (its rollout and update) as one."""
+    from types import SimpleNamespace
+
+    from alignbench.algorithms.base import AlgorithmComponent
+    from alignbench.training.module import AlignmentModule
+    from alignbench.utils import memory
+
+    class Peeking(AlgorithmComponent):
+        seen: list = []
+
+        def training_step(self, batch, host):
+            self.seen.append(memory._STEP_DEPTH[0])
+            return {}
+
+        def monitor(self):
+            self.seen.append(memory._STEP_DEPTH[0])
+            return {}
+
+    module = AlignmentModule(Peeking(SimpleNamespace(steps=1, batch_size=1), SimpleNamespace(signals=None)),
+                             None, None, "rl")
+    module._step_schedulers = lambda: None  # no Lightning trainer attached here
+    module.training_step("batch", 0)
+    assert Peeking.seen == [1, 0] and memory._STEP_DEPTH[0] == 0
 
 
 TUNED = ("glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=1073741824:"

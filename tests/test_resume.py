@@ -46,7 +46,7 @@ CASES = {
                  "algo.warmup_cache=false"], "rl", 5, 3, signal.SIGUSR1),
 }
 REGISTERED = [name for name in CASES if name in ALGORITHMS.names()]
-VOLATILE = ("timing/", "perf/tokens_per_s")  # wall-clock measurements: the only keys allowed to differ
+VOLATILE = ("timing/", "perf/tokens_per_s", "perf/peak_rss_mb")  # wall-clock and memory measurements: the only keys allowed to differ
 
 
 def make_rc(overrides: list[str], out: Path, cache: Path, resume: bool = False):

@@ -238,11 +238,13 @@ class TrainerConfig:
     strategy: str = param("auto", "Lightning strategy: auto | ddp | fsdp (FSDP2, alignbench.models.sharding; DeepSpeed is refused, see check)")
     precision: str = param("32-true", "Lightning precision: 32-true | bf16-mixed | bf16-true ...")
     num_threads: int = param(0, "torch CPU threads (0: leave torch's default)", at_least(0))
-    release_memory: bool = param(True, "hand the C heap's freed pages back to the OS after large frees (each rebuild "
-                                 "of the fused copy, each decode, each finished stage; alignbench.utils.memory): a "
-                                 "lower peak RSS (the SmolLM2 smoke job's 2,009 MB; 2,052 MB with false) for page "
-                                 "faults later; false keeps them: 13-20% faster RL iterations on the 11M benchmark "
-                                 "model, SmolLM2's training phase 11.35 s instead of 13.49")
+    release_memory: bool = param(True, "hand the C heap's freed pages back to the OS after large frees (each "
+                                 "finished stage, each decode and fused-copy rebuild outside a training step, "
+                                 "the export; alignbench.utils.memory): a lower peak RSS for page faults later")
+    release_memory_in_steps: bool = param(False, "also inside each training step (after its rollout's decode, "
+                                          "before the fused copy's rebuild after an update): the lowest peak, but "
+                                          "every training pass faults its pages in again (SmolLM2's GRPO "
+                                          "training phase 14.1 s instead of 11.5; benchmarks/README.md)")
     deterministic: bool = param(True, "deterministic torch algorithms")
     checkpoint_every: int = param(0, "iterations between checkpoints (0: only at the end)", at_least(0))
 

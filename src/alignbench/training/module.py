@@ -49,6 +49,7 @@ from alignbench.training.callbacks import metric_faults
 from alignbench.training.sink import MetricsSink
 from alignbench.utils.distributed import (all_reduce_gradients_, full_tensor, gathered, is_rank_zero, is_sharded,
                                           local_part, mean_metrics, release_workers, world_size)
+from alignbench.utils.memory import in_training_step, peak_rss_mb
 from alignbench.utils.oracle import oracle_scope
 
 #: when (``time.time()``) this process began its first training step: ``perf.startup_s`` (``startup_seconds``)
@@ -219,7 +220,8 @@ class AlignmentModule(L.LightningModule):
         if not FIRST_STEP_AT:
             FIRST_STEP_AT.append(time.time())
         self._faults = []
-        with oracle_scope("train"):  # the evaluation oracle is refused here under signals=learned
+        # the evaluation oracle is refused here under signals=learned; the heap keeps the step's freed pages
+        with oracle_scope("train"), in_training_step():
             metrics = self.component.training_step(batch, self)
         metrics.update(self._optimizer_metrics())
         with oracle_scope("monitor"):  # ground-truth diagnostics of what the iteration trained on, logged only
@@ -240,6 +242,7 @@ class AlignmentModule(L.LightningModule):
         metrics.setdefault("timing/iteration", now - self._t_last)
         # the job's training compute so far (every stage and role, models.compute): the report's compute axis
         metrics["perf/flops"] = METER.total(training=True, world_size=world_size()).flops
+        metrics["perf/peak_rss_mb"] = peak_rss_mb()  # this process's high-water mark so far (this rank's)
         self._t_last = now
         if self.sink is not None and self.trainer.is_global_zero:
             self.sink.log(metrics, stage=self.stage, iteration=self.iteration)

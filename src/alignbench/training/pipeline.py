@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import resource
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from alignbench.training.sink import MetricsSink
 from alignbench.training.stages import STAGE_ORDER, cached_stage, stage_key
 from alignbench.training.strategy import check_strategy, lightning_strategy
 from alignbench.utils.distributed import is_rank_zero, is_sharded, rank, world_size
-from alignbench.utils.memory import heap_tuned, return_freed_memory, set_release
+from alignbench.utils.memory import heap_tuned, peak_rss_mb, return_freed_memory, set_release
 from alignbench.signals import TrainingSignals, attach_signal_roles, has_rater_labels, signal_stages
 from alignbench.utils.oracle import (
     GuardedJudge, oracle_allowed_in_training, oracle_calls, oracle_scope, reset_oracle_calls,
@@ -186,6 +185,7 @@ def fit_component(component: AlgorithmComponent, roles: RoleSet, ctx: RunContext
         if callback.agree_on_stop():  # a signal after the last iteration (its checkpoint is written)
             raise callback.preempted(module)
     roles.to(ctx.device)
+    roles.zero_grad(set_to_none=True)  # the last update's gradients: nothing reads them after the fit
 
 
 def _train_stage(stage: str, ctx: RunContext, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -403,10 +403,6 @@ def build_training_signals(ctx: RunContext, component: AlgorithmComponent, roles
     return signals
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def run_job(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) -> dict[str, Any]:
     """Run one job; returns ``{"metrics", "perf", "per_kind", "per_category", ...}`` for the summary.
 
@@ -416,7 +412,7 @@ def run_job(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) ->
     METER.reset()  # multirun jobs share the process: count this job's passes only
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
-    set_release(rc.trainer.release_memory)  # the heap trims of utils.memory, for this job
+    set_release(rc.trainer.release_memory, rc.trainer.release_memory_in_steps)  # utils.memory's heap trims, this job's
     reset_oracle_calls()  # this job's consultations of the evaluation oracle, per scope (utils.oracle)
     cls = algorithm_class(rc.raw.algo)
     check_strategy(rc.trainer, rc.algo.name, cls)  # before anything loads: trainer=fsdp refuses some algorithms
@@ -435,6 +431,10 @@ def run_job(rc: RunConfig, sink: MetricsSink | None, keep_model: bool = True) ->
         result["metrics"].update(warmup_metrics)
         with oracle_allowed_in_training(rc.signals.source == "oracle"), METER.phase("rl"):
             fit_component(component, roles, ctx, "rl", rc.seed)
+        # the fit's Trainer and optimiser states are garbage now (the Trainer holds reference cycles): their
+        # pages go back to the OS before evaluation allocates, as after each warm-up stage (utils.memory)
+        gc.collect()
+        return_freed_memory()
         if sink is not None:
             result["metrics"].update({k: v for k, v in sink.last.items()
                                       if k.startswith(("train/", "losses/", "optim/", "signals/"))})

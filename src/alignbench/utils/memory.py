@@ -11,9 +11,11 @@ takes a few milliseconds; call it where a large set of tensors has just been fre
 Its price is paid by the next pass that allocates as much again: every page comes back through a page
 fault. Inside an RL iteration that is the update after each rollout: SmolLM2's training pass took 0.8-1.2
 million page faults (127-142 GFLOP/s) after the fused copy's rebuild had trimmed the last update's pages,
-0.15-0.23 million (151-153 GFLOP/s) when they were held; holding them raised the SmolLM2 smoke job's peak
-to 2,059-2,137 MB end to end, over its 2 GB target, so the trims stay by default (benchmarks/README.md).
-On the 11M benchmark model the same trims hand 600-670 MB back every iteration and cost 13-20% of its time:
+0.15-0.23 million (151-153 GFLOP/s) when they were held (glibc's default heap). So a training step does not
+trim (``in_training_step``, around every ``AlignmentModule.training_step``): the pages its rollout and its
+rebuild free are the ones its own training pass takes next. Stage ends, evaluation and the export still
+trim; on the SmolLM2 smoke job the peak forms in evaluation (``perf/peak_rss_mb`` per step, summary.json).
+``trainer.release_memory_in_steps=true`` trims inside the steps too (the default before 2026-12-06), and
 ``set_release(False)`` (``trainer.release_memory=false``, ``rl_step.py --release-memory off``) turns every
 call here into a no-op for a job that has the memory to spare.
 
@@ -35,14 +37,16 @@ starts, hence the re-exec; ``ALIGNBENCH_HEAP=system`` keeps glibc's defaults.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
+import resource
 import sys
 
-__all__ = ["HEAP_TUNABLES", "exec_with_tuned_heap", "heap_label", "heap_tuned", "releasing",
-           "return_freed_memory", "set_release"]
+__all__ = ["HEAP_TUNABLES", "exec_with_tuned_heap", "heap_label", "heap_tuned", "in_training_step", "peak_rss_mb",
+           "releasing", "releasing_in_steps", "return_freed_memory", "set_release"]
 
 #: glibc malloc tunables (name, value) every alignbench command starts under (module docstring)
 HEAP_TUNABLES = (
@@ -54,6 +58,8 @@ HEAP_TUNABLES = (
 HEAP_SWITCH = "ALIGNBENCH_HEAP"
 
 _RELEASE = [True]  # trainer.release_memory of the running job (set_release)
+_IN_STEPS = [False]  # trainer.release_memory_in_steps of the running job (set_release)
+_STEP_DEPTH = [0]  # > 0 inside a training step (in_training_step)
 
 
 @functools.cache
@@ -69,19 +75,46 @@ def _malloc_trim():
     return trim
 
 
-def set_release(enabled: bool) -> None:
-    """Whether ``return_freed_memory`` trims (``trainer.release_memory``; the job sets it at its start)."""
-    _RELEASE[0] = bool(enabled)
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far, MB (``ru_maxrss``): ``perf.peak_rss_mb`` of a job's summary,
+    ``perf/peak_rss_mb`` of each training step in its history (where it rose says which step set the peak)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def set_release(enabled: bool, in_steps: bool = False) -> None:
+    """Whether ``return_freed_memory`` trims (``trainer.release_memory``), and whether it also trims inside a
+    training step (``trainer.release_memory_in_steps``); the job sets both at its start."""
+    _RELEASE[0], _IN_STEPS[0] = bool(enabled), bool(in_steps)
 
 
 def releasing() -> bool:
     return _RELEASE[0]
 
 
+def releasing_in_steps() -> bool:
+    return _RELEASE[0] and _IN_STEPS[0]
+
+
+@contextlib.contextmanager
+def in_training_step():
+    """Mark a training step (``AlignmentModule.training_step``, the benchmarks' iterations): inside it
+    ``return_freed_memory`` trims only under ``trainer.release_memory_in_steps``.
+
+    A step's trims (after its rollout's decode, before the fused copy's rebuild after the last update) hand
+    back pages the step's own training pass allocates again at once, each through a page fault: on SmolLM2's
+    GRPO step 0.6-0.7 million faults and 11.5 -> 14.1 s of training (``benchmarks/train_profile.py``). Stage
+    ends, evaluation and the export still trim, which is where a job's peak forms (``perf/peak_rss_mb``)."""
+    _STEP_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _STEP_DEPTH[0] -= 1
+
+
 def return_freed_memory() -> bool:
     """Release the heap's free pages to the OS; True when glibc did (False: nothing to release, no glibc,
-    or ``set_release(False)``)."""
-    if not _RELEASE[0]:
+    ``set_release(False)``, or inside a training step without ``in_steps``)."""
+    if not _RELEASE[0] or (_STEP_DEPTH[0] and not _IN_STEPS[0]):
         return False
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
