@@ -4,7 +4,7 @@
 real tokens only) by the phase's time and the GEMM peak of the same run. This script takes that phase
 apart on the same workload (``rl_step.AlignbenchGRPO``: same model, prompts, group, new tokens, beta):
 each of ``--reps`` iterations collects a fresh batch (rollout and reference scoring, as a real iteration
-does, trims included) and times its update; one more iteration's update runs under ``torch.profiler``, whose
+does, with the heap trims `--release-memory` chooses) and times its update; one more iteration's update runs under ``torch.profiler``, whose
 ``aten::mm`` / ``aten::addmm`` / ``aten::bmm`` calls give the products' own time and FLOPs (from their
 shapes). Reported, besides the rl_step figures:
 
