@@ -12,6 +12,8 @@ shapes). Reported, besides the rl_step figures:
 - ``gemm_gflops_per_s`` and ``gemm_fraction_of_peak``: the rate the products themselves ran at;
 - ``ceiling_fraction_of_gemm_peak``: the phase's useful FLOPs over the products' time alone, i.e. the
   ``train_fraction_of_gemm_peak`` the phase would reach if every other operator took no time;
+- ``gemm_shapes``: the products by shape (calls, seconds, fraction of the peak), the longest first;
+- ``train_fraction_each``: each timed update's fraction of the peak (its batch's useful FLOPs over its time);
 - ``other_ops``: the other operators by their own (self) time, the largest first;
 - ``page_faults``: minor page faults during the timed updates (the pages the heap trims handed back).
 
@@ -57,16 +59,23 @@ def gemm_flops(name: str, shapes: list) -> float:
     return 2.0 * a[0] * a[1] * b[1]
 
 
-def split_profile(events) -> dict:
+def split_profile(events, peak: float | None = None) -> dict:
     """The products' self time and FLOPs, and every other operator's self time, from ``key_averages``
-    grouped by input shape (a leaf ``aten::`` operator's self time is its whole time)."""
+    grouped by input shape (a leaf ``aten::`` operator's self time is its whole time). ``gemm_shapes``:
+    the products by shape, the longest first, each with its calls, seconds and (given ``peak`` GFLOP/s)
+    the fraction of the peak it ran at."""
     gemm_s = gemm_flop = other_s = 0.0
     other: dict[str, list[float]] = {}
+    shapes = []
     for event in events:
         seconds = event.self_cpu_time_total / 1e6
         if event.key in GEMM_OPS:
+            flop = event.count * gemm_flops(event.key, event.input_shapes)
             gemm_s += seconds
-            gemm_flop += event.count * gemm_flops(event.key, event.input_shapes)
+            gemm_flop += flop
+            rate = flop / seconds / 1e9 / peak if peak and seconds > 0 else None
+            shapes.append({"op": event.key, "shapes": event.input_shapes, "calls": int(event.count), "s": round(seconds, 6),
+                           "fraction_of_peak": None if rate is None else round(rate, 3)})
         elif re.match(r"aten::", event.key) and seconds > 0:
             other_s += seconds
             entry = other.setdefault(event.key, [0.0, 0])
@@ -74,7 +83,8 @@ def split_profile(events) -> dict:
             entry[1] += event.count
     ranked = sorted(other.items(), key=lambda item: -item[1][0])
     return {"gemm_s": gemm_s, "gemm_flop": gemm_flop, "other_aten_s": other_s,
-            "other_ops": {name: {"s": round(s, 4), "calls": int(calls)} for name, (s, calls) in ranked[:15]}}
+            "other_ops": {name: {"s": round(s, 4), "calls": int(calls)} for name, (s, calls) in ranked[:15]},
+            "gemm_shapes": sorted(shapes, key=lambda row: -row["s"])[:20]}
 
 
 def main() -> None:
@@ -123,7 +133,7 @@ def main() -> None:
             useful.append(rl_step.executed_flops(config, shape["prompt_lengths"], shape["response_lengths"],
                                                  args.group, shape["steps"], factor)["train"])
         profiled_s = seconds.pop()
-    parts = split_profile(profiler.key_averages(group_by_input_shape=True))
+    parts = split_profile(profiler.key_averages(group_by_input_shape=True), peak)
     rate = statistics.median(f / s for f, s in zip(useful, seconds)) / 1e9  # the unprofiled passes
     gemm_rate = parts["gemm_flop"] / parts["gemm_s"] / 1e9
     result = {
@@ -131,12 +141,14 @@ def main() -> None:
         "train_s": [round(s, 4) for s in seconds], "train_gflop_useful_last": round(useful[-1] / 1e9, 1),
         "train_gflops_per_s": round(rate, 1), "gemm_peak_gflops_per_s": peak,
         "train_fraction_of_gemm_peak": round(rate / peak, 3),
+        "train_fraction_each": [round(f / s / 1e9 / peak, 3) for f, s in zip(useful, seconds)],
         "profiled_s": round(profiled_s, 4), "gemm_s": round(parts["gemm_s"], 4),
         "gemm_share": round(parts["gemm_s"] / profiled_s, 3),
         "gemm_gflop_executed": round(parts["gemm_flop"] / 1e9, 1), "gemm_gflops_per_s": round(gemm_rate, 1),
         "gemm_fraction_of_peak": round(gemm_rate / peak, 3),
         "ceiling_fraction_of_gemm_peak": round(useful[-1] / parts["gemm_s"] / 1e9 / peak, 3),
         "other_aten_s": round(parts["other_aten_s"], 4), "other_ops": parts["other_ops"],
+        "gemm_shapes": parts["gemm_shapes"],
         "page_faults": faults[:-1], "page_faults_profiled": faults[-1], "release_memory": args.release_memory, "heap": heap_label(),
         "new_tokens": args.new_tokens, "prompts": args.prompts, "group": args.group, "threads": args.threads,
         "load_avg_1m": rl_step.load_average(), "torch": torch.__version__,

@@ -46,6 +46,8 @@ def test_train_profile_splits_the_training_phase_into_products_and_the_rest():
         result["gemm_s"] / result["profiled_s"], abs=0.01)
     assert result["gemm_gflop_executed"] > 0 and result["other_ops"] and result["other_aten_s"] > 0
     assert all(not name.startswith(("aten::mm", "aten::bmm", "aten::addmm")) for name in result["other_ops"])
+    assert len(result["train_fraction_each"]) == 2 and result["gemm_shapes"][0]["calls"] > 0
+    assert sum(row["s"] for row in result["gemm_shapes"]) <= result["gemm_s"] + 1e-3
 
 
 def test_train_profile_counts_product_flops_from_the_profilers_shapes():
@@ -57,12 +59,17 @@ def test_train_profile_counts_product_flops_from_the_profilers_shapes():
     assert train_profile.gemm_flops("aten::bmm", [[5, 2, 3], [5, 3, 4]]) == 5 * 2 * 2 * 3 * 4
     import torch
 
-    a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.randn(3, 8, 8)
+    a, b, c, d = torch.randn(64, 32), torch.randn(32, 16), torch.randn(3, 8, 8), torch.randn(256, 256)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        torch.mm(a, b), torch.mm(a, b), torch.bmm(c, c), torch.exp(a)
-    parts = train_profile.split_profile(prof.key_averages(group_by_input_shape=True))
-    assert parts["gemm_flop"] == 2 * (2 * 64 * 32 * 16) + 2 * 3 * 8 * 8 * 8
+        torch.mm(a, b), torch.mm(a, b), torch.bmm(c, c), torch.exp(a), torch.mm(d, d)
+    parts = train_profile.split_profile(prof.key_averages(group_by_input_shape=True), peak=100.0)
+    assert parts["gemm_flop"] == 2 * (2 * 64 * 32 * 16) + 2 * 3 * 8 * 8 * 8 + 2 * 256 ** 3
     assert parts["other_ops"]["aten::exp"]["calls"] == 1 and parts["gemm_s"] > 0
+    by_shape = {(row["op"], str(row["shapes"])): row for row in parts["gemm_shapes"]}
+    assert by_shape[("aten::mm", "[[64, 32], [32, 16]]")]["calls"] == 2
+    assert by_shape[("aten::bmm", "[[3, 8, 8], [3, 8, 8]]")]["calls"] == 1
+    cube = by_shape[("aten::mm", "[[256, 256], [256, 256]]")]  # long enough for its rounded seconds
+    assert cube["fraction_of_peak"] == pytest.approx(2 * 256 ** 3 / cube["s"] / 1e9 / 100.0, rel=0.05)
 
 
 def test_scaling_reports_both_doublings():

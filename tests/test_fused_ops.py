@@ -56,3 +56,66 @@ def test_the_wrappers_use_the_functions_in_float32_and_the_model_otherwise():
     assert type(rotary(query, key, cos, sin)[0].grad_fn).__name__ == "RotaryFunctionBackward"
     bf = [t.detach().bfloat16() for t in (query, key, cos, sin)]
     torch.testing.assert_close(rotary(*bf)[0], apply_rotary_pos_emb(*bf, unsqueeze_dim=1)[0])
+
+
+def _adapted_block(dropout=0.0, second_adapter=False):
+    """q/k/v/gate linears of one input, LoRA on q, v and gate (k plain), float64 and trainable as in training."""
+    import peft
+
+    torch.manual_seed(1)
+    block = torch.nn.ModuleDict({"q": torch.nn.Linear(12, 12), "k": torch.nn.Linear(12, 4), "v": torch.nn.Linear(12, 4),
+                                 "gate": torch.nn.Linear(12, 20, bias=False)}).double()
+    config = peft.LoraConfig(r=3, lora_alpha=5, target_modules=["q", "v", "gate"], init_lora_weights=False,
+                             lora_dropout=dropout)
+    block = peft.inject_adapter_in_model(config, block)
+    if second_adapter:
+        block = peft.inject_adapter_in_model(config, block, adapter_name="other")
+        for module in block.modules():
+            if hasattr(module, "set_adapter") and hasattr(module, "lora_A"):
+                module.set_adapter(["default", "other"])
+    for parameter in block.parameters():
+        parameter.requires_grad_(True)
+    return block.double().train()
+
+
+def test_shared_input_linears_gives_each_layers_own_output_and_gradients():
+    import pytest
+
+    pytest.importorskip("peft")
+    from alignbench.rl.fused_ops import _vanilla_adapter, shared_input_linears
+
+    block = _adapted_block()
+    modules = tuple(block[name] for name in ("q", "k", "v", "gate"))
+    x = torch.randn(9, 12, dtype=torch.float64, requires_grad=True)
+    # the fast path is taken for the adapted layers only
+    assert [_vanilla_adapter(m, x) is not None for m in modules] == [True, False, True, True]
+    grads = [torch.randn(9, m.out_features if hasattr(m, "out_features") else m.get_base_layer().out_features,
+                         dtype=torch.float64) for m in modules]
+
+    def run(fn):
+        for p in [x, *block.parameters()]:
+            p.grad = None
+        outs = fn()
+        torch.autograd.backward(outs, grads)
+        return [o.detach() for o in outs], [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+
+    got = run(lambda: shared_input_linears(x, modules))
+    want = run(lambda: [m(x) for m in modules])
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert all(g.abs().sum() > 0 for g in want[1])  # every adapter weight got a gradient to compare
+
+
+def test_shared_input_linears_leaves_what_it_does_not_reproduce_to_the_layer():
+    import pytest
+
+    pytest.importorskip("peft")
+    from alignbench.rl.fused_ops import _vanilla_adapter
+
+    x = torch.randn(5, 12, dtype=torch.float64)
+    dropped = _adapted_block(dropout=0.1)
+    assert _vanilla_adapter(dropped["q"], x) is None  # dropout active in train mode
+    assert _vanilla_adapter(dropped.eval()["q"], x) is not None  # in eval mode it is the identity
+    assert _vanilla_adapter(_adapted_block(second_adapter=True)["q"], x) is None  # two active adapters
+    assert _vanilla_adapter(_adapted_block()["q"], x.float()) is None  # another dtype than the weights'
+    assert _vanilla_adapter(_adapted_block()["k"], x) is None  # a plain layer

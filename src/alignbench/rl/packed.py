@@ -19,8 +19,9 @@ similar length (``alignbench.rl.buckets``), each as wide as its longest row:
 Pad cells hold zero queries/keys/values; causal order puts them after every real token of their row,
 so no real query attends to them and the result equals the padded forward to float rounding
 (``tests/test_logprobs.py`` checks log-probs and gradients). The submodules are the model's own
-(``layer.self_attn.q_proj(x)``, ``layer.mlp(x)``, ...), so LoRA adapters, biases and RoPE scaling
-apply as in its forward. ``packed_support`` names what this path does not reproduce (attention
+(``layer.self_attn.q_proj``, ``layer.mlp``, ...), so LoRA adapters, biases and RoPE scaling apply as in
+its forward; vanilla LoRA adapters on layers that share an input (q/k/v, gate/up) compute their
+down-projections as one product (``fused_ops.shared_input_linears``). ``packed_support`` names what this path does not reproduce (attention
 dropout, sliding windows, gradient checkpointing, a DDP wrapper, FSDP-sharded layers, other
 architectures); callers then use the padded forward.
 """
@@ -32,7 +33,7 @@ from torch import nn
 
 from alignbench.rl.buckets import RowBuckets
 from alignbench.rl.fused_llama import _MODEL_TYPES  # the same Llama-family layer layout
-from alignbench.rl.fused_ops import rms_norm, rotary
+from alignbench.rl.fused_ops import llama_mlp, rms_norm, rotary, shared_input_linears
 from alignbench.rl.rollout import _unwrap as _core
 
 __all__ = ["packed_logits", "packed_support"]
@@ -115,13 +116,12 @@ def packed_logits(model: nn.Module, sequences: torch.Tensor, attention_mask: tor
     for index, layer in enumerate(body.layers):
         attention = layer.self_attn
         x = rms_norm(layer.input_layernorm, hidden)
-        query = attention.q_proj(x).view(x.shape[0], -1, attention.head_dim)
-        key = attention.k_proj(x).view(x.shape[0], -1, attention.head_dim)
-        value = attention.v_proj(x).view(x.shape[0], -1, attention.head_dim)
+        query, key, value = (y.view(x.shape[0], -1, attention.head_dim) for y in
+                             shared_input_linears(x, (attention.q_proj, attention.k_proj, attention.v_proj)))
         query, key = rotary(query, key, cos, sin)  # the model's RoPE
         qkv = torch.cat([query, key, value], dim=1)  # [N, heads + 2 kv_heads, D]: one scatter per bucket
         past = cache.layers[index]
         attended = buckets.attend(qkv, query.shape[1], key.shape[1], past.keys, past.values, masks, attention.scaling)
-        hidden = hidden + attention.o_proj(attended)
-        hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
+        hidden = hidden + shared_input_linears(attended, (attention.o_proj,))[0]
+        hidden = hidden + llama_mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, hidden))
     return packed_rows(prompt_logits, core.lm_head(rms_norm(body.norm, hidden)), flat, steps, rows=order)
