@@ -1,5 +1,6 @@
 """RMSNorm and RoPE with hand-written backward passes against the model's own modules."""
 
+import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
@@ -79,8 +80,6 @@ def _adapted_block(dropout=0.0, second_adapter=False):
 
 
 def test_shared_input_linears_gives_each_layers_own_output_and_gradients():
-    import pytest
-
     pytest.importorskip("peft")
     from alignbench.rl.fused_ops import _vanilla_adapter, shared_input_linears
 
@@ -107,8 +106,6 @@ def test_shared_input_linears_gives_each_layers_own_output_and_gradients():
 
 
 def test_shared_input_linears_leaves_what_it_does_not_reproduce_to_the_layer():
-    import pytest
-
     pytest.importorskip("peft")
     from alignbench.rl.fused_ops import _vanilla_adapter
 

@@ -21,9 +21,9 @@ so no real query attends to them and the result equals the padded forward to flo
 (``tests/test_logprobs.py`` checks log-probs and gradients). The submodules are the model's own
 (``layer.self_attn.q_proj``, ``layer.mlp``, ...), so LoRA adapters, biases and RoPE scaling apply as in
 its forward; vanilla LoRA adapters on layers that share an input (q/k/v, gate/up) compute their
-down-projections as one product (``fused_ops.shared_input_linears``). ``packed_support`` names what this path does not reproduce (attention
-dropout, sliding windows, gradient checkpointing, a DDP wrapper, FSDP-sharded layers, other
-architectures); callers then use the padded forward.
+down-projections as one product (``fused_ops.shared_input_linears``). ``packed_support`` names what this
+path does not reproduce (attention dropout, sliding windows, gradient checkpointing, a DDP wrapper,
+FSDP-sharded layers, other architectures); callers then use the padded forward.
 """
 
 from __future__ import annotations
