@@ -16,7 +16,13 @@ i.e. ``fused`` on the CPU, see ``alignbench.rl.fused_llama``; reference log-prob
 pass; the pi_old pass is skipped since the batch gets one update, exactly as TRL skips it) then
 ``grpo_advantages``, ``actor_loss`` and the optimiser step. TRL runs its own
 ``GRPOTrainer`` (``use_cpu=True``, ``report_to=[]``, ``bf16=False`` because its bf16 default is
-for GPUs) with its defaults otherwise — gradient checkpointing on — and again with it off. The two
+for GPUs, ``use_bias_correction_kl=False`` so that it optimises the objective alignbench's does:
+``trl_grpo_config``) with its defaults otherwise — gradient checkpointing on — and again with it off.
+On one batch with the same advantages and reference log-probs both sides give the same loss and
+gradients to float32 rounding (``tests/test_trl_parity.py``). What still differs, none of it in the
+timed work: TRL scales a group's advantages by the sample std (``n - 1``) + 1e-4, alignbench's
+``grpo_advantages`` by the population std + 1e-6; TRL positions a left-padded row from its first
+column, alignbench from its first real token (RoPE sees the same offsets). The two
 run interleaved in one process: after each TRL step (a callback) one alignbench iteration runs, so
 every TRL iteration has an alignbench iteration next to it in time and load changes (this machine
 is shared) hit both alike; TRL's first step and alignbench's first iteration are warm-ups. Reported:
@@ -285,12 +291,17 @@ class AlignbenchGRPO:
                   "prompt_lengths": mask.sum(1).tolist(), "response_lengths": rollout.response_mask.sum(1).tolist()}
         return exp, advantages, phases
 
-    def update(self, exp, advantages) -> None:
-        """The training phase: the clipped loss with the k3 KL term, backward, clipping, one AdamW step."""
+    def loss(self, exp, advantages) -> torch.Tensor:
+        """GRPO's clipped loss with the k3 KL term at ``--beta``, a mean over the batch's tokens (TRL's
+        default ``loss_type="dapo"`` with one process and no accumulation)."""
         from alignbench.rl.experience import actor_loss
 
-        loss, _ = actor_loss(self.roles, "policy", exp, advantages, clip_eps=0.2, kl_loss_coef=self.args.beta,
-                             kl_estimator="k3", per_sequence=False)
+        return actor_loss(self.roles, "policy", exp, advantages, clip_eps=0.2, kl_loss_coef=self.args.beta,
+                          kl_estimator="k3", per_sequence=False)[0]
+
+    def update(self, exp, advantages) -> None:
+        """The training phase: ``loss``, backward, clipping, one AdamW step."""
+        loss = self.loss(exp, advantages)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -298,6 +309,39 @@ class AlignbenchGRPO:
 
 
 # ----------------------------------------------------------------------------- TRL GRPO, paired
+def trl_grpo_config(args, out: str, gradient_checkpointing: bool, **overrides):
+    """TRL's ``GRPOConfig`` for the workload: its defaults except what the workload fixes (CPU, fp32, the
+    batch, group, new tokens, beta, temperature 1, no logging or saving) and ``use_bias_correction_kl=False``.
+
+    TRL 1.16's default multiplies the k3 term by the importance ratio rho (value 1, gradient
+    ``k3 * grad log pi``), which makes the KL part of its gradient beta * mean((log pi - log pi_ref) grad log pi);
+    alignbench's ``actor_loss`` (GRPO as written: k3 in the loss) has beta * mean((1 - pi_ref / pi) grad log pi).
+    With the correction off both optimise the same objective: ``tests/test_trl_parity.py`` checks the loss and
+    every gradient on one batch. Its cost is one elementwise product on ``[B, T]``, nothing in the timings.
+    """
+    from trl import GRPOConfig
+
+    settings = dict(
+        output_dir=out, use_cpu=True, report_to=[], bf16=False, seed=0,
+        per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
+        max_completion_length=args.new_tokens, beta=args.beta, use_bias_correction_kl=False,
+        learning_rate=1e-6, logging_steps=10**6, save_strategy="no", disable_tqdm=True,
+        gradient_checkpointing=gradient_checkpointing, temperature=1.0,
+    )
+    return GRPOConfig(**{**settings, **overrides})
+
+
+def trl_peft_config(args):
+    """peft's ``LoraConfig`` of ``--mode lora`` (the adapters alignbench's ``lora_settings`` describes), else None."""
+    if args.mode != "lora":
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    lora = lora_settings(args)
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=list(lora.target_modules),
+                          task_type="CAUSAL_LM")
+
+
 def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_checkpointing: bool,
                ours: "AlignbenchGRPO") -> tuple[list[float], list[float]]:
     """Run TRL's GRPOTrainer for ``args.reps + 1`` steps and one alignbench iteration after each of
@@ -308,7 +352,7 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
     """
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     trl_times: list[float] = []
     our_times: list[float] = []
@@ -328,20 +372,8 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
         return [reward_of(text) for text in completions]
 
     with tempfile.TemporaryDirectory() as out:
-        config = GRPOConfig(
-            output_dir=out, use_cpu=True, report_to=[], bf16=False, seed=0,
-            per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
-            max_completion_length=args.new_tokens, beta=args.beta, max_steps=args.reps + 1,
-            learning_rate=1e-6, logging_steps=10**6, save_strategy="no", disable_tqdm=True,
-            gradient_checkpointing=gradient_checkpointing, temperature=1.0,
-        )
-        peft_config = None
-        if args.mode == "lora":
-            from peft import LoraConfig as PeftLoraConfig
-
-            lora = lora_settings(args)
-            peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0,
-                                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        config = trl_grpo_config(args, out, gradient_checkpointing, max_steps=args.reps + 1)
+        peft_config = trl_peft_config(args)
         model = load_model(folder)  # config._name_or_path = folder: TRL rebuilds its reference from it
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
                               train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
