@@ -342,6 +342,17 @@ def trl_peft_config(args):
                           task_type="CAUSAL_LM")
 
 
+def trl_trainer(args, folder: Path, tokenizer, prompts: list[str], config, reward, callbacks=()):
+    """TRL's ``GRPOTrainer`` on the workload: the saved model (``config._name_or_path`` = ``folder``, from
+    which TRL rebuilds its reference), the formatted prompts, ``trl_peft_config``'s adapters."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    return GRPOTrainer(model=load_model(folder), reward_funcs=reward, args=config,
+                       train_dataset=Dataset.from_dict({"prompt": list(prompts)}), processing_class=tokenizer,
+                       callbacks=list(callbacks), peft_config=trl_peft_config(args))
+
+
 def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_checkpointing: bool,
                ours: "AlignbenchGRPO") -> tuple[list[float], list[float]]:
     """Run TRL's GRPOTrainer for ``args.reps + 1`` steps and one alignbench iteration after each of
@@ -350,9 +361,7 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
     TRL's first step is its warm-up; TRL step k >= 2 is timed from the end of the alignbench
     iteration that ran after step k - 1 to the end of step k (``on_step_end``).
     """
-    from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOTrainer
 
     trl_times: list[float] = []
     our_times: list[float] = []
@@ -373,11 +382,7 @@ def trl_paired(args, folder: Path, tokenizer, prompts: list[str], gradient_check
 
     with tempfile.TemporaryDirectory() as out:
         config = trl_grpo_config(args, out, gradient_checkpointing, max_steps=args.reps + 1)
-        peft_config = trl_peft_config(args)
-        model = load_model(folder)  # config._name_or_path = folder: TRL rebuilds its reference from it
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
-                              train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
-                              processing_class=tokenizer, callbacks=[Interleave()], peft_config=peft_config)
+        trainer = trl_trainer(args, folder, tokenizer, prompts, config, reward, callbacks=[Interleave()])
         torch.set_num_threads(args.threads)
         trainer.train()
     return trl_times, our_times

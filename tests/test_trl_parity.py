@@ -63,13 +63,10 @@ def one_batch(ours, tokenizer):
 
 
 def trl_trainer(args, folder, tokenizer, prompts, tmp_path, **overrides):
-    from datasets import Dataset
-    from trl import GRPOTrainer
-
+    """The benchmark's trainer (``rl_step.trl_trainer``), ready for one ``_compute_loss`` in train mode."""
     config = rl_step.trl_grpo_config(args, str(tmp_path / "trl"), gradient_checkpointing=False, **overrides)
-    trainer = GRPOTrainer(model=rl_step.load_model(folder), reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-                          args=config, train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
-                          processing_class=tokenizer, peft_config=rl_step.trl_peft_config(args))
+    trainer = rl_step.trl_trainer(args, folder, tokenizer, prompts, config,
+                                  reward=lambda completions, **kwargs: [0.0] * len(completions))
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by its training loop: one micro-batch per step, as timed
     return trainer
